@@ -1,0 +1,371 @@
+"""Essays and their discourse elements, read from a folder in the Kaggle layout.
+
+Spans are half-open word ranges ``[word_start, word_end)`` over ``text.split()`` words.
+The Kaggle ``predictionstring`` (space-separated word indices) is what the metric scores, so the
+element table keeps it verbatim beside the word range derived from it.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from discourse_rl.common import DiscourseRLError
+
+CLASSES: tuple[str, ...] = (
+    "Lead",
+    "Position",
+    "Claim",
+    "Counterclaim",
+    "Rebuttal",
+    "Evidence",
+    "Concluding Statement",
+)
+CLASS_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
+# Label 0 is O; class k has B at 1 + 2k and I at 2 + 2k.
+LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{c}" for c in CLASSES for p in ("B", "I"))
+NUM_LABELS = len(LABELS)
+# Essays whose annotations were matched to them without doubt (see the data README).
+SURE_CONFIDENCE = frozenset({"clear_margin", "unique_length"})
+REQUIRED_COLUMNS = ("id", "discourse_type", "predictionstring")
+
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Essay:
+    id: str
+    text: str
+    words: tuple[str, ...]
+
+    @classmethod
+    def from_text(cls, essay_id: str, text: str) -> Essay:
+        return cls(essay_id, text, tuple(text.split()))
+
+    @property
+    def n_words(self) -> int:
+        return len(self.words)
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """What was repaired while reading, so a report can say it (nothing is fixed silently)."""
+
+    offsets_clamped: int = 0
+    """Elements whose character offsets lay outside the text and were clamped to it."""
+    words_clamped: int = 0
+    """Elements whose predictionstring named words past the essay's end (clamped)."""
+    non_contiguous: int = 0
+    """Predictionstrings with gaps; their word range covers first to last word."""
+    shared_boundary_words: int = 0
+    """Words claimed by two adjacent elements' predictionstrings (a known Kaggle artefact)."""
+    elements_dropped: int = 0
+    """Elements left with no word at all after clamping."""
+
+
+@dataclass(frozen=True, eq=False)
+class Corpus:
+    """Labelled essays. ``elements`` has one row per element, in essay order then word order.
+
+    Columns: id, discourse_type, class_idx, word_start, word_end, predictionstring, and (when the
+    csv has them) discourse_start, discourse_end clamped to the text.
+    """
+
+    root: Path
+    essays: dict[str, Essay]
+    elements: pd.DataFrame
+    match_confidence: dict[str, str] | None = None
+    quirks: Quirks = field(default_factory=Quirks)
+    test_essays: dict[str, Essay] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.essays)
+
+    def sure_ids(self) -> list[str]:
+        """Essays whose annotations surely belong to them; all of them when unknown."""
+        if self.match_confidence is None:
+            return self.ids
+        conf = self.match_confidence
+        return [i for i in self.essays if conf.get(i) in SURE_CONFIDENCE]
+
+    def subset(self, ids: Iterable[str]) -> Corpus:
+        keep = [i for i in ids if i in self.essays]
+        mask = self.elements["id"].isin(set(keep))
+        return Corpus(
+            root=self.root,
+            essays={i: self.essays[i] for i in keep},
+            elements=self.elements[mask].reset_index(drop=True),
+            match_confidence=self.match_confidence,
+            quirks=self.quirks,
+            test_essays=self.test_essays,
+        )
+
+    def essay_elements(self, essay_id: str) -> pd.DataFrame:
+        return self._groups().get(essay_id, self.elements.iloc[:0])
+
+    def _groups(self) -> dict[str, pd.DataFrame]:
+        cached: dict[str, pd.DataFrame] | None = self.__dict__.get("_group_cache")
+        if cached is None:
+            cached = {k: g for k, g in self.elements.groupby("id", sort=False)}
+            object.__setattr__(self, "_group_cache", cached)
+        return cached
+
+    def word_labels(self, essay_id: str) -> npt.NDArray[np.int8]:
+        el = self.essay_elements(essay_id)
+        labels, _ = elements_to_labels(
+            self.essays[essay_id].n_words,
+            el["class_idx"].to_numpy(),
+            el["word_start"].to_numpy(),
+            el["word_end"].to_numpy(),
+        )
+        return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Word labels <-> spans
+
+
+def elements_to_labels(
+    n_words: int, class_idx: Sequence[int] | IntArray, word_start: IntArray, word_end: IntArray
+) -> tuple[npt.NDArray[np.int8], int]:
+    """Word labels (0 = O, 1 + 2k = B-class k, 2 + 2k = I-class k) for spans sorted by start.
+
+    Returns the labels and the number of words two spans both claimed. Such a word goes to the
+    later span (in the shared data its characters always lie inside the later element), unless the
+    earlier span would then vanish.
+    """
+    labels = np.zeros(n_words, dtype=np.int8)
+    owner = np.full(n_words, -1, dtype=np.int64)
+    shared = 0
+    for j, (c, s, e) in enumerate(zip(class_idx, word_start, word_end, strict=True)):
+        s, e = int(s), int(e)
+        if e <= s:
+            continue
+        if owner[s] >= 0:
+            shared += int(np.count_nonzero(owner[s:e] >= 0))
+            prev = int(owner[s])
+            prev_start = int(np.argmax(owner == prev))
+            if prev_start == s:  # the earlier span is just this word: it keeps it
+                s += 1
+                if s >= e:
+                    continue
+        labels[s] = 1 + 2 * int(c)
+        labels[s + 1 : e] = 2 + 2 * int(c)
+        owner[s:e] = j
+    return labels, shared
+
+
+def labels_to_spans(labels: npt.ArrayLike) -> tuple[IntArray, IntArray, IntArray]:
+    """Spans ``(class_idx, word_start, word_end)`` from word labels.
+
+    A span starts at a B- tag, or at an I- tag whose class differs from the running span's (a
+    lenient reading that the naive NER decoding relies on); O ends it.
+    """
+    lab = np.asarray(labels, dtype=np.int64)
+    n = lab.shape[0]
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy(), empty.copy()
+    cls = np.where(lab > 0, (lab - 1) // 2, -1)
+    is_b = (lab > 0) & (lab % 2 == 1)
+    prev_cls = np.concatenate(([-1], cls[:-1]))
+    starts = np.flatnonzero((cls >= 0) & (is_b | (cls != prev_cls)))
+    # A span ends at the next start or at the first O after it, whichever comes first.
+    breaks = np.union1d(np.flatnonzero(cls < 0), starts)
+    breaks = np.append(breaks, n)
+    ends = breaks[np.searchsorted(breaks, starts, side="right")]
+    return cls[starts], starts, ends
+
+
+def predictionstring(word_start: int, word_end: int) -> str:
+    return " ".join(map(str, range(int(word_start), int(word_end))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the Kaggle layout
+
+
+def sample_dir() -> Path:
+    """The embedded sample (about 300 essays, CC BY-NC-SA 4.0; see its README)."""
+    return Path(str(importlib.resources.files("discourse_rl") / "sample"))
+
+
+def read_essay(path: Path) -> Essay:
+    """One essay file; bytes are decoded as-is so character offsets stay valid."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DiscourseRLError(f"{path}: essay file not found") from None
+    except IsADirectoryError:
+        raise DiscourseRLError(f"{path}: is a folder, not an essay file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DiscourseRLError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.split():
+        raise DiscourseRLError(f"{path}: empty essay (no words)")
+    return Essay.from_text(path.stem, text)
+
+
+def read_essay_folder(folder: str | Path) -> dict[str, Essay]:
+    """Every ``*.txt`` in a folder (or one file), keyed by file stem, sorted by id."""
+    folder = Path(folder)
+    if folder.is_file():
+        return {folder.stem: read_essay(folder)}
+    if not folder.is_dir():
+        raise DiscourseRLError(f"{folder}: no such essay file or folder")
+    paths = sorted(folder.glob("*.txt"))
+    if not paths:
+        raise DiscourseRLError(f"{folder}: no .txt essays in this folder")
+    return {p.stem: read_essay(p) for p in paths}
+
+
+def load_corpus(root: str | Path | None = None, *, ids: Iterable[str] | None = None) -> Corpus:
+    """Read a Kaggle-layout folder (default: the embedded sample); `ids` limits the essays read."""
+    root = sample_dir() if root is None else Path(root)
+    if not root.is_dir():
+        raise DiscourseRLError(f"{root}: no such data folder")
+    csv_path = root / "train.csv"
+    if not csv_path.is_file():
+        raise DiscourseRLError(f"{csv_path}: missing (a Kaggle-layout folder needs train.csv)")
+    try:
+        df = pd.read_csv(csv_path, dtype={"id": str, "predictionstring": str}, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DiscourseRLError(f"{csv_path}: unreadable csv ({exc})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DiscourseRLError(f"{csv_path}: missing column(s) {', '.join(missing)}")
+    if ids is not None:
+        df = df[df["id"].isin(set(ids))]
+    bad_type = sorted(set(df["discourse_type"]) - set(CLASSES))
+    if bad_type:
+        raise DiscourseRLError(f"{csv_path}: unknown discourse_type {bad_type[0]!r}")
+
+    train_dir = root / "train"
+    essay_ids = sorted(set(df["id"]))
+    essays: dict[str, Essay] = {}
+    for eid in essay_ids:
+        path = train_dir / f"{eid}.txt"
+        if not path.is_file():
+            raise DiscourseRLError(f"{csv_path}: essay id {eid!r} has no file {path}")
+        essays[eid] = read_essay(path)
+
+    elements, quirks = _build_elements(df, essays, csv_path)
+    conf = _read_confidence(root / "essay_match_confidence.csv")
+    test_dir = root / "test"
+    tests = read_essay_folder(test_dir) if test_dir.is_dir() and any(test_dir.glob("*.txt")) else {}
+    return Corpus(root, essays, elements, conf, quirks, tests)
+
+
+def _build_elements(
+    df: pd.DataFrame, essays: dict[str, Essay], csv_path: Path
+) -> tuple[pd.DataFrame, Quirks]:
+    ps = df["predictionstring"].astype(str).str.strip()
+    if (ps == "").any():
+        row = int(np.flatnonzero((ps == "").to_numpy())[0]) + 2
+        raise DiscourseRLError(f"{csv_path}: line {row}: empty predictionstring")
+    first_tok = ps.str.split(n=1).str[0]
+    last_tok = ps.str.rsplit(n=1).str[-1]
+    try:
+        first = first_tok.astype(np.int64).to_numpy()
+        last = last_tok.astype(np.int64).to_numpy()
+    except ValueError:
+        raise DiscourseRLError(f"{csv_path}: predictionstring holds a non-integer") from None
+    n_tokens = ps.str.count(" ").to_numpy() + 1
+    n_words = df["id"].map({k: e.n_words for k, e in essays.items()}).to_numpy()
+    word_start = np.clip(first, 0, n_words)
+    word_end = np.clip(last + 1, 0, n_words)
+    words_clamped = int(np.count_nonzero((word_start != first) | (word_end != last + 1)))
+    non_contiguous = int(np.count_nonzero(n_tokens != last - first + 1))
+
+    out = pd.DataFrame(
+        {
+            "id": df["id"].to_numpy(),
+            "discourse_type": df["discourse_type"].to_numpy(),
+            "class_idx": df["discourse_type"].map(CLASS_INDEX).to_numpy(np.int64),
+            "word_start": word_start,
+            "word_end": word_end,
+            "predictionstring": ps.to_numpy(),
+        }
+    )
+    offsets_clamped = 0
+    if {"discourse_start", "discourse_end"} <= set(df.columns):
+        n_chars = df["id"].map({k: len(e.text) for k, e in essays.items()}).to_numpy()
+        start = pd.to_numeric(df["discourse_start"], errors="coerce").to_numpy(np.float64)
+        end = pd.to_numeric(df["discourse_end"], errors="coerce").to_numpy(np.float64)
+        if np.isnan(start).any() or np.isnan(end).any():
+            raise DiscourseRLError(f"{csv_path}: discourse_start/discourse_end not numeric")
+        cs = np.clip(start, 0, n_chars).astype(np.int64)
+        ce = np.clip(end, cs, n_chars).astype(np.int64)
+        offsets_clamped = int(np.count_nonzero((cs != start) | (ce != end)))
+        out["discourse_start"], out["discourse_end"] = cs, ce
+
+    dropped = out["word_end"] <= out["word_start"]
+    out = out[~dropped].sort_values(["id", "word_start"], kind="stable").reset_index(drop=True)
+    shared = int(np.count_nonzero(_shared_words(out)))
+    quirks = Quirks(offsets_clamped, words_clamped, non_contiguous, shared, int(dropped.sum()))
+    return out, quirks
+
+
+def _shared_words(elements: pd.DataFrame) -> npt.NDArray[np.bool_]:
+    """Per element: does it begin on a word that the element before it (same essay) also claims?"""
+    same_essay = elements["id"].to_numpy()[1:] == elements["id"].to_numpy()[:-1]
+    overlap = elements["word_end"].to_numpy()[:-1] > elements["word_start"].to_numpy()[1:]
+    return np.concatenate(([False], same_essay & overlap))
+
+
+def _read_confidence(path: Path) -> dict[str, str] | None:
+    if not path.is_file():
+        return None
+    conf = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"id", "match_confidence"} <= set(conf.columns):
+        raise DiscourseRLError(f"{path}: needs columns id, match_confidence")
+    return dict(zip(conf["id"], conf["match_confidence"], strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds
+
+
+def class_counts(corpus: Corpus) -> pd.DataFrame:
+    """Elements per essay and class (essays in corpus order, the 7 classes as columns)."""
+    tab = pd.crosstab(corpus.elements["id"], corpus.elements["class_idx"])
+    tab = tab.reindex(index=corpus.ids, columns=range(len(CLASSES)), fill_value=0)
+    tab.columns = list(CLASSES)
+    return tab
+
+
+def make_folds(corpus: Corpus, k: int = 5, seed: int = 0) -> dict[str, int]:
+    """Essay -> fold in ``range(k)``, balanced on essay count and on every class's element count.
+
+    Greedy: essays are visited in a seeded random order, each going to the fold where it raises the
+    sum of squared relative fill the least. Deterministic for a given corpus and seed.
+    """
+    if k < 2:
+        raise DiscourseRLError(f"folds: need at least 2 folds, got {k}")
+    if len(corpus.essays) < k:
+        raise DiscourseRLError(f"folds: {len(corpus.essays)} essays cannot fill {k} folds")
+    ids = sorted(corpus.essays)
+    counts = class_counts(corpus).loc[ids].to_numpy(np.float64)
+    counts = np.hstack([np.ones((len(ids), 1)), counts])
+    target = np.maximum(counts.sum(0) / k, 1e-9)
+    rng = np.random.default_rng(seed)
+    fill = np.zeros((k, counts.shape[1]))
+    folds: dict[str, int] = {}
+    for i in rng.permutation(len(ids)):
+        cost = (((fill + counts[i]) / target) ** 2 - (fill / target) ** 2).sum(1)
+        best = int(np.argmin(cost + 1e-9 * rng.random(k)))
+        fill[best] += counts[i]
+        folds[ids[i]] = best
+    return {i: folds[i] for i in ids}
