@@ -103,7 +103,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def config_to_toml(cfg: Any) -> str:
-    """Serialise a (nested) config dataclass as TOML: top-level scalars, then one table per field."""
+    """A (nested) config dataclass as TOML: top-level scalars, then one table per field."""
     data = dataclasses.asdict(cfg)
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}

@@ -8,7 +8,7 @@ element table keeps it verbatim beside the word range derived from it.
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.common import DiscourseRLError, atomic_save
 
 CLASSES: tuple[str, ...] = (
     "Lead",
@@ -29,7 +29,7 @@ CLASSES: tuple[str, ...] = (
 )
 CLASS_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
 # Label 0 is O; class k has B at 1 + 2k and I at 2 + 2k.
-LABELS: tuple[str, ...] = ("O",) + tuple(f"{p}-{c}" for c in CLASSES for p in ("B", "I"))
+LABELS: tuple[str, ...] = ("O", *(f"{p}-{c}" for c in CLASSES for p in ("B", "I")))
 NUM_LABELS = len(LABELS)
 # Essays whose annotations were matched to them without doubt (see the data README).
 SURE_CONFIDENCE = frozenset({"clear_margin", "unique_length"})
@@ -240,7 +240,9 @@ def load_corpus(root: str | Path | None = None, *, ids: Iterable[str] | None = N
     if not csv_path.is_file():
         raise DiscourseRLError(f"{csv_path}: missing (a Kaggle-layout folder needs train.csv)")
     try:
-        df = pd.read_csv(csv_path, dtype={"id": str, "predictionstring": str}, keep_default_na=False)
+        df = pd.read_csv(
+            csv_path, dtype={"id": str, "predictionstring": str}, keep_default_na=False
+        )
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DiscourseRLError(f"{csv_path}: unreadable csv ({exc})") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -369,3 +371,59 @@ def make_folds(corpus: Corpus, k: int = 5, seed: int = 0) -> dict[str, int]:
         fill[best] += counts[i]
         folds[ids[i]] = best
     return {i: folds[i] for i in ids}
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-offs between stages
+
+
+def spans_to_frame(
+    essay_ids: Sequence[str], class_idx: IntArray, word_start: IntArray, word_end: IntArray
+) -> pd.DataFrame:
+    """Spans as a submission table: id, class, predictionstring (plus word_start, word_end)."""
+    word_start = np.asarray(word_start, dtype=np.int64)
+    word_end = np.asarray(word_end, dtype=np.int64)
+    return pd.DataFrame(
+        {
+            "id": list(essay_ids),
+            "class": [CLASSES[int(c)] for c in class_idx],
+            "predictionstring": [
+                predictionstring(s, e) for s, e in zip(word_start, word_end, strict=True)
+            ],
+            "word_start": word_start,
+            "word_end": word_end,
+        },
+        columns=["id", "class", "predictionstring", "word_start", "word_end"],
+    )
+
+
+def save_word_probs(path: str | Path, probs: Mapping[str, npt.NDArray[np.floating]]) -> None:
+    """Word probabilities (n_words x 15 per essay) in one float16 .npz, written atomically."""
+    ids = sorted(probs)
+    lengths = np.array([probs[i].shape[0] for i in ids], dtype=np.int64)
+    stacked = (
+        np.concatenate([probs[i] for i in ids]).astype(np.float16)
+        if ids
+        else np.zeros((0, NUM_LABELS), np.float16)
+    )
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.savez(fh, ids=np.array(ids, dtype=str), lengths=lengths, probs=stacked)
+
+    atomic_save(path, write)
+
+
+def load_word_probs(path: str | Path) -> dict[str, npt.NDArray[np.float32]]:
+    path = Path(path)
+    try:
+        with np.load(path) as z:
+            ids, lengths, stacked = list(z["ids"]), z["lengths"], z["probs"]
+    except FileNotFoundError:
+        raise DiscourseRLError(f"{path}: word probabilities not found") from None
+    except (KeyError, ValueError, OSError) as exc:
+        raise DiscourseRLError(f"{path}: not a word-probability file ({exc})") from None
+    bounds = np.concatenate(([0], np.cumsum(lengths)))
+    return {
+        str(i): stacked[bounds[k] : bounds[k + 1]].astype(np.float32) for k, i in enumerate(ids)
+    }
