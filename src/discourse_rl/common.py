@@ -72,7 +72,7 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], *, where: str = "c
     for name, value in values.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            kwargs[name] = config_from_dict(hint, value, where=f"{where}.{name}")  # type: ignore[type-var]
+            kwargs[name] = config_from_dict(hint, value, where=f"{where}.{name}")  # type: ignore[arg-type,type-var]
             continue
         kwargs[name] = _coerce(value, hint, f"{where}.{name}")
     return cls(**kwargs)

@@ -113,7 +113,7 @@ class Corpus:
     def _groups(self) -> dict[str, pd.DataFrame]:
         cached: dict[str, pd.DataFrame] | None = self.__dict__.get("_group_cache")
         if cached is None:
-            cached = {k: g for k, g in self.elements.groupby("id", sort=False)}
+            cached = {str(k): g for k, g in self.elements.groupby("id", sort=False)}
             object.__setattr__(self, "_group_cache", cached)
         return cached
 

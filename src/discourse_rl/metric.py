@@ -152,8 +152,9 @@ def _span_table(df: pd.DataFrame, class_col: str, essay_codes: pd.Index, what: s
     if cls.isna().any():
         bad = df[class_col][cls.isna()].iloc[0]
         raise DiscourseRLError(f"{what}: unknown class {bad!r}")
-    cls_arr = cls.to_numpy(np.int64)
-    key = essay_codes.get_indexer(df["id"].astype(str)).astype(np.int64) * N_CLASSES + cls_arr
+    cls_arr = np.asarray(cls.to_numpy(), dtype=np.int64)
+    codes = essay_codes.get_indexer(pd.Index(df["id"].astype(str)))
+    key: IntArray = codes.astype(np.int64) * N_CLASSES + cls_arr
     if {"word_start", "word_end"} <= set(df.columns):
         start = df["word_start"].to_numpy(np.int64)
         end = df["word_end"].to_numpy(np.int64)
@@ -162,9 +163,12 @@ def _span_table(df: pd.DataFrame, class_col: str, essay_codes: pd.Index, what: s
         raise DiscourseRLError(f"{what}: missing column 'predictionstring'")
     strings = df["predictionstring"].fillna("").astype(str).str.strip().tolist()
     counts = np.array([s.count(" ") + 1 if s else 0 for s in strings], dtype=np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        words = np.fromstring(" ".join(strings), dtype=np.int64, sep=" ")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            words = np.fromstring(" ".join(strings), dtype=np.int64, sep=" ")
+    except ValueError:
+        words = np.zeros(0, dtype=np.int64)
     if words.size != counts.sum():
         raise DiscourseRLError(f"{what}: predictionstring must hold integers separated by spaces")
     row_end = np.cumsum(counts)
@@ -190,8 +194,8 @@ def _span_table(df: pd.DataFrame, class_col: str, essay_codes: pd.Index, what: s
 
 
 def _pair_overlap(pred: _SpanTable, gt: _SpanTable, p: IntArray, g: IntArray) -> IntArray:
-    inter = np.minimum(pred.end[p], gt.end[g]) - np.maximum(pred.start[p], gt.start[g])
-    inter = np.maximum(inter, 0)
+    raw = np.minimum(pred.end[p], gt.end[g]) - np.maximum(pred.start[p], gt.start[g])
+    inter: IntArray = np.maximum(raw, 0)
     if pred.sets or gt.sets:
         for k in np.flatnonzero(np.isin(p, list(pred.sets)) | np.isin(g, list(gt.sets))):
             a = pred.sets.get(int(p[k]), np.arange(pred.start[p[k]], pred.end[p[k]]))
