@@ -87,9 +87,10 @@ def test_agrees_with_pandas_oracle_unless_double_count(
     assert 0.0 <= ours.macro_f1 <= 1.0
     for s in ours.per_class.values():
         assert math.isnan(s.f1) or 0.0 <= s.f1 <= 1.0
-    if _can_double_count(pred, gt):
+    macro, per_class, doubtful = oracle_score(pred, gt)
+    assert bool(doubtful) == _can_double_count(pred, gt)
+    if doubtful:
         return
-    macro, per_class = oracle_score(pred, gt)
     assert ours.macro_f1 == pytest.approx(macro, abs=1e-12)
     for cls, f1 in per_class.items():
         assert ours.per_class[cls].f1 == pytest.approx(f1, abs=1e-12)
@@ -135,6 +136,7 @@ def test_one_prediction_over_two_true_halves_is_one_hit() -> None:
     ours = score(pred, gt).per_class["Claim"]
     assert (ours.tp, ours.fp, ours.fn) == (1, 0, 1)
     assert oracle_score(pred, gt)[1]["Claim"] == 1.0  # the flaw we do not copy
+    assert oracle_score(pred, gt)[2] == {"a"}
 
 
 def test_exact_half_overlap_counts_and_just_under_does_not() -> None:

@@ -1,0 +1,114 @@
+"""Time the metric against the pandas oracle on perturbed predictions for a whole train.csv.
+
+    .venv/bin/python benchmarks/metric.py [--data ../shared/data/feedback-prize-2021]
+
+Prints both implementations' times and scores, their ratio, and the per-essay reward's time.
+Targets on 2 cores: at least 50x faster than the oracle with identical scores; the per-essay
+reward under 20 microseconds per essay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from discourse_rl.data import CLASS_INDEX, CLASSES, predictionstring
+from discourse_rl.metric import essay_counts, essay_f1, score
+from tests.oracle import oracle_score
+
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "feedback-prize-2021"
+)
+
+
+def perturb(gt: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Realistic mistakes: shifted boundaries, wrong classes, missed and invented spans."""
+    rng = np.random.default_rng(seed)
+    words = gt["predictionstring"].str.split()
+    start = words.str[0].astype(int).to_numpy()
+    end = words.str[-1].astype(int).to_numpy() + 1
+    n = len(gt)
+    length = end - start
+    start = np.maximum(start + rng.integers(-3, 4, n) * (rng.random(n) < 0.5) * (length > 4), 0)
+    end = np.maximum(end + rng.integers(-6, 7, n) * (rng.random(n) < 0.5), start + 1)
+    cls = gt["discourse_type"].to_numpy().copy()
+    flip = rng.random(n) < 0.15
+    cls[flip] = rng.choice(CLASSES, flip.sum())
+    keep = rng.random(n) > 0.1
+    extra = rng.random(n) < 0.1
+    ids = np.concatenate([gt["id"].to_numpy()[keep], gt["id"].to_numpy()[extra]])
+    cls = np.concatenate([cls[keep], rng.choice(CLASSES, extra.sum())])
+    start = np.concatenate([start[keep], end[extra]])
+    end = np.concatenate([end[keep], end[extra] + rng.integers(1, 30, extra.sum())])
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "class": cls,
+            "predictionstring": [predictionstring(s, e) for s, e in zip(start, end, strict=True)],
+        }
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    gt = pd.read_csv(args.data / "train.csv", usecols=["id", "discourse_type", "predictionstring"])
+    pred = perturb(gt, args.seed)
+    print(f"{len(gt):,} true spans, {len(pred):,} predicted spans, {gt['id'].nunique():,} essays")
+    score(pred.head(100), gt.head(100))  # warm the imports
+
+    t0 = time.perf_counter()
+    ours = score(pred, gt)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    oracle_macro, _, doubtful = oracle_score(pred, gt)
+    t_oracle = time.perf_counter() - t0
+    print(f"discourse_rl.metric.score  {t_ours:8.3f} s   macro F1 {ours.macro_f1:.6f}")
+    print(f"pandas oracle              {t_oracle:8.3f} s   macro F1 {oracle_macro:.6f}")
+    print(f"speed-up {t_oracle / t_ours:.1f}x")
+    print(
+        f"{len(doubtful)} essays hold a prediction that could hit two true spans, where the "
+        "oracle double-counts; on all the others the scores must be identical:"
+    )
+    clean_pred = pred[~pred["id"].isin(doubtful)]
+    clean_gt = gt[~gt["id"].isin(doubtful)]
+    ours_clean = score(clean_pred, clean_gt)
+    oracle_clean, oracle_clean_per_class, _ = oracle_score(clean_pred, clean_gt)
+    same = all(ours_clean.per_class[c].f1 == f for c, f in oracle_clean_per_class.items())
+    print(
+        f"  without them: ours {ours_clean.macro_f1:.12f}  oracle {oracle_clean:.12f}  "
+        f"per-class identical: {same}"
+    )
+
+    # Per-essay reward, as the RL environment calls it: int arrays in, counts and F-score out.
+    essays = []
+    pred_by_essay = dict(list(pred.groupby("id")))
+    for eid, g in gt.groupby("id"):
+        p = pred_by_essay.get(eid, pred.iloc[:0])
+        arrays = []
+        for df, col in ((p, "class"), (g, "discourse_type")):
+            w = df["predictionstring"].str.split()
+            arrays += [
+                df[col].map(CLASS_INDEX).to_numpy(np.int64),
+                w.str[0].astype(int).to_numpy(np.int64),
+                w.str[-1].astype(int).to_numpy(np.int64) + 1,
+            ]
+        essays.append(arrays)
+    t0 = time.perf_counter()
+    for a in essays:
+        essay_f1(essay_counts(*a))
+    per_essay = (time.perf_counter() - t0) / len(essays)
+    print(f"per-essay reward (essay_counts + essay_f1): {per_essay * 1e6:.1f} us per essay")
+
+
+if __name__ == "__main__":
+    main()
