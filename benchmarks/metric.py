@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -56,6 +58,27 @@ def perturb(gt: pd.DataFrame, seed: int) -> pd.DataFrame:
     )
 
 
+T = TypeVar("T")
+
+
+def best_of(n: int, fn: Callable[[], T]) -> tuple[T, float]:
+    """Result and the fastest of n timed runs (the least disturbed by other processes)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return result, min(times)
+
+
+def with_ranges(df: pd.DataFrame) -> pd.DataFrame:
+    words = df["predictionstring"].str.split()
+    out = df.drop(columns="predictionstring")
+    out["word_start"] = words.str[0].astype(int)
+    out["word_end"] = words.str[-1].astype(int) + 1
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -66,15 +89,22 @@ def main() -> None:
     print(f"{len(gt):,} true spans, {len(pred):,} predicted spans, {gt['id'].nunique():,} essays")
     score(pred.head(100), gt.head(100))  # warm the imports
 
-    t0 = time.perf_counter()
-    ours = score(pred, gt)
-    t_ours = time.perf_counter() - t0
+    ours, t_ours = best_of(3, lambda: score(pred, gt))
+    # The pipeline hands over word ranges (data.Corpus.elements, data.spans_to_frame), which
+    # skips parsing the predictionstrings.
+    ranged_pred, ranged_gt = with_ranges(pred), with_ranges(gt)
+    ours_ranged, t_ranged = best_of(3, lambda: score(ranged_pred, ranged_gt))
+    assert ours_ranged.macro_f1 == ours.macro_f1
     t0 = time.perf_counter()
     oracle_macro, _, doubtful = oracle_score(pred, gt)
     t_oracle = time.perf_counter() - t0
-    print(f"discourse_rl.metric.score  {t_ours:8.3f} s   macro F1 {ours.macro_f1:.6f}")
-    print(f"pandas oracle              {t_oracle:8.3f} s   macro F1 {oracle_macro:.6f}")
-    print(f"speed-up {t_oracle / t_ours:.1f}x")
+    print(f"pandas oracle                      {t_oracle:8.3f} s   macro F1 {oracle_macro:.6f}")
+    print(f"metric.score, predictionstrings    {t_ours:8.3f} s   macro F1 {ours.macro_f1:.6f}")
+    print(f"metric.score, word ranges          {t_ranged:8.3f} s")
+    print(
+        f"speed-up: {t_oracle / t_ours:.1f}x (parsing predictionstrings), "
+        f"{t_oracle / t_ranged:.1f}x (word ranges)"
+    )
     print(
         f"{len(doubtful)} essays hold a prediction that could hit two true spans, where the "
         "oracle double-counts; on all the others the scores must be identical:"
@@ -103,10 +133,8 @@ def main() -> None:
                 w.str[-1].astype(int).to_numpy(np.int64) + 1,
             ]
         essays.append(arrays)
-    t0 = time.perf_counter()
-    for a in essays:
-        essay_f1(essay_counts(*a))
-    per_essay = (time.perf_counter() - t0) / len(essays)
+    _, per_call = best_of(3, lambda: [essay_f1(essay_counts(*a)) for a in essays])
+    per_essay = per_call / len(essays)
     print(f"per-essay reward (essay_counts + essay_f1): {per_essay * 1e6:.1f} us per essay")
 
 
