@@ -1,6 +1,6 @@
 """Rebuild the embedded sample from a Kaggle-layout folder (run once; the result is committed).
 
-    python tools/make_sample.py ../shared/data/feedback-prize-2021 src/discourse_rl/sample
+python tools/make_sample.py ../shared/data/feedback-prize-2021 src/discourse_rl/sample
 """
 
 import shutil
