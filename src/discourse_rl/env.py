@@ -13,7 +13,7 @@ Reward: 0 per step, then the essay's F-score from `metric.essay_counts` + `metri
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -63,8 +63,6 @@ def essay_reward(seg: EssaySegments, actions: IntArray, gold: Spans) -> tuple[fl
 
 class SegmentLabelEnv(gym.Env[Obs, np.int64]):
     """One episode = one essay; essays are visited in a reshuffled order, pass after pass."""
-
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self,

@@ -1,0 +1,129 @@
+"""The agent's configuration and the padding of essays into batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from discourse_rl.segments import EssaySegments, action_masks
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The attention policy, its behavioural cloning and its PPO fine-tuning."""
+
+    seed: int = 0
+    """Seed for weights, essay order and action sampling (same seed, same result on CPU)."""
+    holdout_fold: int = 0
+    """Fold (of RUN/ner/folds.json, else 5 balanced folds) scored at the end, never trained on."""
+    max_essays: int = 0
+    """Use a seeded random subset of this many essays (0 = every essay with probabilities)."""
+    sim_noise: float = 0.5
+    """Noise of simulated word probabilities (train-agent --simulate)."""
+    max_segments: int = 96
+    """Padded segment rows per observation; must be at least the segments' max_segments."""
+    d_model: int = 64
+    """Width of the segment encoder."""
+    n_heads: int = 4
+    """Attention heads per layer."""
+    n_layers: int = 2
+    """Transformer encoder layers."""
+    dim_feedforward: int = 128
+    """Hidden width of each layer's feed-forward block."""
+    dropout: float = 0.1
+    """Dropout while cloning (PPO runs without it, so its probability ratios stay exact)."""
+    val_fraction: float = 0.1
+    """Share of the training essays kept aside to pick the best BC epoch and PPO checkpoint."""
+    bc_epochs: int = 40
+    """Passes over the training essays in behavioural cloning."""
+    bc_batch_essays: int = 32
+    """Essays per cloning batch."""
+    bc_lr: float = 1e-3
+    """Adam learning rate for cloning."""
+    bc_weight_decay: float = 0.01
+    """AdamW weight decay for cloning."""
+    bc_class_weight: float = 0.0
+    """Cloning loss weight per action = frequency ** -this (0 = unweighted, 1 = inverse)."""
+    ppo_timesteps: int = 200_000
+    """Environment steps of PPO after the value warm-up."""
+    value_warmup_steps: int = 20_000
+    """Steps of PPO that train only the value head first (cloning leaves it untrained)."""
+    n_envs: int = 8
+    """Environments stepped together (one batched policy forward per step)."""
+    n_steps: int = 256
+    """Steps per environment per rollout."""
+    batch_size: int = 256
+    """PPO minibatch size."""
+    n_epochs: int = 4
+    """PPO passes over each rollout."""
+    ppo_lr: float = 3e-5
+    """PPO Adam learning rate."""
+    clip_range: float = 0.2
+    """PPO ratio clipping."""
+    gae_lambda: float = 0.95
+    """GAE lambda (gamma is fixed at 1: the reward is the essay's score at its end)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    kl_beta: float = 0.02
+    """Initial weight of the per-step KL penalty to the frozen BC policy."""
+    kl_target: float = 0.0
+    """Target KL per step for the adaptive beta; 0 keeps beta fixed."""
+    reward: str = "f1"
+    """Essay reward: 'f1' (the metric's F-score) or 'jaccard' (the seed's TP/(TP+FP+FN))."""
+    eval_every: int = 5
+    """Rollouts between held-out evaluations and checkpoints."""
+    progress_bar: bool = True
+    """Show a progress bar during PPO."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    features: torch.Tensor
+    """(B, S, F) float32, zero beyond each essay's segments."""
+    mask: torch.Tensor
+    """(B, S) bool, True on real segments."""
+    gold: torch.Tensor | None
+    """(B, S) int64 gold actions, -100 on padding."""
+    action_mask: torch.Tensor | None
+    """(B, S, 15) bool masks under the gold history (teacher forcing)."""
+
+
+def pad_batch(segs: Sequence[EssaySegments], with_gold: bool = False) -> Batch:
+    """Pad essays to the longest one in the batch."""
+    n = max(s.n_segments for s in segs)
+    n_feat = segs[0].features.shape[1]
+    feats = np.zeros((len(segs), n, n_feat), np.float32)
+    mask = np.zeros((len(segs), n), np.bool_)
+    gold = np.full((len(segs), n), -100, np.int64)
+    amask = np.ones((len(segs), n, 15), np.bool_)
+    for i, s in enumerate(segs):
+        feats[i, : s.n_segments] = s.features
+        mask[i, : s.n_segments] = True
+        if with_gold:
+            if s.gold_action is None:
+                raise ValueError(f"{s.essay_id}: no gold actions to clone")
+            gold[i, : s.n_segments] = s.gold_action
+            amask[i, : s.n_segments] = action_masks(s.gold_action)
+    return Batch(
+        torch.from_numpy(feats),
+        torch.from_numpy(mask),
+        torch.from_numpy(gold) if with_gold else None,
+        torch.from_numpy(amask) if with_gold else None,
+    )
+
+
+def split_validation(
+    segs: Sequence[EssaySegments], fraction: float, seed: int
+) -> tuple[list[EssaySegments], list[EssaySegments]]:
+    """(train, validation) by a seeded shuffle; validation is empty when fraction is 0."""
+    order = np.random.default_rng(seed).permutation(len(segs))
+    n_val = round(len(segs) * fraction) if fraction > 0 else 0
+    n_val = min(n_val, len(segs) - 1)
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return [segs[i] for i in train], [segs[i] for i in val]

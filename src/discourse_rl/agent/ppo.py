@@ -1,0 +1,234 @@
+"""PPO fine-tuning (sb3-contrib MaskablePPO) from the cloned policy, held near it by a KL penalty.
+
+As in "Learning to summarize from human feedback", each step's reward is lowered by beta times
+the KL divergence between the current policy and the frozen BC policy at that state (exact, over
+the allowed actions); gamma is 1, so an episode's return is the essay's score minus beta times
+the summed KL. Beta is fixed, or adapted towards a target KL per step. The penalty is applied
+when a rollout ends, before PPO's update: the buffer's rewards are lowered and its returns and
+advantages recomputed. Cloning leaves the value head untrained, so PPO first runs
+`value_warmup_steps` with everything but the value head frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+from discourse_rl.agent.common import AgentConfig
+from discourse_rl.agent.policy import (
+    AttentionPolicy,
+    arch_kwargs,
+    load_policy,
+    save_policy,
+    score_policy,
+)
+from discourse_rl.common import atomic_write_text, config_to_toml
+from discourse_rl.data import Corpus
+from discourse_rl.env import SegmentLabelEnv, gold_table
+from discourse_rl.segments import N_ACTIONS, EssaySegments
+
+
+def policy_kl(
+    policy: AttentionPolicy,
+    ref: AttentionPolicy,
+    obs: dict[str, torch.Tensor],
+    masks: torch.Tensor,
+) -> torch.Tensor:
+    """KL(policy || ref) per observation over the allowed actions."""
+    # Masked logits are normalised log-probabilities, with a large negative number when masked.
+    dist_p: Any = policy.get_distribution(obs, masks.numpy())
+    dist_q: Any = ref.get_distribution(obs, masks.numpy())
+    logp: torch.Tensor = dist_p.distribution.logits
+    logq: torch.Tensor = dist_q.distribution.logits
+    p = torch.where(masks, logp.exp(), torch.zeros_like(logp))
+    kl: torch.Tensor = (p * (logp - logq)).sum(-1)
+    return kl
+
+
+class KLPenalty(BaseCallback):
+    """Lowers each step's reward by beta * KL(policy || BC) once a rollout is collected."""
+
+    def __init__(self, ref: AttentionPolicy, beta: float, target: float, horizon: int = 10_000):
+        super().__init__()
+        self.ref = ref
+        self.beta = beta
+        self.target = target
+        self.horizon = horizon
+        self.last_kl = 0.0
+
+    def _on_step(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def _on_rollout_end(self) -> None:
+        model: Any = self.model
+        buf = model.rollout_buffer
+        obs_all = {k: v.reshape(-1, *v.shape[2:]) for k, v in buf.observations.items()}  # type: ignore[union-attr]
+        masks_all = buf.action_masks.reshape(-1, N_ACTIONS) > 0.5  # type: ignore[attr-defined]
+        model.policy.set_training_mode(False)
+        kls = []
+        for k in range(0, masks_all.shape[0], 1024):
+            obs = obs_as_tensor({n: v[k : k + 1024] for n, v in obs_all.items()}, model.device)
+            m = torch.from_numpy(masks_all[k : k + 1024])
+            kls.append(policy_kl(model.policy, self.ref, obs, m))  # type: ignore[arg-type]
+        kl = torch.cat(kls).numpy().reshape(buf.rewards.shape)
+        self.last_kl = float(kl.mean())
+        buf.rewards -= self.beta * kl
+        last_obs = obs_as_tensor(model._last_obs, model.device)  # type: ignore[arg-type]
+        last_values = model.policy.predict_values(last_obs)  # type: ignore[arg-type,operator]
+        buf.compute_returns_and_advantage(last_values, model._last_episode_starts)  # type: ignore[arg-type]
+        self.logger.record("kl/kl_to_bc", self.last_kl)
+        self.logger.record("kl/beta", self.beta)
+        if self.target > 0:
+            err = float(np.clip(self.last_kl / self.target - 1.0, -0.2, 0.2))
+            self.beta *= 1.0 + err * kl.size / self.horizon
+
+
+class HeldOutEval(BaseCallback):
+    """Scores the deterministic policy on held-out essays every few rollouts; keeps the best."""
+
+    def __init__(
+        self,
+        segs: Sequence[EssaySegments],
+        corpus: Corpus | None,
+        every: int,
+        out_dir: Path,
+        cfg: AgentConfig,
+    ) -> None:
+        super().__init__()
+        self.segs, self.corpus, self.every = segs, corpus, every
+        self.out_dir, self.cfg = out_dir, cfg
+        self.enabled = False
+        self.rollouts = 0
+        self.best = -np.inf
+        self.history: list[dict[str, float]] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.enabled and self.rollouts % self.every == 0:
+            self.evaluate()
+        self.rollouts += 1
+
+    def evaluate(self) -> None:
+        policy: AttentionPolicy = self.model.policy  # type: ignore[assignment]
+        step = int(self.model.num_timesteps)
+        save_policy(policy, self.out_dir / "last.pt", self.cfg)
+        if not self.segs or self.corpus is None:
+            return
+        f1 = score_policy(policy, self.segs, self.corpus).macro_f1
+        self.history.append({"step": step, "val_macro_f1": f1})
+        if hasattr(self.model, "_logger"):  # absent before the first learn()
+            self.logger.record("eval/val_macro_f1", f1)
+        if f1 > self.best:
+            self.best = f1
+            save_policy(policy, self.out_dir / "best.pt", self.cfg)
+
+
+def make_env(segs: Sequence[EssaySegments], corpus: Corpus, cfg: AgentConfig) -> VecMonitor:
+    gold = gold_table(corpus, [s.essay_id for s in segs])
+    fns = [
+        (lambda: SegmentLabelEnv(segs, gold, cfg.max_segments, cfg.reward))
+        for _ in range(cfg.n_envs)
+    ]
+    return VecMonitor(DummyVecEnv(fns))  # type: ignore[arg-type]
+
+
+def train_ppo(
+    train_segs: Sequence[EssaySegments],
+    corpus: Corpus,
+    bc_path: str | Path,
+    cfg: AgentConfig,
+    out_dir: str | Path,
+    *,
+    val_segs: Sequence[EssaySegments] = (),
+    tb_dir: str | Path | None = None,
+) -> Path:
+    """Fine-tune the BC policy at `bc_path` on the training essays; returns the policy path.
+
+    The returned policy is the checkpoint with the best validation macro F1 (the BC policy
+    itself counts as the first checkpoint), or the last one without `val_segs`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    env = make_env(train_segs, corpus, cfg)
+    model = MaskablePPO(
+        AttentionPolicy,
+        env,
+        learning_rate=cfg.ppo_lr,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        n_epochs=cfg.n_epochs,
+        gamma=1.0,
+        gae_lambda=cfg.gae_lambda,
+        clip_range=cfg.clip_range,
+        ent_coef=cfg.ent_coef,
+        vf_coef=cfg.vf_coef,
+        policy_kwargs=arch_kwargs(cfg, 0.0),
+        tensorboard_log=None if tb_dir is None else str(tb_dir),
+        seed=cfg.seed,
+        device="cpu",
+    )
+    ref = load_policy(bc_path)
+    model.policy.load_state_dict(ref.state_dict())
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    kl_cb = KLPenalty(ref, cfg.kl_beta, cfg.kl_target)
+    eval_cb = HeldOutEval(val_segs, corpus, cfg.eval_every, out_dir, cfg)
+    eval_cb.init_callback(model)
+    eval_cb.evaluate()  # the BC policy's own score, the bar PPO has to clear
+    callbacks = [kl_cb, eval_cb]
+
+    if cfg.value_warmup_steps > 0:
+        value_head = set(id(p) for p in model.policy.value_net.parameters())
+        for p in model.policy.parameters():
+            p.requires_grad_(id(p) in value_head)
+        model.learn(
+            cfg.value_warmup_steps,
+            callback=callbacks,
+            tb_log_name="ppo",
+            progress_bar=cfg.progress_bar,
+        )
+        for p in model.policy.parameters():
+            p.requires_grad_(True)
+    warm_s = time.perf_counter() - t0
+    eval_cb.enabled = True
+    model.learn(
+        cfg.ppo_timesteps,
+        callback=callbacks,
+        tb_log_name="ppo",
+        reset_num_timesteps=cfg.value_warmup_steps <= 0,
+        progress_bar=cfg.progress_bar,
+    )
+    eval_cb.evaluate()
+    seconds = time.perf_counter() - t0
+
+    final = out_dir / "policy.pt"
+    best = out_dir / "best.pt"
+    shutil.copyfile(best if best.exists() else out_dir / "last.pt", final)
+    atomic_write_text(out_dir / "config.toml", config_to_toml(cfg))
+    summary: dict[str, Any] = {
+        "seconds": seconds,
+        "warmup_seconds": warm_s,
+        "env_steps": int(model.num_timesteps),
+        "steps_per_second": model.num_timesteps / seconds,
+        "final_beta": kl_cb.beta,
+        "final_kl": kl_cb.last_kl,
+        "best_val_macro_f1": None if not np.isfinite(eval_cb.best) else eval_cb.best,
+        "history": eval_cb.history,
+    }
+    atomic_write_text(out_dir / "history.json", json.dumps(summary, indent=2))
+    return final
