@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from discourse_rl.agent.common import AgentConfig, pad_batch
+from discourse_rl.agent.common import AgentConfig, pad_batch, torch_threads
 from discourse_rl.agent.policy import AttentionPolicy, make_policy, save_policy, score_policy
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
@@ -57,6 +57,18 @@ def train_bc(
     With `val_segs` and `corpus`, the epoch with the best validation macro F1 is kept;
     otherwise the last one.
     """
+    with torch_threads(cfg.torch_threads):
+        return _train_bc(train_segs, cfg, out_dir, val_segs, corpus, log_dir)
+
+
+def _train_bc(
+    train_segs: Sequence[EssaySegments],
+    cfg: AgentConfig,
+    out_dir: str | Path,
+    val_segs: Sequence[EssaySegments],
+    corpus: Corpus | None,
+    log_dir: str | Path | None,
+) -> Path:
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     policy = make_policy(cfg, int(train_segs[0].features.shape[1]), dropout=cfg.dropout)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,7 +79,21 @@ class AgentConfig:
     eval_every: int = 5
     """Rollouts between held-out evaluations and checkpoints."""
     progress_bar: bool = True
-    """Show a progress bar during PPO."""
+    """Show progress bars."""
+    torch_threads: int = 1
+    """CPU threads for torch while training (tiny models: one thread is fastest, above all on a
+    shared machine, where more threads wait on each other)."""
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
-from discourse_rl.agent.common import AgentConfig
+from discourse_rl.agent.common import AgentConfig, torch_threads
 from discourse_rl.agent.policy import (
     AttentionPolicy,
     arch_kwargs,
@@ -161,7 +161,19 @@ def train_ppo(
     The returned policy is the checkpoint with the best validation macro F1 (the BC policy
     itself counts as the first checkpoint), or the last one without `val_segs`.
     """
-    out_dir = Path(out_dir)
+    with torch_threads(cfg.torch_threads):
+        return _train_ppo(train_segs, corpus, bc_path, cfg, Path(out_dir), val_segs, tb_dir)
+
+
+def _train_ppo(
+    train_segs: Sequence[EssaySegments],
+    corpus: Corpus,
+    bc_path: str | Path,
+    cfg: AgentConfig,
+    out_dir: Path,
+    val_segs: Sequence[EssaySegments],
+    tb_dir: str | Path | None,
+) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     env = make_env(train_segs, corpus, cfg)

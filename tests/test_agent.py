@@ -1,0 +1,233 @@
+"""The attention agent: one-pass and SB3 faces agree, masks, KL term, BC then PPO beat random."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sb3_contrib import MaskablePPO
+from stable_baselines3.common.utils import obs_as_tensor
+
+from discourse_rl.agent import AgentConfig, predict_spans, train_bc, train_ppo
+from discourse_rl.agent.common import pad_batch, split_validation
+from discourse_rl.agent.policy import (
+    AttentionPolicy,
+    arch_kwargs,
+    load_policy,
+    make_policy,
+    masked_greedy,
+    predict_actions,
+    save_policy,
+)
+from discourse_rl.agent.ppo import make_env, policy_kl
+from discourse_rl.agent.stage import predict_stage, train_agent_stage
+from discourse_rl.data import Corpus, load_corpus
+from discourse_rl.env import SegmentLabelEnv, essay_reward, gold_table
+from discourse_rl.segments import (
+    EssaySegments,
+    SegmentConfig,
+    allowed_actions,
+    make_segments,
+    segment_gold_actions,
+    simulate_word_probs,
+)
+
+TINY = AgentConfig(
+    max_segments=64,
+    d_model=16,
+    n_heads=2,
+    n_layers=1,
+    dim_feedforward=32,
+    bc_epochs=25,
+    bc_batch_essays=8,
+    bc_lr=3e-3,
+    ppo_timesteps=512,
+    value_warmup_steps=256,
+    n_envs=4,
+    n_steps=64,
+    batch_size=64,
+    n_epochs=2,
+    ppo_lr=1e-4,
+    eval_every=2,
+    progress_bar=False,
+)
+SEG = SegmentConfig(max_segments=64)
+
+
+@cache
+def corpus() -> Corpus:
+    return load_corpus()
+
+
+@cache
+def essays() -> list[EssaySegments]:
+    c = corpus()
+    ids = sorted(c.essays)[:48]
+    return segment_gold_actions(make_segments(simulate_word_probs(c, 0.5, 0, ids), SEG), c)
+
+
+def mean_reward(segs: list[EssaySegments], actions: list[np.ndarray]) -> float:
+    gold = gold_table(corpus(), [s.essay_id for s in segs])
+    return float(
+        np.mean(
+            [essay_reward(s, a, gold[s.essay_id])[0] for s, a in zip(segs, actions, strict=True)]
+        )
+    )
+
+
+def random_actions(segs: list[EssaySegments], seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in segs:
+        prev, acts = -1, []
+        for _ in range(s.n_segments):
+            prev = int(rng.choice(np.flatnonzero(allowed_actions(prev))))
+            acts.append(prev)
+        out.append(np.array(acts))
+    return out
+
+
+def test_padding_does_not_change_real_segments() -> None:
+    policy = make_policy(TINY, essays()[0].features.shape[1])
+    policy.set_training_mode(False)
+    s = essays()[0]
+    alone = pad_batch([s])
+    longest = max(essays()[:5], key=lambda e: e.n_segments)
+    padded = pad_batch([s, longest])
+    with torch.no_grad():
+        la, va = policy.encode(alone.features, alone.mask)
+        lp, vp = policy.encode(padded.features, padded.mask)
+    n = s.n_segments
+    torch.testing.assert_close(la[0, :n], lp[0, :n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(va[0, :n], vp[0, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_sb3_face_equals_one_pass_face() -> None:
+    segs = essays()[:3]
+    policy = make_policy(TINY, segs[0].features.shape[1])
+    policy.set_training_mode(False)
+    env = SegmentLabelEnv(segs, gold_table(corpus(), [s.essay_id for s in segs]), 64)
+    obs, _ = env.reset(options={"essay_index": 1})
+    b = pad_batch([segs[1]])
+    with torch.no_grad():
+        logits, values = policy.encode(b.features, b.mask)
+        for t in range(3):
+            o, _ = policy.obs_to_tensor(obs)
+            dist = policy.get_distribution(o)
+            expected = torch.log_softmax(logits[0, t], -1)
+            torch.testing.assert_close(dist.distribution.logits[0], expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                policy.predict_values(o)[0, 0], values[0, t], atol=1e-5, rtol=0
+            )
+            obs, *_ = env.step(0)
+
+
+def test_greedy_decoding_respects_masks() -> None:
+    logits = np.zeros((4, 15))
+    logits[:, 6] = 5.0  # 'continues Claim' everywhere: only allowed after a Claim
+    logits[:, 5] = 1.0
+    assert masked_greedy(logits).tolist() == [5, 6, 6, 6]
+
+
+def test_kl_is_zero_for_the_same_policy_and_positive_otherwise() -> None:
+    segs = essays()[:4]
+    policy = make_policy(TINY, segs[0].features.shape[1])
+    ref = copy.deepcopy(policy)
+    env = SegmentLabelEnv(segs, gold_table(corpus(), [s.essay_id for s in segs]), 64)
+    obs_list, masks = [], []
+    obs, _ = env.reset(seed=0)
+    for _ in range(20):
+        obs_list.append(obs)
+        masks.append(env.action_masks())
+        obs, _, done, _, _ = env.step(int(np.flatnonzero(env.action_masks())[-1]))
+        if done:
+            obs, _ = env.reset()
+    batch = {k: np.stack([o[k] for o in obs_list]) for k in obs_list[0]}
+    obs_t = obs_as_tensor(batch, torch.device("cpu"))
+    m = torch.from_numpy(np.stack(masks))
+    with torch.no_grad():
+        kl = policy_kl(policy, ref, obs_t, m)  # type: ignore[arg-type]
+        assert torch.allclose(kl, torch.zeros_like(kl), atol=1e-6)
+        policy.action_net.bias.add_(torch.linspace(-2, 2, 15))
+        kl = policy_kl(policy, ref, obs_t, m)  # type: ignore[arg-type]
+    assert (kl > 1e-4).all() and torch.isfinite(kl).all()
+
+
+def test_ppo_takes_only_allowed_actions() -> None:
+    segs = essays()[:8]
+    env = make_env(segs, corpus(), TINY)
+    model = MaskablePPO(
+        AttentionPolicy,
+        env,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=1,
+        policy_kwargs=arch_kwargs(TINY, 0.0),
+        seed=0,
+        device="cpu",
+    )
+    model.learn(256)
+    buf = model.rollout_buffer
+    acts = buf.actions.reshape(-1).astype(int)
+    masks = buf.action_masks.reshape(-1, 15) > 0.5
+    assert masks[np.arange(acts.size), acts].all()
+    assert not masks.all()  # the masks did forbid something
+
+
+def test_bc_then_ppo_beat_a_random_policy(tmp_path: Path) -> None:
+    train, val = split_validation(essays()[:40], 0.2, 0)
+    test = essays()[40:]
+    bc = train_bc(train, TINY, tmp_path / "bc", val_segs=val, corpus=corpus())
+    rl = train_ppo(train, corpus(), bc, TINY, tmp_path / "rl", val_segs=val, tb_dir=tmp_path / "tb")
+    history = json.loads((tmp_path / "rl" / "history.json").read_text())
+    assert history["env_steps"] >= TINY.ppo_timesteps + TINY.value_warmup_steps
+    assert history["history"][0]["step"] == 0  # the BC policy scored as the first checkpoint
+    random_score = np.mean([mean_reward(test, random_actions(test, k)) for k in range(3)])
+    bc_score = mean_reward(test, predict_actions(load_policy(bc), test))
+    rl_score = mean_reward(test, predict_actions(load_policy(rl), test))
+    assert bc_score > random_score + 0.2
+    assert rl_score > random_score + 0.2
+    table = predict_spans(rl, test)
+    assert set(table.columns) >= {"id", "class", "predictionstring"}
+    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_same_seed_same_policy(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, bc_epochs=2)
+    segs = essays()[:10]
+    a = train_bc(segs, cfg, tmp_path / "a")
+    b = train_bc(segs, cfg, tmp_path / "b")
+    sa, sb = load_policy(a).state_dict(), load_policy(b).state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    segs = essays()[:5]
+    policy = make_policy(TINY, segs[0].features.shape[1])
+    save_policy(policy, tmp_path / "p.pt", TINY)
+    back = load_policy(tmp_path / "p.pt")
+    assert [a.tolist() for a in predict_actions(policy, segs)] == [
+        a.tolist() for a in predict_actions(back, segs)
+    ]
+
+
+def test_agent_stage_end_to_end(tmp_path: Path) -> None:
+    c = corpus()
+    ids = sorted(c.essays)[:40]
+    probs = simulate_word_probs(c, 0.5, 0, ids)
+    cfg = dataclasses.replace(TINY, bc_epochs=2, ppo_timesteps=256, value_warmup_steps=0)
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, seeds=(0,))
+    assert set(result["summary"]) == {"ner_naive", "ner_tuned", "oracle", "bc", "rl"}
+    assert (tmp_path / "agent" / "rl" / "policy.pt").is_file()
+    assert (tmp_path / "segments.npz").is_file()
+    assert "| RL |" in (tmp_path / "agent" / "results.md").read_text()
+    table = predict_stage(tmp_path, "bc", {i: probs[i] for i in ids[:3]})
+    assert set(table["id"]) <= set(ids[:3])
+    with pytest.raises(Exception, match="stage"):
+        predict_stage(tmp_path, "ner", probs)
