@@ -1,0 +1,101 @@
+"""The shared setup of the RL benchmarks: essays, simulated probabilities, segments and a BC policy.
+
+    .venv/bin/python benchmarks/episode_data.py [--essays 2000] [--out runs/episode/data]
+
+Draws a seeded subset of the shared data's essays, simulates the tagger's word probabilities
+(`segments.simulate_word_probs`, until real out-of-fold ones exist), cuts segments, splits off
+a fifth of the essays as held out and a tenth of the rest for validation, and clones the gold
+actions. Everything is cached under --out; a second call only loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from discourse_rl.agent.bc import train_bc
+from discourse_rl.agent.common import AgentConfig, split_validation
+from discourse_rl.common import atomic_write_text
+from discourse_rl.data import Corpus, load_corpus
+from discourse_rl.segments import (
+    EssaySegments,
+    load_segments,
+    make_segments,
+    save_segments,
+    segment_gold_actions,
+    simulate_word_probs,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "feedback-prize-2021"
+
+
+@dataclass
+class Setup:
+    corpus: Corpus
+    train: list[EssaySegments]
+    val: list[EssaySegments]
+    test: list[EssaySegments]
+    bc_path: Path
+    agent_cfg: AgentConfig
+
+
+def prepare(
+    out: Path, n_essays: int = 2000, data: Path = DEFAULT_DATA, noise: float = 0.5, seed: int = 0
+) -> Setup:
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(data)
+    cfg = AgentConfig(seed=seed, progress_bar=False)
+    seg_path, split_path = out / "segments.npz", out / "split.json"
+    if not split_path.is_file():
+        pool = sorted(corpus.sure_ids())
+        ids = sorted(np.random.default_rng(seed).choice(pool, n_essays, replace=False).tolist())
+        probs = simulate_word_probs(corpus, noise, seed=seed, ids=ids)
+        segs = segment_gold_actions(make_segments(probs, ids=ids), corpus)
+        save_segments(seg_path, segs)
+        order = np.random.default_rng(seed + 1).permutation(len(ids))
+        test_ids = sorted(ids[i] for i in order[: len(ids) // 5])
+        rest = [s for s in segs if s.essay_id not in set(test_ids)]
+        train, val = split_validation(rest, cfg.val_fraction, seed)
+        split = {
+            "train": [s.essay_id for s in train],
+            "val": [s.essay_id for s in val],
+            "test": test_ids,
+        }
+        atomic_write_text(split_path, json.dumps(split))
+    split = json.loads(split_path.read_text(encoding="utf-8"))
+    by_id = {s.essay_id: s for s in load_segments(seg_path)}
+    parts = {k: [by_id[i] for i in v] for k, v in split.items()}
+    bc_path = out / "bc" / "policy.pt"
+    if not bc_path.is_file():
+        t = time.perf_counter()
+        train_bc(parts["train"], cfg, out / "bc", val_segs=parts["val"], corpus=corpus)
+        print(f"BC trained in {time.perf_counter() - t:.0f} s", flush=True)
+    return Setup(corpus, parts["train"], parts["val"], parts["test"], bc_path, cfg)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--essays", type=int, default=2000)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "episode" / "data")
+    args = ap.parse_args()
+    s = prepare(args.out, args.essays, args.data)
+    from discourse_rl.agent.policy import load_policy, score_policy
+
+    f1 = score_policy(load_policy(s.bc_path), s.test, s.corpus).macro_f1
+    print(f"train {len(s.train)}, val {len(s.val)}, held out {len(s.test)}; BC held-out {f1:.4f}")
+
+
+if __name__ == "__main__":
+    main()
