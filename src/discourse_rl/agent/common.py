@@ -38,7 +38,7 @@ class AgentConfig:
     """Dropout while cloning (PPO runs without it, so its probability ratios stay exact)."""
     val_fraction: float = 0.1
     """Share of the training essays kept aside to pick the best BC epoch and PPO checkpoint."""
-    bc_epochs: int = 40
+    bc_epochs: int = 15
     """Passes over the training essays in behavioural cloning."""
     bc_batch_essays: int = 32
     """Essays per cloning batch."""
@@ -52,6 +52,8 @@ class AgentConfig:
     """Environment steps of PPO after the value warm-up."""
     value_warmup_steps: int = 20_000
     """Steps of PPO that train only the value head first (cloning leaves it untrained)."""
+    value_warmup_lr: float = 1e-3
+    """Learning rate of the value warm-up."""
     n_envs: int = 8
     """Environments stepped together (one batched policy forward per step)."""
     n_steps: int = 256

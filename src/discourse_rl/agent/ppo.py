@@ -30,12 +30,13 @@ from discourse_rl.agent.policy import (
     AttentionPolicy,
     arch_kwargs,
     load_policy,
+    predict_actions,
     save_policy,
     score_policy,
 )
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
-from discourse_rl.env import SegmentLabelEnv, gold_table
+from discourse_rl.env import SegmentLabelEnv, essay_reward, gold_table
 from discourse_rl.segments import N_ACTIONS, EssaySegments
 
 
@@ -137,6 +138,16 @@ class HeldOutEval(BaseCallback):
             save_policy(policy, self.out_dir / "best.pt", self.cfg)
 
 
+def mean_reward(
+    policy: AttentionPolicy, segs: Sequence[EssaySegments], corpus: Corpus, kind: str
+) -> float:
+    """Mean essay reward of the policy's deterministic actions."""
+    gold = gold_table(corpus, [s.essay_id for s in segs])
+    pairs = zip(segs, predict_actions(policy, segs), strict=True)
+    scores = [essay_reward(s, a, gold[s.essay_id]) for s, a in pairs]
+    return float(np.mean([f1 if kind == "f1" else jac for f1, jac in scores]))
+
+
 def make_env(segs: Sequence[EssaySegments], corpus: Corpus, cfg: AgentConfig) -> VecMonitor:
     gold = gold_table(corpus, [s.essay_id for s in segs])
     fns = [
@@ -204,16 +215,23 @@ def _train_ppo(
     eval_cb.evaluate()  # the BC policy's own score, the bar PPO has to clear
     callbacks = [kl_cb, eval_cb]
 
+    # The value head starts at the BC policy's mean reward, a far better first guess than a
+    # random projection; the warm-up then fits it at its own, larger learning rate.
+    with torch.no_grad():
+        model.policy.value_net.weight.zero_()
+        model.policy.value_net.bias.fill_(mean_reward(ref, train_segs, corpus, cfg.reward))
     if cfg.value_warmup_steps > 0:
         value_head = set(id(p) for p in model.policy.value_net.parameters())
         for p in model.policy.parameters():
             p.requires_grad_(id(p) in value_head)
+        model.lr_schedule = lambda _: cfg.value_warmup_lr  # type: ignore[assignment]
         model.learn(
             cfg.value_warmup_steps,
             callback=callbacks,
             tb_log_name="ppo",
             progress_bar=cfg.progress_bar,
         )
+        model.lr_schedule = lambda _: cfg.ppo_lr  # type: ignore[assignment]
         for p in model.policy.parameters():
             p.requires_grad_(True)
     warm_s = time.perf_counter() - t0
