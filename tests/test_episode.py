@@ -182,9 +182,11 @@ def test_gradient_flows_only_through_the_sampled_actions_log_probs() -> None:
 def test_kl_is_zero_at_the_bc_policy_and_positive_away_from_it() -> None:
     logits, mask, act, amask, adv = _loss_inputs()
     same = episode_loss(logits, logits.detach(), act, amask, mask, adv, kl_beta=1.0)
-    assert abs(float(same.kl)) < 1e-6
-    moved = episode_loss(logits, logits.detach() + torch.randn_like(logits), act, amask, mask, adv, kl_beta=1.0)
-    assert float(moved.kl) > 0.01
+    assert abs(float(same.kl.detach())) < 1e-6
+    moved = episode_loss(
+        logits, logits.detach() + torch.randn_like(logits), act, amask, mask, adv, kl_beta=1.0
+    )
+    assert float(moved.kl.detach()) > 0.01
     # Gradient of the KL term vanishes at the reference (it is a minimum).
     logits.grad = None
     kl_only = episode_loss(logits, logits.detach(), act, amask, mask, adv * 0, kl_beta=1.0)
@@ -261,19 +263,24 @@ def test_trainer_beats_bc_and_is_deterministic(root: Path) -> None:
     corpus, segs = task()
     bc = bc_policy(root)
     cfg = EpisodeConfig(
-        passes=25, batch_essays=8, samples=6, lr=3e-3, kl_beta=0.0, progress_bar=False
+        passes=6, batch_essays=8, samples=4, lr=3e-3, kl_beta=0.0, progress_bar=False
     )
     path = train_episode(segs, corpus, bc, cfg, root / "rloo", tb_dir=root / "tb")
     before, after = greedy_f1(bc, segs, corpus), greedy_f1(path, segs, corpus)
     assert after > before + 0.03, (before, after)
-    again = train_episode(segs, corpus, bc, cfg, root / "rloo2")
+    hist = json.loads((root / "rloo" / "history.json").read_text())
+    assert hist["essays"] == 6 * len(segs) and hist["essays_per_second"] > 0
+    assert any((root / "tb").iterdir())
+    short = dataclasses.replace(cfg, passes=1)
+    once, again = (train_episode(segs, corpus, bc, short, root / f"det{k}") for k in range(2))
     for (n, x), (_, y) in zip(
-        load_policy(path).state_dict().items(), load_policy(again).state_dict().items(), strict=True
+        load_policy(once).state_dict().items(), load_policy(again).state_dict().items(), strict=True
     ):
         assert torch.equal(x, y), n
-    hist = json.loads((root / "rloo" / "history.json").read_text())
-    assert hist["essays"] == 25 * len(segs) and hist["essays_per_second"] > 0
-    assert any((root / "tb").iterdir())
+    assert not torch.equal(
+        load_policy(once).state_dict()["action_net.weight"],
+        load_policy(bc).state_dict()["action_net.weight"],
+    )
 
 
 @pytest.mark.parametrize("estimator", ["self_critical", "ppo"])
@@ -282,7 +289,7 @@ def test_other_estimators_learn(root: Path, estimator: str) -> None:
     bc = bc_policy(root)
     cfg = EpisodeConfig(
         estimator=estimator,
-        passes=25,
+        passes=5,
         batch_essays=8,
         samples=4,
         lr=3e-3 if estimator != "ppo" else 1e-3,

@@ -76,7 +76,7 @@ class EpisodeConfig:
     passes: float = 20.0
     """Passes over the training essays."""
     max_seconds: float = 0.0
-    """Stop after this much training time (0 = no limit)."""
+    """Stop after this much wall time, evaluations included (0 = no limit)."""
     lr: float = 1e-4
     """Adam learning rate."""
     kl_beta: float = 0.02
@@ -325,7 +325,8 @@ def train_episode(
         if writer is not None:
             for name, val in stats.items():
                 writer.add_scalar(f"episode/{name}", val, essays_seen)
-        done = update == n_updates or (cfg.max_seconds > 0 and train_s >= cfg.max_seconds)
+        over = cfg.max_seconds > 0 and time.perf_counter() - t0 >= cfg.max_seconds
+        done = update == n_updates or over
         if update % cfg.eval_every == 0 or done:
             checkpoint(update)
         if done:

@@ -1,0 +1,124 @@
+"""The SB3 agent (step-wise MaskablePPO) against the episode-level trainer, same wall time.
+
+    .venv/bin/python benchmarks/rl_speed.py [--essays 2000] [--sb3-steps 60000] [--threads 1]
+
+Both start from the same BC policy on the same essays and segment features
+(benchmarks/episode_data.py: the shared data, simulated word probabilities). SB3 runs first for
+--sb3-steps environment steps (value warm-up included); the episode trainer then gets the same
+wall time. Each keeps its checkpoint with the best validation macro F1, scored on the held-out
+essays. Prints essays per second (whole essays labelled and learnt from, per second of the
+training call's wall time), held-out macro F1 and the ratios. Targets on 2 cores: at least 10x
+the essays per second of SB3, and an equal or higher held-out F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from episode_data import ROOT, prepare
+
+from discourse_rl import metric
+from discourse_rl.agent import predict_spans
+from discourse_rl.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.agent.ppo import train_ppo
+from discourse_rl.common import atomic_write_text
+from discourse_rl.segments import gold_frame
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--essays", type=int, default=2000)
+    ap.add_argument("--sb3-steps", type=int, default=60_000, help="PPO steps after warm-up")
+    ap.add_argument("--warmup-steps", type=int, default=6_000, help="SB3 value warm-up steps")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", type=Path, default=ROOT / "runs" / "episode" / "data")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "episode" / "rl_speed")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    s = prepare(args.data, args.essays)
+    gt = gold_frame(s.corpus, [x.essay_id for x in s.test])
+    seg_per_essay = float(np.mean([x.n_segments for x in s.train]))
+
+    def heldout(path: Path) -> float:
+        return metric.score(predict_spans(path, s.test), gt).macro_f1
+
+    acfg = dataclasses.replace(
+        s.agent_cfg,
+        seed=args.seed,
+        ppo_timesteps=args.sb3_steps,
+        value_warmup_steps=args.warmup_steps,
+        eval_every=10,
+    )
+    t = time.perf_counter()
+    sb3_path = train_ppo(s.train, s.corpus, s.bc_path, acfg, args.out / "sb3", val_segs=s.val)
+    sb3_s = time.perf_counter() - t
+    sb3_hist = json.loads((args.out / "sb3" / "history.json").read_text(encoding="utf-8"))
+    sb3_essays = sb3_hist["env_steps"] / seg_per_essay
+
+    ecfg = EpisodeConfig(seed=args.seed, passes=1e6, max_seconds=sb3_s, progress_bar=False)
+    t = time.perf_counter()
+    ep_path = train_episode(
+        s.train, s.corpus, s.bc_path, ecfg, args.out / "episode", val_segs=s.val
+    )
+    ep_s = time.perf_counter() - t
+    ep_hist = json.loads((args.out / "episode" / "history.json").read_text(encoding="utf-8"))
+
+    rows: dict[str, dict[str, Any]] = {
+        "BC": {"seconds": 0.0, "essays": 0, "essays_per_s": float("nan")},
+        "SB3 MaskablePPO": {
+            "seconds": sb3_s,
+            "essays": sb3_essays,
+            "essays_per_s": sb3_essays / sb3_s,
+        },
+        "episode trainer": {
+            "seconds": ep_s,
+            "essays": ep_hist["essays"],
+            "essays_per_s": ep_hist["essays"] / ep_s,
+        },
+    }
+    for name, path in (
+        ("BC", s.bc_path),
+        ("SB3 MaskablePPO", sb3_path),
+        ("episode trainer", ep_path),
+    ):
+        rows[name]["heldout_macro_f1"] = heldout(path)
+    sb3, ep = rows["SB3 MaskablePPO"], rows["episode trainer"]
+    lines = [
+        f"{len(s.train)} training essays ({seg_per_essay:.1f} segments each), {len(s.val)} "
+        f"validation, {len(s.test)} held out; torch threads: {args.threads}",
+        "",
+        "| trainer | wall s | essays | essays/s | held-out macro F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['seconds']:.0f} | {r['essays']:.0f} | {r['essays_per_s']:.1f} | "
+            f"{r['heldout_macro_f1']:.4f} |"
+        )
+    lines += [
+        "",
+        f"essays/s ratio (episode / SB3): {ep['essays_per_s'] / sb3['essays_per_s']:.1f}x",
+        f"held-out macro F1 difference (episode - SB3): "
+        f"{ep['heldout_macro_f1'] - sb3['heldout_macro_f1']:+.4f}",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    atomic_write_text(args.out / "results.md", text)
+    atomic_write_text(args.out / "results.json", json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
