@@ -12,6 +12,7 @@ Actions, shared with the environment and the agent, mirror the word labels: 0 = 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ Probs = Mapping[str, npt.NDArray[np.floating]]
 N_CLASSES = len(CLASSES)
 N_ACTIONS = NUM_LABELS
 NONE_ACTION = 0
-# Per-segment features before any sentence embedding (see `segment_features`).
+# Features per segment (see `segment_features`).
 N_BASE_FEATURES = NUM_LABELS + N_CLASSES + 5
 
 
@@ -47,10 +48,6 @@ class SegmentConfig:
     """At most this many segments per essay; beyond it the weakest cuts are dropped."""
     start_window: int = 3
     """Words at a segment's start whose B- probabilities are averaged into its features."""
-    embed: bool = False
-    """Append a sentence embedding of each segment's text to its features."""
-    embed_model: str = ""
-    """Encoder for the embedding: a Hugging Face name or folder; empty = the offline MiniLM."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,7 +256,7 @@ def tradeoff_table(
     n_elements = int(corpus.elements["id"].isin(set(ids)).sum())
     rows = []
     for t in thresholds:
-        cfg = SegmentConfig(**{**base.__dict__, "start_threshold": float(t), "embed": False})
+        cfg = dataclasses.replace(base, start_threshold=float(t))
         segs = make_segments(probs, cfg, ids)
         n_seg = sum(s.n_segments for s in segs)
         rows.append(
