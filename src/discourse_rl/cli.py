@@ -195,9 +195,70 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train-agent
 
 
-COMMANDS = (_add_score, _add_data_report, _add_train_ner, _add_predict)
+def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "train-agent",
+        help="cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl train-agent --run runs/demo\n"
+        "  discourse-rl train-agent --run runs/sim --simulate --max-essays 300\n"
+        "  discourse-rl train-agent --run runs/reference \\\n"
+        "      --data ../shared/data/feedback-prize-2021 --config configs/reference.toml \\\n"
+        "      --seeds 0 1 2\n"
+        "Reads RUN/ner/oof.npz (out-of-fold word probabilities) unless --simulate is given.\n"
+        "Writes RUN/segments.npz, RUN/agent/{bc,rl}/, RUN/agent/results.md, RUN/tb/.",
+    )
+    p.add_argument("--run", required=True, type=Path, help="run folder")
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML with [segments], [agent] (default: RUN/config.toml)",
+    )
+    p.add_argument("--simulate", action="store_true", help="simulated word probabilities")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="agent seeds (default: 0)")
+    p.add_argument("--max-essays", type=int, default=None, help="use a random subset of essays")
+    p.set_defaults(handler=_cmd_train_agent)
+
+
+def _cmd_train_agent(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from discourse_rl.agent.stage import stage_configs, train_agent_stage
+    from discourse_rl.common import load_toml
+    from discourse_rl.data import load_corpus, load_word_probs
+    from discourse_rl.segments import simulate_word_probs
+
+    config = args.config
+    if config is None and (args.run / "config.toml").is_file():
+        config = args.run / "config.toml"
+    seg_cfg, cfg = stage_configs(config)
+    if args.max_essays is not None:
+        cfg = dataclasses.replace(cfg, max_essays=args.max_essays)
+    seeds = args.seeds
+    if seeds is None:
+        table = load_toml(config) if config is not None else {}
+        seeds = list(table.get("agent_seeds", [table.get("seed", 0)]))
+    corpus = load_corpus(args.data)
+    if args.simulate:
+        probs = simulate_word_probs(corpus, cfg.sim_noise, seed=0)
+    else:
+        probs = load_word_probs(args.run / "ner" / "oof.npz")
+    result = train_agent_stage(args.run, corpus, probs, seg_cfg, cfg, seeds)
+    print((args.run / "agent" / "results.md").read_text(encoding="utf-8"), end="")
+    print(f"macro F1 (held out): RL {result['summary']['rl']['macro']['mean']:.4f}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+COMMANDS = (_add_score, _add_data_report, _add_train_ner, _add_train_agent, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
