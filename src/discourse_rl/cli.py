@@ -154,7 +154,7 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # predict
 
-PREDICT_STAGES = ("ner-naive", "ner-tuned")
+PREDICT_STAGES = ("ner-naive", "ner-tuned", "bc", "rl")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -165,7 +165,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         epilog="examples:\n"
         "  discourse-rl predict --model runs/demo --essays essays/ --out submission.csv\n"
         "  discourse-rl predict --model runs/reference --essays one_essay.txt --out sub.csv \\\n"
-        "      --stage ner-naive",
+        "      --stage ner-naive\n"
+        "  discourse-rl predict --model runs/reference --essays essays/ --out sub.csv --stage rl",
     )
     p.add_argument("--model", required=True, type=Path, help="trained run folder")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
@@ -186,6 +187,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     probs = predict_word_probs(args.model, essays, progress=True)
     if args.stage == "ner-naive":
         table = decode_all(probs, decode_naive)
+    elif args.stage in ("bc", "rl"):
+        from discourse_rl.agent.stage import predict_stage
+
+        table = predict_stage(args.model, args.stage, probs)
     else:
         table = decode_all(probs, lambda p: decode_tuned(p, th))
     with atomic_open(args.out, "w", encoding="utf-8", newline="") as fh:
