@@ -1,0 +1,105 @@
+"""Speed of the NER stage: encoder training and inference tokens/s (fp32 and bf16), and the wall
+time to predict a batch of essays with a trained run.
+
+    .venv/bin/python benchmarks/ner_speed.py                    # default backbone, ~2 minutes
+    .venv/bin/python benchmarks/ner_speed.py --threads 1        # when other jobs share the cores
+    .venv/bin/python benchmarks/ner_speed.py --predict-run runs/reference \\
+        --data ../shared/data/feedback-prize-2021 --predict-essays 1500
+
+Training tokens/s is one full fine-tuning step (forward, backward, AdamW) of encoder + head on
+windows of `--seq` sub-tokens; inference is the encoder's forward pass. The uptime load average
+is printed because shared cores make every figure here pessimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from discourse_rl.data import NUM_LABELS, load_corpus
+from discourse_rl.ner import (
+    NerConfig,
+    NerModel,
+    autocast,
+    load_encoder,
+    predict_word_probs,
+    resolve_backbone,
+    torch_threads,
+)
+
+
+def tokens_per_second(
+    model: NerModel, batch: int, seq: int, steps: int, bf16: bool, train: bool
+) -> float:
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (batch, seq), generator=gen)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    words = seq * 3 // 4
+    token_word = torch.clamp(torch.arange(seq) * words // seq, max=words - 1).expand(batch, -1)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_word": token_word.contiguous(),
+        "word_features": torch.zeros(batch, words, 6),
+        "word_count": torch.full((batch,), words),
+        "labels": torch.randint(0, NUM_LABELS, (batch, words), generator=gen),
+    }
+    device = torch.device("cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up kernels and is not counted
+        t0 = time.perf_counter()
+        if train:
+            model.train()
+            with autocast(device, bf16):
+                loss = model(**inputs)["loss"]
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+            opt.zero_grad()
+        else:
+            model.eval()
+            with torch.inference_mode(), autocast(device, bf16):
+                model.encoder(input_ids=ids, attention_mask=mask)
+        times.append(time.perf_counter() - t0)
+    return batch * seq * steps / sum(times[1:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--backbone", default="", help="HF name or folder (default: MiniLM)")
+    ap.add_argument("--batch", type=int, default=8, help="windows per step")
+    ap.add_argument("--seq", type=int, default=512, help="sub-tokens per window")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--predict-run", type=Path, default=None, help="trained run to time")
+    ap.add_argument("--data", type=Path, default=None, help="essays for --predict-run")
+    ap.add_argument("--predict-essays", type=int, default=1500, help="essays to predict")
+    args = ap.parse_args()
+
+    with torch_threads(args.threads):
+        print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
+        torch.manual_seed(0)
+        model = NerModel(load_encoder(resolve_backbone(args.backbone)), NerConfig())
+        print(f"{'precision':<10}{'train tok/s':>14}{'infer tok/s':>14}")
+        for name, bf16 in (("fp32", False), ("bf16", True)):
+            train = tokens_per_second(model, args.batch, args.seq, args.steps, bf16, True)
+            infer = tokens_per_second(model, args.batch * 2, args.seq, args.steps, bf16, False)
+            print(f"{name:<10}{train:>14,.0f}{infer:>14,.0f}", flush=True)
+        if args.predict_run is not None:
+            corpus = load_corpus(args.data)
+            ids = sorted(corpus.essays)[: args.predict_essays]
+            essays = {i: corpus.essays[i] for i in ids}
+            t0 = time.perf_counter()
+            probs = predict_word_probs(args.predict_run, essays)
+            dt = time.perf_counter() - t0
+            n_words = sum(p.shape[0] for p in probs.values())
+            print(f"predicted {len(essays)} essays ({n_words:,} words) in {dt:.1f} s")
+        print(f"load average after {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
