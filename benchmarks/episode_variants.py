@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -33,7 +34,7 @@ from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.episode_ar import predict_actions_ar
 from discourse_rl.common import atomic_write_text
 from discourse_rl.data import CLASSES
-from discourse_rl.segments import gold_frame, spans_frame
+from discourse_rl.segments import EssaySegments, gold_frame, spans_frame
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "rloo-f1": {"estimator": "rloo", "reward": "f1"},
@@ -63,7 +64,7 @@ def main() -> None:
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     rows: list[dict[str, Any]] = []
     bc = metric.score(predict_spans(s.bc_path, s.test), gt)
-    rows.append(_row("BC", -1, bc, {}))
+    rows.append(_row("BC", -1, bc, bc, {}))
     for name in args.variants:
         for seed in args.seeds:
             cfg = EpisodeConfig(
@@ -74,21 +75,29 @@ def main() -> None:
             )
             out = args.out / f"{name}_s{seed}"
             path = train_episode(s.train, s.corpus, s.bc_path, cfg, out, val_segs=s.val)
-            if cfg.autoregressive:
-                pred = spans_frame(s.test, predict_actions_ar(path, s.test))
-            else:
-                pred = predict_spans(path, s.test)
+            best, last = (metric.score(_predict(p, s.test), gt) for p in (path, _last(path)))
             hist = json.loads((out / "history.json").read_text(encoding="utf-8"))
-            rows.append(_row(name, seed, metric.score(pred, gt), hist, dataclasses.asdict(cfg)))
+            rows.append(_row(name, seed, best, last, hist, dataclasses.asdict(cfg)))
             print(_table(rows), flush=True)
     atomic_write_text(args.out / "results.json", json.dumps(rows, indent=2))
     atomic_write_text(args.out / "results.md", _table(rows))
+
+
+def _predict(path: Path, segs: list[EssaySegments]) -> pd.DataFrame:
+    if path.name.endswith("_ar.pt"):
+        return spans_frame(segs, predict_actions_ar(path, segs))
+    return predict_spans(path, segs)
+
+
+def _last(path: Path) -> Path:
+    return path.with_name(path.name.replace("policy", "last"))
 
 
 def _row(
     name: str,
     seed: int,
     score: metric.Score,
+    last: metric.Score,
     hist: dict[str, Any],
     cfg: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -96,6 +105,7 @@ def _row(
         "variant": name,
         "seed": seed,
         "heldout_macro_f1": score.macro_f1,
+        "heldout_last_macro_f1": last.macro_f1,
         "per_class": {c: score.per_class[c].f1 for c in CLASSES},
         "essays_per_second": hist.get("essays_per_second", float("nan")),
         "train_seconds": hist.get("train_seconds", 0.0),
@@ -105,16 +115,18 @@ def _row(
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = "| variant | seed | held-out macro F1 | " + " | ".join(CLASSES) + " | essays/s | s |"
-    lines = [head, "|---" * (len(CLASSES) + 5) + "|"]
+    head = "| variant | seed | held-out macro F1 | " + " | ".join(CLASSES)
+    head += " | last checkpoint | essays/s | s |"
+    lines = [head, "|---" * (len(CLASSES) + 6) + "|"]
     for r in rows:
         cells = " | ".join(f"{r['per_class'][c]:.3f}" for c in CLASSES)
         lines.append(
             f"| {r['variant']} | {r['seed'] if r['seed'] >= 0 else '-'} | "
-            f"{r['heldout_macro_f1']:.4f} | {cells} | {r['essays_per_second']:.0f} | "
+            f"{r['heldout_macro_f1']:.4f} | {cells} | {r['heldout_last_macro_f1']:.4f} | "
+            f"{r['essays_per_second']:.0f} | "
             f"{r['train_seconds']:.0f} |"
         )
-    summary = {}
+    summary: dict[str, list[float]] = {}
     for r in rows:
         summary.setdefault(r["variant"], []).append(r["heldout_macro_f1"])
     if any(len(v) > 1 for v in summary.values()):

@@ -287,6 +287,7 @@ def train_episode(
     history: list[dict[str, float]] = []
     best = -math.inf
     essays_seen = 0
+    recent: list[dict[str, float]] = []  # update statistics since the last checkpoint
     train_s = 0.0
 
     def checkpoint(update: int) -> None:
@@ -296,6 +297,10 @@ def train_episode(
             return
         f1 = evaluate(model, val_segs, corpus)
         row = {"update": update, "essays": essays_seen, "seconds": train_s, "val_macro_f1": f1}
+        for key in ("reward", "greedy_reward", "kl", "entropy"):
+            if recent:
+                row[key] = float(np.mean([r[key] for r in recent]))
+        recent.clear()
         history.append(row)
         if writer is not None:
             writer.add_scalar("eval/val_macro_f1", f1, essays_seen)
@@ -317,6 +322,7 @@ def train_episode(
         idx, order = order[: cfg.batch_essays], order[cfg.batch_essays :]
         segs = [train_segs[i] for i in idx]
         stats = _update(model, opt, segs, gold, cfg, gen, macro)
+        recent.append(stats)
         essays_seen += len(segs)
         train_s += time.perf_counter() - t_up
         stats["essays_per_s"] = essays_seen / train_s
