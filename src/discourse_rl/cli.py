@@ -113,6 +113,39 @@ def _cmd_data_report(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# run
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "run",
+        help="the main job: train every stage and write the results table, plots and models",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl run                      # embedded sample, demo config, runs/demo\n"
+        "  discourse-rl run --data ../shared/data/feedback-prize-2021 \\\n"
+        "      --out runs/reference --config configs/reference.toml\n"
+        "Running the same command again reuses every stage whose config and inputs are\n"
+        "unchanged; a changed config re-runs that stage and the ones after it.",
+    )
+    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (runs/demo)")
+    p.add_argument(
+        "--config", type=Path, default=None, help="run config TOML (default: the demo config)"
+    )
+    p.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from discourse_rl.pipeline import run_pipeline
+
+    summary = run_pipeline(args.data, args.out, args.config)
+    print((summary.run_dir / "results.md").read_text(encoding="utf-8"), end="")
+    print(f"wrote {summary.run_dir}/results.md (stages run: {', '.join(summary.ran) or 'none'})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # train-ner
 
 
@@ -263,7 +296,7 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-COMMANDS = (_add_score, _add_data_report, _add_train_ner, _add_train_agent, _add_predict)
+COMMANDS = (_add_run, _add_score, _add_data_report, _add_train_ner, _add_train_agent, _add_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:
