@@ -204,7 +204,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--model", required=True, type=Path, help="trained run folder")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
     p.add_argument("--out", required=True, type=Path, help="submission csv to write")
-    p.add_argument("--stage", choices=PREDICT_STAGES, default="ner-tuned", help="which decoder")
+    p.add_argument(
+        "--stage",
+        choices=PREDICT_STAGES,
+        default=None,
+        help="which stage labels the essays (default: the run's best on held-out essays)",
+    )
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -213,8 +218,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from discourse_rl.data import read_essay_folder
     from discourse_rl.decode import decode_all, decode_naive, decode_tuned, load_thresholds
     from discourse_rl.ner import predict_word_probs
+    from discourse_rl.pipeline import best_stage
 
     essays = read_essay_folder(args.essays)
+    if args.stage is None:
+        args.stage = best_stage(args.model, PREDICT_STAGES)
+        print(f"stage: {args.stage} (the run's best on held-out essays)")
     if args.stage == "ner-tuned":
         th = load_thresholds(args.model / "decode.json")
     probs = predict_word_probs(args.model, essays, progress=True)

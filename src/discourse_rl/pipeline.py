@@ -213,3 +213,24 @@ def require_run(run: str | Path) -> Path:
     if not (run / "stages.json").is_file():
         raise DiscourseRLError(f"{run}: not a run folder (no stages.json; see `discourse-rl run`)")
     return run
+
+
+def best_stage(run: str | Path, choices: tuple[str, ...]) -> str:
+    """The stage with the highest held-out macro F1 in the run's agent results.
+
+    Without agent results: the tuned NER decoding if it was fitted, else the naive one.
+    """
+    run = Path(run)
+    path = run / "agent" / "results.json"
+    if path.is_file():
+        summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
+        scored = {
+            key.replace("_", "-"): row["macro"]["mean"]
+            for key, row in summary.items()
+            if key.replace("_", "-") in choices
+        }
+        if scored:
+            return str(max(scored, key=lambda k: scored[k]))
+    if not (run / "ner").is_dir():
+        raise DiscourseRLError(f"{run}: not a trained run (no ner/ folder)")
+    return "ner-tuned" if (run / "decode.json").is_file() else "ner-naive"
