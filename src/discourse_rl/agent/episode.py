@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from discourse_rl import metric
-from discourse_rl.agent.common import AgentConfig, pad_batch
+from discourse_rl.agent.common import AgentConfig, pad_batch, torch_threads
 from discourse_rl.agent.episode_ar import PrevLabelHead, greedy_ar, save_ar
 from discourse_rl.agent.episode_loss import (
     episode_loss,
@@ -99,6 +99,8 @@ class EpisodeConfig:
     """Updates between held-out evaluations and checkpoints."""
     progress_bar: bool = True
     """Show a progress bar."""
+    torch_threads: int = 1
+    """CPU threads for torch while training (one is fastest for this small model)."""
 
 
 def check_config(cfg: EpisodeConfig) -> None:
@@ -260,6 +262,23 @@ def train_episode(
     `callback` receives each evaluation's row (benchmarks use it).
     """
     check_config(cfg)
+    with torch_threads(cfg.torch_threads):
+        return _train(
+            train_segs, corpus, bc_path, cfg, out_dir, val_segs, tb_dir, agent_cfg, callback
+        )
+
+
+def _train(
+    train_segs: Sequence[EssaySegments],
+    corpus: Corpus,
+    bc_path: str | Path,
+    cfg: EpisodeConfig,
+    out_dir: str | Path,
+    val_segs: Sequence[EssaySegments],
+    tb_dir: str | Path | None,
+    agent_cfg: AgentConfig | None,
+    callback: Callable[[dict[str, float]], None] | None,
+) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
