@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import CLASS_INDEX, CLASSES
-from discourse_rl.metric import essay_counts, essay_f1, essay_jaccard, score
+from discourse_rl.metric import essay_counts, essay_f1, essay_jaccard, per_essay_scores, score
 from tests.oracle import oracle_score
 
 ESSAYS = ("e1", "e2", "e3")
@@ -190,3 +190,26 @@ def test_bad_input_is_a_clear_error() -> None:
         score(pd.DataFrame({"id": ["a"], "class": ["Leed"], "predictionstring": ["0"]}), gt)
     with pytest.raises(DiscourseRLError, match="integers"):
         score(pd.DataFrame({"id": ["a"], "class": ["Lead"], "predictionstring": ["0 x"]}), gt)
+
+
+def test_per_essay_scores_match_essay_counts() -> None:
+    gt = pd.DataFrame(
+        {
+            "id": ["a", "a", "b"],
+            "discourse_type": ["Lead", "Claim", "Claim"],
+            "word_start": [0, 5, 0],
+            "word_end": [5, 9, 4],
+        }
+    )
+    pred = pd.DataFrame(
+        {
+            "id": ["a", "a", "c"],
+            "class": ["Lead", "Lead", "Claim"],
+            "word_start": [0, 5, 0],
+            "word_end": [5, 9, 4],
+        }
+    )
+    table = per_essay_scores(pred, gt).set_index("id")
+    assert table.loc["a", "f1"] == pytest.approx(1 / (1 + 0.5 * 2))
+    assert table.loc["a", "jaccard"] == pytest.approx(1 / 3)
+    assert table.loc["b", "f1"] == 0.0 and list(table.index) == ["a", "b"]

@@ -237,3 +237,25 @@ def score(pred_df: pd.DataFrame, gt_df: pd.DataFrame) -> Score:
     present = [s.f1 for s in per_class.values() if not np.isnan(s.f1)]
     macro = float(np.mean(present)) if present else float("nan")
     return Score(macro, per_class)
+
+
+def per_essay_scores(pred_df: pd.DataFrame, gt_df: pd.DataFrame) -> pd.DataFrame:
+    """Each ground-truth essay's F-score (the RL reward) and the seed's TP / (TP + FP + FN).
+
+    Frames as for `score`, with word_start/word_end columns (contiguous spans).
+    """
+    pred_cls = _CLASS_CODES.get_indexer(pd.Index(pred_df["class"]))
+    gt_cls = _CLASS_CODES.get_indexer(pd.Index(gt_df["discourse_type"]))
+    if (pred_cls < 0).any() or (gt_cls < 0).any():
+        raise DiscourseRLError("per-essay scores: unknown class")
+    pc, gc = pred_cls.astype(np.int64), gt_cls.astype(np.int64)
+    ps, pe = (pred_df[c].to_numpy(np.int64) for c in ("word_start", "word_end"))
+    gs, ge = (gt_df[c].to_numpy(np.int64) for c in ("word_start", "word_end"))
+    pred_rows = pred_df.groupby("id").indices
+    none = np.zeros(0, dtype=np.int64)
+    rows = []
+    for essay, g in gt_df.groupby("id").indices.items():
+        p = pred_rows.get(essay, none)
+        counts = essay_counts(pc[p], ps[p], pe[p], gc[g], gs[g], ge[g])
+        rows.append((str(essay), essay_f1(counts), essay_jaccard(counts)))
+    return pd.DataFrame(rows, columns=["id", "f1", "jaccard"])
