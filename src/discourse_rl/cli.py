@@ -232,7 +232,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     elif args.stage in ("bc", "rl"):
         from discourse_rl.agent.stage import predict_stage
 
-        table = predict_stage(args.model, args.stage, probs)
+        words = {k: e.words for k, e in essays.items()}
+        table = predict_stage(args.model, args.stage, probs, words)
     else:
         table = decode_all(probs, lambda p: decode_tuned(p, th))
     with atomic_open(args.out, "w", encoding="utf-8", newline="") as fh:
