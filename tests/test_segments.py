@@ -56,6 +56,33 @@ def test_cuts_at_start_probability_and_class_change() -> None:
     assert cut_points(p, SegmentConfig(class_change=False)).tolist() == [0, 2, 7]
 
 
+def test_punctuation_cuts_need_words_and_add_sentence_features() -> None:
+    words = ["I", "think", "so.", "But", ",", "no", ";", "maybe", "yes"]
+    p = one_hot_probs([1] + [2] * (len(words) - 1))  # one long Lead, no start inside
+    none = make_segments({"E": p}, SegmentConfig(), None, {"E": words})[0]
+    assert none.word_start.tolist() == [0]
+    sent = make_segments({"E": p}, SegmentConfig(punctuation="sentence"), None, {"E": words})[0]
+    assert sent.word_start.tolist() == [0, 3]
+    clause = make_segments({"E": p}, SegmentConfig(punctuation="clause"), None, {"E": words})[0]
+    assert clause.word_start.tolist() == [0, 3, 5, 7]
+    # The last two features flag a start after a sentence end and after , ; :
+    assert clause.features[:, -2].tolist() == [1, 1, 0, 0]
+    assert clause.features[:, -1].tolist() == [0, 0, 1, 1]
+    with pytest.raises(DiscourseRLError, match="needs the words"):
+        make_segments({"E": p}, SegmentConfig(punctuation="clause"))
+    with pytest.raises(DiscourseRLError, match="5 words"):
+        make_segments({"E": p}, SegmentConfig(), None, {"E": words[:5]})
+
+
+def test_clause_cuts_keep_the_oracle_high_with_uninformative_probabilities() -> None:
+    c = sample()
+    ids = sorted(c.essays)[:60]
+    flat = {i: np.full((c.essays[i].n_words, NUM_LABELS), 1 / NUM_LABELS, np.float32) for i in ids}
+    words = {i: c.essays[i].words for i in ids}
+    cfg = SegmentConfig(punctuation="clause", class_change=False)
+    assert oracle_score(make_segments(flat, cfg, ids, words), c).macro_f1 >= 0.95
+
+
 def test_lower_threshold_never_fewer_segments_and_cap_holds() -> None:
     probs = simulate_word_probs(sample(), 0.5, seed=1, ids=sorted(sample().essays)[:20])
     counts = [
@@ -81,7 +108,7 @@ def test_features_are_segment_means() -> None:
     np.testing.assert_allclose(s.features[k, :NUM_LABELS], p[a:b].mean(0), atol=1e-5)
     head = p[a : min(a + 3, b), 1::2].mean(0)
     np.testing.assert_allclose(s.features[k, NUM_LABELS : NUM_LABELS + 7], head, atol=1e-5)
-    np.testing.assert_allclose(s.features[k, -2:], [a / s.n_words, b / s.n_words], atol=1e-6)
+    np.testing.assert_allclose(s.features[k, -4:-2], [a / s.n_words, b / s.n_words], atol=1e-6)
 
 
 def test_bad_probabilities_are_reported() -> None:

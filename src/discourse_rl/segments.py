@@ -13,6 +13,7 @@ Actions, shared with the environment and the agent, mirror the word labels: 0 = 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +28,14 @@ from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, spans_to_frame
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
 Probs = Mapping[str, npt.NDArray[np.floating]]
 
 N_CLASSES = len(CLASSES)
 N_ACTIONS = NUM_LABELS
 NONE_ACTION = 0
 # Features per segment (see `segment_features`).
-N_BASE_FEATURES = NUM_LABELS + N_CLASSES + 5
+N_BASE_FEATURES = NUM_LABELS + N_CLASSES + 7
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,10 @@ class SegmentConfig:
     """Cut before a word whose start probability (sum of the B- labels) exceeds this."""
     class_change: bool = True
     """Also cut where the most probable class (O or one of the 7) changes from word to word."""
+    punctuation: str = "none"
+    """Also cut after punctuation: 'sentence' (. ! ?), 'clause' (also , ; :) or 'none'.
+    Elements nearly always start there, so the oracle stays high even when the tagger's start
+    probabilities are weak (the run configs use 'clause'); needs the essays' words."""
     max_segments: int = 96
     """At most this many segments per essay; beyond it the weakest cuts are dropped."""
     start_window: int = 3
@@ -77,7 +83,29 @@ class EssaySegments:
 # Cutting and features
 
 
-def cut_points(p: npt.NDArray[np.floating], cfg: SegmentConfig) -> IntArray:
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+_CLAUSE_END = re.compile(r"[,;:][\"')\]]*$")
+PUNCTUATION = ("none", "sentence", "clause")
+
+
+def punctuation_starts(words: Sequence[str]) -> tuple[BoolArray, BoolArray]:
+    """Per word: does it follow a sentence end, does it follow a , ; or : (the first word is
+    a sentence start)."""
+    n = len(words)
+    sent = np.zeros(n, np.bool_)
+    clause = np.zeros(n, np.bool_)
+    if n:
+        sent[0] = True
+        sent[1:] = [bool(_SENTENCE_END.search(w)) for w in words[:-1]]
+        clause[1:] = [bool(_CLAUSE_END.search(w)) for w in words[:-1]]
+    return sent, clause
+
+
+def cut_points(
+    p: npt.NDArray[np.floating],
+    cfg: SegmentConfig,
+    words: Sequence[str] | None = None,
+) -> IntArray:
     """Word indices where segments start (always including 0), at most `cfg.max_segments`."""
     n = p.shape[0]
     start_p = p[:, 1::2].sum(1)
@@ -85,11 +113,21 @@ def cut_points(p: npt.NDArray[np.floating], cfg: SegmentConfig) -> IntArray:
     cut = start_p > cfg.start_threshold
     if cfg.class_change:
         cut[1:] |= cls[1:] != cls[:-1]
+    strength = start_p.astype(np.float64)
+    strength[1:] += cls[1:] != cls[:-1]
+    if cfg.punctuation != "none":
+        if cfg.punctuation not in PUNCTUATION:
+            raise DiscourseRLError(f"segments.punctuation: expected one of {PUNCTUATION}")
+        if words is None or len(words) != n:
+            raise DiscourseRLError(f"segments.punctuation={cfg.punctuation!r} needs the words")
+        sent, clause = punctuation_starts(words)
+        cut |= sent | (clause if cfg.punctuation == "clause" else False)
+        strength += 0.5 * sent + 0.25 * clause
     cut[0] = True
     starts = np.flatnonzero(cut).astype(np.int64)
     if starts.size > cfg.max_segments:
-        # Keep the first word and the strongest other cuts; class changes count as certain.
-        strength = start_p[starts] + (cls[starts] != cls[np.maximum(starts - 1, 0)])
+        # Keep the first word and the strongest other cuts.
+        strength = strength[starts]
         keep = np.argsort(-strength[1:], kind="stable")[: cfg.max_segments - 1] + 1
         starts = np.concatenate(([0], np.sort(starts[keep])))
     return starts[starts < n] if n else starts[:0]
@@ -122,18 +160,33 @@ def segment_features(
 
 
 def make_segments(
-    probs: Probs, cfg: SegmentConfig | None = None, ids: Iterable[str] | None = None
+    probs: Probs,
+    cfg: SegmentConfig | None = None,
+    ids: Iterable[str] | None = None,
+    words: Mapping[str, Sequence[str]] | None = None,
 ) -> list[EssaySegments]:
-    """Segments of every essay in `probs` (or of `ids`), in sorted id order, without gold."""
+    """Segments of every essay in `probs` (or of `ids`), in sorted id order, without gold.
+
+    `words` (essay id -> its words) is needed for punctuation cuts and features."""
     cfg = cfg or SegmentConfig()
     out: list[EssaySegments] = []
     for eid in sorted(probs) if ids is None else list(ids):
         p = np.asarray(probs[eid], dtype=np.float32)
         if p.ndim != 2 or p.shape[1] != NUM_LABELS or p.shape[0] == 0:
             raise DiscourseRLError(f"{eid}: word probabilities must be (n_words>0, 15), {p.shape}")
-        starts = cut_points(p, cfg)
+        w = None if words is None else words.get(eid)
+        if w is not None and len(w) != p.shape[0]:
+            raise DiscourseRLError(f"{eid}: {len(w)} words but {p.shape[0]} probability rows")
+        starts = cut_points(p, cfg, w)
         ends = np.append(starts[1:], p.shape[0])
         feats = segment_features(p, starts, ends, cfg.start_window)
+        if w is not None:
+            sent, clause = punctuation_starts(w)
+            feats = np.concatenate(
+                [feats, np.stack([sent[starts], clause[starts]], 1).astype(np.float32)], 1
+            )
+        else:
+            feats = np.concatenate([feats, np.zeros((starts.size, 2), np.float32)], 1)
         out.append(EssaySegments(eid, p.shape[0], starts, ends, feats))
     return out
 
@@ -248,25 +301,33 @@ def oracle_score(segs: Sequence[EssaySegments], corpus: Corpus) -> metric.Score:
 
 
 def tradeoff_table(
-    probs: Probs, corpus: Corpus, thresholds: Sequence[float], base: SegmentConfig | None = None
+    probs: Probs,
+    corpus: Corpus,
+    thresholds: Sequence[float],
+    base: SegmentConfig | None = None,
+    punctuation: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Per start threshold: segments per essay, segments per true element, oracle macro F1."""
+    """Per punctuation mode and start threshold: segments per essay, segments per true
+    element, oracle macro F1."""
     base = base or SegmentConfig()
     ids = [i for i in sorted(probs) if i in corpus.essays]
+    words = {i: corpus.essays[i].words for i in ids}
     n_elements = int(corpus.elements["id"].isin(set(ids)).sum())
     rows = []
-    for t in thresholds:
-        cfg = dataclasses.replace(base, start_threshold=float(t))
-        segs = make_segments(probs, cfg, ids)
-        n_seg = sum(s.n_segments for s in segs)
-        rows.append(
-            {
-                "start_threshold": float(t),
-                "segments_per_essay": n_seg / max(len(segs), 1),
-                "segments_per_element": n_seg / max(n_elements, 1),
-                "oracle_macro_f1": oracle_score(segs, corpus).macro_f1,
-            }
-        )
+    for mode in punctuation or (base.punctuation,):
+        for t in thresholds:
+            cfg = dataclasses.replace(base, start_threshold=float(t), punctuation=mode)
+            segs = make_segments(probs, cfg, ids, words)
+            n_seg = sum(s.n_segments for s in segs)
+            rows.append(
+                {
+                    "punctuation": mode,
+                    "start_threshold": float(t),
+                    "segments_per_essay": n_seg / max(len(segs), 1),
+                    "segments_per_element": n_seg / max(n_elements, 1),
+                    "oracle_macro_f1": oracle_score(segs, corpus).macro_f1,
+                }
+            )
     return pd.DataFrame(rows)
 
 

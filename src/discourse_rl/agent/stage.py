@@ -33,6 +33,7 @@ from discourse_rl.common import (
 )
 from discourse_rl.data import CLASSES, Corpus, make_folds
 from discourse_rl.segments import (
+    PUNCTUATION,
     SegmentConfig,
     gold_frame,
     make_segments,
@@ -43,7 +44,9 @@ from discourse_rl.segments import (
 )
 
 Probs = Mapping[str, npt.NDArray[np.float32]]
-TRADEOFF_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+TRADEOFF_THRESHOLDS = (0.1, 0.3, 0.5, 0.9)
+# The trade-off is measured on at most this many training essays (it is a summary, not a fit).
+TRADEOFF_ESSAYS = 2000
 
 
 def stage_configs(path: str | Path | None) -> tuple[SegmentConfig, AgentConfig]:
@@ -105,14 +108,21 @@ def train_agent_stage(
     atomic_write_text(agent_dir / "segments.toml", config_to_toml(seg_cfg))
 
     t0 = time.perf_counter()
-    segs = segment_gold_actions(make_segments(probs, seg_cfg, ids), corpus)
+    words = {i: corpus.essays[i].words for i in ids}
+    segs = segment_gold_actions(make_segments(probs, seg_cfg, ids, words), corpus)
     save_segments(run / "segments.npz", segs)
     seg_seconds = time.perf_counter() - t0
     by_id = {s.essay_id: s for s in segs}
     train_segs = [by_id[i] for i in train_ids]
     test_segs = [by_id[i] for i in test_ids]
     train_probs = {i: probs[i] for i in train_ids}
-    tradeoff = tradeoff_table(train_probs, corpus, TRADEOFF_THRESHOLDS, seg_cfg)
+    tradeoff = tradeoff_table(
+        {i: probs[i] for i in train_ids[:TRADEOFF_ESSAYS]},
+        corpus,
+        TRADEOFF_THRESHOLDS,
+        seg_cfg,
+        PUNCTUATION,
+    )
 
     gt = gold_frame(corpus, test_ids)
     test_probs = {i: probs[i] for i in test_ids}
@@ -271,8 +281,13 @@ def results_markdown(result: dict[str, Any]) -> str:
 AGENT_STAGES = ("bc", "rl")
 
 
-def predict_stage(run_dir: str | Path, stage: str, probs: Probs) -> pd.DataFrame:
-    """Spans for new essays' word probabilities from a run's BC or RL policy."""
+def predict_stage(
+    run_dir: str | Path,
+    stage: str,
+    probs: Probs,
+    words: Mapping[str, Sequence[str]] | None = None,
+) -> pd.DataFrame:
+    """Spans for new essays' word probabilities (and words) from a run's BC or RL policy."""
     if stage not in AGENT_STAGES:
         raise DiscourseRLError(f"stage: expected one of {AGENT_STAGES}, got {stage!r}")
     agent_dir = Path(run_dir) / "agent"
@@ -280,4 +295,6 @@ def predict_stage(run_dir: str | Path, stage: str, probs: Probs) -> pd.DataFrame
     if not seg_path.is_file():
         raise DiscourseRLError(f"{run_dir}: no trained agent (missing {seg_path}; train-agent)")
     seg_cfg = config_from_dict(SegmentConfig, load_toml(seg_path), where=str(seg_path))
-    return predict_spans(agent_dir / stage / "policy.pt", make_segments(probs, seg_cfg))
+    return predict_spans(
+        agent_dir / stage / "policy.pt", make_segments(probs, seg_cfg, None, words)
+    )

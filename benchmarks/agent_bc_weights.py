@@ -1,0 +1,56 @@
+"""Behavioural cloning with and without class weights, on a finished agent run's split.
+
+    .venv/bin/python benchmarks/agent_bc_weights.py --run runs/sim2000 \\
+        --data ../shared/data/feedback-prize-2021 --weights 0 0.5 1
+
+Reuses RUN/segments.npz and the run's held-out fold; prints held-out macro and per-class F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+
+from discourse_rl import metric
+from discourse_rl.agent import AgentConfig, predict_spans, train_bc
+from discourse_rl.agent.common import split_validation
+from discourse_rl.agent.stage import heldout_split
+from discourse_rl.data import CLASSES, load_corpus
+from discourse_rl.segments import gold_frame, load_segments
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    ap.add_argument("--epochs", type=int, default=15)
+    args = ap.parse_args()
+
+    segs = load_segments(args.run / "segments.npz")
+    ids = [s.essay_id for s in segs]
+    corpus = load_corpus(args.data, ids=ids)
+    train_ids, test_ids = heldout_split(args.run, corpus, ids, AgentConfig().holdout_fold)
+    by_id = {s.essay_id: s for s in segs}
+    train, val = split_validation([by_id[i] for i in train_ids], 0.1, 0)
+    test = [by_id[i] for i in test_ids]
+    gt = gold_frame(corpus, test_ids)
+    print("weight  seconds  macro  " + "  ".join(c[:8] for c in CLASSES))
+    for w in args.weights:
+        cfg = dataclasses.replace(
+            AgentConfig(), bc_class_weight=w, bc_epochs=args.epochs, progress_bar=False
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            path = train_bc(train, cfg, Path(tmp), val_segs=val, corpus=corpus)
+            dt = time.perf_counter() - t
+            s = metric.score(predict_spans(path, test), gt)
+        per = "  ".join(f"{s.per_class[c].f1:8.3f}" for c in CLASSES)
+        print(f"{w:6.2f}  {dt:7.0f}  {s.macro_f1:.3f}  {per}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
