@@ -221,12 +221,18 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     c = corpus()
     ids = sorted(c.essays)[:40]
     probs = simulate_word_probs(c, 0.5, 0, ids)
-    cfg = dataclasses.replace(TINY, bc_epochs=2, ppo_timesteps=256, value_warmup_steps=0)
+    cfg = dataclasses.replace(
+        TINY, bc_epochs=2, ppo_timesteps=512, value_warmup_steps=0, kl_target=1e-4
+    )
     result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, seeds=(0,))
     assert set(result["summary"]) == {"ner_naive", "ner_tuned", "oracle", "bc", "rl"}
     assert (tmp_path / "agent" / "rl" / "policy.pt").is_file()
     assert (tmp_path / "segments.npz").is_file()
     assert "| RL |" in (tmp_path / "agent" / "results.md").read_text()
+    assert 0.0 <= result["summary"]["rl"]["essay_jaccard"]["mean"] <= 1.0
+    assert result["summary"]["oracle"]["essay_f1"]["mean"] > 0.9
+    ppo = json.loads((tmp_path / "agent" / "rl" / "history.json").read_text())
+    assert ppo["final_beta"] != cfg.kl_beta  # the adaptive beta moved towards its target
     table = predict_stage(tmp_path, "bc", {i: probs[i] for i in ids[:3]})
     assert set(table["id"]) <= set(ids[:3])
     with pytest.raises(Exception, match="stage"):
