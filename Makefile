@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/discourse-rl data-report
+	$(BIN)/discourse-rl run --out runs/demo
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks tools
