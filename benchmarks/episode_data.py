@@ -83,6 +83,18 @@ def prepare(
     return Setup(corpus, parts["train"], parts["val"], parts["test"], bc_path, cfg)
 
 
+def fresh_heldout(
+    setup: Setup, n_essays: int = 2000, noise: float = 0.5, seed: int = 0
+) -> list[EssaySegments]:
+    """Segments of `n_essays` further essays of the same data, none used by `prepare`: a
+    larger held-out set (simulated probabilities are cheap) for differences of 0.01."""
+    used = {s.essay_id for part in (setup.train, setup.val, setup.test) for s in part}
+    pool = sorted(set(setup.corpus.sure_ids()) - used)
+    ids = sorted(np.random.default_rng(seed + 2).choice(pool, n_essays, replace=False).tolist())
+    probs = simulate_word_probs(setup.corpus, noise, seed=seed + 2, ids=ids)
+    return segment_gold_actions(make_segments(probs, ids=ids), setup.corpus)
+
+
 def main() -> None:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
