@@ -92,7 +92,15 @@ def fresh_heldout(
     pool = sorted(set(setup.corpus.sure_ids()) - used)
     ids = sorted(np.random.default_rng(seed + 2).choice(pool, n_essays, replace=False).tolist())
     probs = simulate_word_probs(setup.corpus, noise, seed=seed + 2, ids=ids)
-    return segment_gold_actions(make_segments(probs, ids=ids), setup.corpus)
+    segs = segment_gold_actions(make_segments(probs, ids=ids), setup.corpus)
+    # Features added to `segments` since the setup was cached come last: keep the setup's.
+    n = setup.train[0].features.shape[1]
+    return [
+        EssaySegments(
+            x.essay_id, x.n_words, x.word_start, x.word_end, x.features[:, :n], x.gold_action
+        )
+        for x in segs
+    ]
 
 
 def main() -> None:
