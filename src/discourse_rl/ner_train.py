@@ -199,6 +199,26 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: Path) -> _Cache:
     return _Cache(np.load(path, mmap_mode="r"), offsets)
 
 
+def load_cache(run: Path, corpus: Corpus) -> tuple[_Cache, list[str]]:
+    """A run's cache as it stands (read-only), and the essays already encoded in it."""
+    import json
+
+    cache_dir = run / "ner" / "cache"
+    try:
+        index = json.loads((cache_dir / "index.json").read_text())
+        done = int(json.loads((cache_dir / "progress.json").read_text())["done"])
+        vectors = np.load(cache_dir / "vectors.npy", mmap_mode="r")
+    except FileNotFoundError:
+        raise DiscourseRLError(f"{run}: no encoder cache (train it in 'frozen' mode)") from None
+    ids: list[str] = index["ids"]
+    if not set(ids) <= set(corpus.essays):
+        raise DiscourseRLError(f"{cache_dir}: cached essays are not all in this data folder")
+    lengths = np.array([corpus.essays[i].n_words for i in ids], dtype=np.int64)
+    ends = np.cumsum(lengths)
+    offsets = {i: (int(e - n), int(e)) for i, n, e in zip(ids, lengths, ends, strict=True)}
+    return _Cache(vectors, offsets), ids[:done]
+
+
 def _train_frozen(
     corpus: Corpus, cfg: NerConfig, run: Path, folds: dict[str, int], seed: int
 ) -> None:
@@ -299,7 +319,10 @@ def _train_head(
                 lab[j, : lens[j]] = torch.from_numpy(labels[i])
             logits = head(vec.to(device), feat.to(device), lens)
             loss = nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), lab.to(device).reshape(-1), ignore_index=-100
+                logits.reshape(-1, logits.shape[-1]),
+                lab.to(device).reshape(-1),
+                weight=head.label_weights,
+                ignore_index=-100,
             )
             (loss / cfg.grad_accum).backward()  # type: ignore[no-untyped-call]
             if (b + 1) % cfg.grad_accum == 0 or b == len(batches) - 1:
