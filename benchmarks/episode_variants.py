@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "rloo-jaccard": {"estimator": "rloo", "reward": "jaccard"},
     "rloo-ar": {"estimator": "rloo", "reward": "f1", "autoregressive": True},
     "sc-ar": {"estimator": "self_critical", "reward": "f1", "autoregressive": True},
+    "rloo-macro-ar": {"estimator": "rloo", "reward": "macro", "autoregressive": True},
 }
 
 

@@ -289,6 +289,7 @@ def test_other_estimators_learn(root: Path, estimator: str) -> None:
     bc = bc_policy(root)
     cfg = EpisodeConfig(
         estimator=estimator,
+        reward="f1",
         passes=5,
         batch_essays=8,
         samples=4,

@@ -67,8 +67,8 @@ class EpisodeConfig:
     """Seed for essay order and sampling (same seed, same result on CPU)."""
     estimator: str = "rloo"
     """Gradient estimator: 'rloo', 'self_critical' or 'ppo'."""
-    reward: str = "f1"
-    """'f1' (essay F-score), 'jaccard' (TP/(TP+FP+FN)) or 'macro' (essay's share of macro F1)."""
+    reward: str = "macro"
+    """'macro' (essay's first-order share of the macro F1), 'f1' (essay F-score) or 'jaccard'."""
     samples: int = 8
     """Labellings sampled per essay and batch."""
     batch_essays: int = 32
