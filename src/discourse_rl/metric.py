@@ -147,16 +147,15 @@ class _SpanTable:
     sets: dict[int, IntArray]  # row -> sorted unique words, for rows that are not one range
 
 
-def _span_table(df: pd.DataFrame, class_col: str, essay_codes: pd.Index, what: str) -> _SpanTable:
-    for col in ("id", class_col):
-        if col not in df.columns:
-            raise DiscourseRLError(f"{what}: missing column {col!r}")
+def _span_table(df: pd.DataFrame, class_col: str, essay: IntArray, what: str) -> _SpanTable:
+    """Spans of one frame; `essay` holds each row's essay code, shared with the other frame."""
+    if class_col not in df.columns:
+        raise DiscourseRLError(f"{what}: missing column {class_col!r}")
     codes = _CLASS_CODES.get_indexer(pd.Index(df[class_col]))
     if (codes < 0).any():
         bad = df[class_col].iloc[int(np.argmax(codes < 0))]
         raise DiscourseRLError(f"{what}: unknown class {bad!r}")
     cls_arr = codes.astype(np.int64)
-    essay = essay_codes.get_indexer(pd.Index(df["id"].astype(str)))
     key: IntArray = essay.astype(np.int64) * N_CLASSES + cls_arr
     if {"word_start", "word_end"} <= set(df.columns):
         start = df["word_start"].to_numpy(np.int64)
@@ -164,17 +163,26 @@ def _span_table(df: pd.DataFrame, class_col: str, essay_codes: pd.Index, what: s
         return _SpanTable(key, cls_arr, start, end, np.maximum(end - start, 0), {})
     if "predictionstring" not in df.columns:
         raise DiscourseRLError(f"{what}: missing column 'predictionstring'")
-    strings = [s.strip() if isinstance(s, str) else "" for s in df["predictionstring"].tolist()]
-    counts = np.array([s.count(" ") + 1 if s else 0 for s in strings], dtype=np.int64)
+    strings = df["predictionstring"].tolist()
+    # Rows are joined with a -1 between them, so one C-level parse of the whole column gives the
+    # words and the row boundaries at once (word indices are never negative).
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             # int32 halves the memory traffic of the passes below (word indices are small).
-            words = np.fromstring(" ".join(strings), dtype=np.int32, sep=" ")
+            try:
+                text = " -1 ".join(strings) + " -1" if strings else ""
+            except TypeError:  # missing values read as floats
+                text = " -1 ".join(x if isinstance(x, str) else "" for x in strings) + " -1"
+            parsed = np.fromstring(text, dtype=np.int32, sep=" ")
     except ValueError:
-        words = np.zeros(0, dtype=np.int32)
-    if words.size != counts.sum():
+        parsed = np.zeros(0, dtype=np.int32)
+    negative = parsed < 0
+    marks = np.flatnonzero(negative)
+    if marks.size != len(strings) or (parsed[marks] != -1).any():
         raise DiscourseRLError(f"{what}: predictionstring must hold integers separated by spaces")
+    counts = np.diff(marks, prepend=-1) - 1
+    words = parsed[~negative]
     row_end = np.cumsum(counts)
     row_start = row_end - counts
     nonempty = counts > 0
@@ -214,9 +222,12 @@ def score(pred_df: pd.DataFrame, gt_df: pd.DataFrame) -> Score:
     `pred_df` has columns id, class, predictionstring; `gt_df` has id, discourse_type,
     predictionstring. Either may carry word_start/word_end instead of predictionstring.
     """
-    essay_codes = pd.Index(pd.unique(pd.concat([pred_df["id"], gt_df["id"]]).astype(str)))
-    pred = _span_table(pred_df, "class", essay_codes, "predictions")
-    gt = _span_table(gt_df, "discourse_type", essay_codes, "ground truth")
+    for df, what in ((pred_df, "predictions"), (gt_df, "ground truth")):
+        if "id" not in df.columns:
+            raise DiscourseRLError(f"{what}: missing column 'id'")
+    essays, _ = pd.factorize(pd.concat([pred_df["id"], gt_df["id"]], ignore_index=True))
+    pred = _span_table(pred_df, "class", essays[: len(pred_df)], "predictions")
+    gt = _span_table(gt_df, "discourse_type", essays[len(pred_df) :], "ground truth")
     pairs = pd.merge(
         pd.DataFrame({"key": pred.key, "p": np.arange(pred.key.size)}),
         pd.DataFrame({"key": gt.key, "g": np.arange(gt.key.size)}),
