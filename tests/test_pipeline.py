@@ -82,6 +82,13 @@ batch_size = 32
 n_epochs = 1
 eval_every = 1
 progress_bar = false
+
+[episode]
+samples = 4
+batch_essays = 8
+passes = 2.0
+eval_every = 1
+progress_bar = false
 """,
         encoding="utf-8",
     )
@@ -110,11 +117,19 @@ def test_run_writes_every_artefact_resumes_and_predicts(
         "segments.npz",
         "agent/bc/policy.pt",
         "agent/rl/policy.pt",
+        "agent/episode/policy.pt",
         "agent/results.json",
     ):
         assert (run / artefact).is_file(), artefact
     results = (run / "results.md").read_text()
-    for row in ("| NER naive |", "| NER tuned |", "| BC |", "| RL (PPO) |", "0.42"):
+    for row in (
+        "| NER naive |",
+        "| NER tuned |",
+        "| BC |",
+        "| RL (PPO) |",
+        "| RL (episode",
+        "0.42",
+    ):
         assert row in results
     assert "seed = 0" in (run / "config.toml").read_text()
 
@@ -128,7 +143,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     assert json.loads((run / "stages.json").read_text())["agent"]["key"] != state["agent"]["key"]
 
     out = tmp_path / "submission.csv"
-    for stage in ("ner-naive", "ner-tuned", "bc", "rl"):
+    for stage in ("ner-naive", "ner-tuned", "bc", "rl", "episode"):
         args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
         assert main([*args, "--out", str(out), "--stage", stage]) == 0
         sub = pd.read_csv(out)

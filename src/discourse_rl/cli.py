@@ -187,7 +187,7 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 # predict
 
-PREDICT_STAGES = ("ner-naive", "ner-tuned", "bc", "rl")
+PREDICT_STAGES = ("ner-naive", "ner-tuned", "bc", "rl", "episode")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -229,7 +229,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     probs = predict_word_probs(args.model, essays, progress=True)
     if args.stage == "ner-naive":
         table = decode_all(probs, decode_naive)
-    elif args.stage in ("bc", "rl"):
+    elif args.stage in ("bc", "rl", "episode"):
         from discourse_rl.agent.stage import predict_stage
 
         words = {k: e.words for k, e in essays.items()}

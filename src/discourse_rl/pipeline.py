@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from discourse_rl.agent.common import AgentConfig
+from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_write_text,
@@ -50,6 +51,10 @@ class RunConfig:
     """Segmentation and segment features."""
     agent: AgentConfig = field(default_factory=AgentConfig)
     """Attention policy: behavioural cloning and PPO."""
+    episode_trainer: bool = True
+    """Also fine-tune each BC policy with the episode-level trainer (its own table row)."""
+    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
+    """The episode-level trainer."""
 
 
 def packaged_config(name: str) -> Path:
@@ -87,7 +92,8 @@ def _run_agent(run: Path, corpus: Corpus, cfg: RunConfig) -> None:
     from discourse_rl.agent.stage import train_agent_stage
 
     probs = load_word_probs(run / "ner" / "oof.npz")
-    train_agent_stage(run, corpus, probs, cfg.segments, cfg.agent, cfg.agent_seeds)
+    episode = cfg.episode if cfg.episode_trainer else None
+    train_agent_stage(run, corpus, probs, cfg.segments, cfg.agent, cfg.agent_seeds, episode)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -101,7 +107,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "agent",
         ("ner",),
-        lambda c: (c.segments, c.agent, c.agent_seeds),
+        lambda c: (c.segments, c.agent, c.agent_seeds, c.episode_trainer, c.episode),
         "agent/results.json",
         _run_agent,
     ),

@@ -34,7 +34,7 @@ def write_report(run: Path, corpus: Corpus, machine: str) -> Path:
     ner = _read(run / "ner" / "metrics.json")
     agent = _read(run / "agent" / "results.json")
     stages = _read(run / "stages.json") or {}
-    cols = [*CLASSES, "macro"]
+    cols = [*CLASSES, "macro", "essay_f1", "essay_jaccard"]
     lines = [
         f"# Results of `{run}`",
         "",
@@ -48,8 +48,9 @@ def write_report(run: Path, corpus: Corpus, machine: str) -> Path:
             f"## Held-out essays ({agent['heldout_essays']:,}; agent trained on "
             f"{agent['train_essays']:,})",
             "",
-            f"Macro F1 and per-class F1 (competition metric, one-to-one matching). Agent rows: "
-            f"mean ± sd over {n_seeds} seed(s).",
+            f"Per-class F1 and macro F1 (competition metric, one-to-one matching); essay_f1 is "
+            "the mean per-essay F-score (the RL reward), essay_jaccard the seed's per-essay "
+            f"TP / (TP + FP + FN). Agent rows: mean ± sd over {n_seeds} seed(s).",
             "",
             "| stage | " + " | ".join(cols) + " |",
             "|---" * (len(cols) + 1) + "|",
@@ -58,22 +59,8 @@ def write_report(run: Path, corpus: Corpus, machine: str) -> Path:
             row = agent["summary"].get(key)
             if row is None:
                 continue
-            cells = [_fmt(row[c]["mean"], row[c].get("std")) for c in cols]
+            cells = [_fmt(row[c]["mean"], row[c].get("std")) if c in row else "-" for c in cols]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        per_essay = agent.get("per_essay")
-        if per_essay:
-            lines += [
-                "",
-                "Per-essay scores (mean over held-out essays): the essay's F-score (the RL "
-                "reward) and the seed's TP / (TP + FP + FN).",
-                "",
-                "| stage | essay F1 | essay TP/(TP+FP+FN) |",
-                "|---|---|---|",
-            ]
-            for key, vals in per_essay.items():
-                lines.append(
-                    f"| {STAGE_NAMES.get(key, key)} | {vals['f1']:.3f} | {vals['jaccard']:.3f} |"
-                )
     if ner is not None:
         lines += [
             "",
@@ -91,7 +78,7 @@ def write_report(run: Path, corpus: Corpus, machine: str) -> Path:
             if key in ner:
                 s = ner[key]
                 cells = [_fmt(s["per_class"][c]["f1"] or float("nan")) for c in CLASSES]
-                lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['macro_f1']:.3f} |")
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['macro_f1']:.3f} | | |")
     lines += [
         "",
         "## Reference points",
@@ -186,8 +173,10 @@ def write_plots(run: Path, agent: dict[str, Any] | None) -> list[Path]:
     if curves:
         fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
         for ax, (name, hist) in zip(axes[0], curves, strict=True):
-            keys = [k for k in hist[0] if k not in ("epoch", "step", "essays")]
-            xkey = next((k for k in ("step", "epoch", "essays") if k in hist[0]), None)
+            axis_keys = ("epoch", "step", "essays", "update", "seconds")
+            # Rows may differ (a first row before training starts): plot what all rows carry.
+            keys = [k for k in hist[-1] if k not in axis_keys and all(k in h for h in hist)]
+            xkey = next((k for k in axis_keys if all(k in h for h in hist)), None)
             xs = [h[xkey] for h in hist] if xkey else list(range(len(hist)))
             for k in keys:
                 ax.plot(xs, [h[k] for h in hist], label=k)

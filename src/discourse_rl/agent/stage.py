@@ -23,6 +23,7 @@ from discourse_rl import decode, metric
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.bc import train_bc
 from discourse_rl.agent.common import AgentConfig, split_validation
+from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.ppo import train_ppo
 from discourse_rl.common import (
     DiscourseRLError,
@@ -114,8 +115,13 @@ def train_agent_stage(
     seg_cfg: SegmentConfig,
     cfg: AgentConfig,
     seeds: Sequence[int] = (0,),
+    episode_cfg: EpisodeConfig | None = None,
 ) -> dict[str, Any]:
-    """Train and score the agent for each seed; returns (and writes) the results."""
+    """Train and score the agent for each seed; returns (and writes) the results.
+
+    With `episode_cfg`, each seed's BC policy is also fine-tuned by the episode-level trainer
+    (`RUN/agent/episode/`, an extra row of the table).
+    """
     run = Path(run_dir)
     ids = sorted(set(probs) & set(corpus.essays))
     if not ids:
@@ -154,6 +160,7 @@ def train_agent_stage(
         "oracle": [_scores(spans_frame(test_segs, gold_actions), gt)],  # type: ignore[arg-type]
         "bc": [],
         "rl": [],
+        **({"episode": []} if episode_cfg is not None else {}),
     }
     runs: list[dict[str, Any]] = []
     for k, seed in enumerate(seeds):
@@ -185,17 +192,31 @@ def train_agent_stage(
         rows["bc"].append(_scores(predict_spans(bc, test_segs), gt))
         rows["rl"].append(_scores(predict_spans(rl, test_segs), gt))
         ppo = json.loads((out / "rl" / "history.json").read_text(encoding="utf-8"))
-        runs.append(
-            {
-                "seed": int(seed),
-                "bc_seconds": bc_s,
-                "ppo_seconds": rl_s,
-                "env_steps": ppo["env_steps"],
-                "steps_per_second": ppo["steps_per_second"],
-                "bc": rows["bc"][-1]["macro"],
-                "rl": rows["rl"][-1]["macro"],
-            }
-        )
+        record: dict[str, Any] = {
+            "seed": int(seed),
+            "bc_seconds": bc_s,
+            "ppo_seconds": rl_s,
+            "env_steps": ppo["env_steps"],
+            "steps_per_second": ppo["steps_per_second"],
+            "bc": rows["bc"][-1]["macro"],
+            "rl": rows["rl"][-1]["macro"],
+        }
+        if episode_cfg is not None:
+            t = time.perf_counter()
+            ep = train_episode(
+                tr,
+                corpus,
+                bc,
+                dataclasses.replace(episode_cfg, seed=int(seed)),
+                out / "episode",
+                val_segs=val,
+                tb_dir=run / "tb" / f"agent_episode_seed{seed}",
+                agent_cfg=scfg,
+            )
+            record["episode_seconds"] = time.perf_counter() - t
+            rows["episode"].append(_scores(predict_spans(ep, test_segs), gt))
+            record["episode"] = rows["episode"][-1]["macro"]
+        runs.append(record)
         _write_results(
             agent_dir, rows, runs, tradeoff, len(train_ids), len(test_ids), segs, seg_seconds
         )
@@ -244,6 +265,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         "ner_tuned": "NER tuned",
         "bc": "BC",
         "rl": "RL",
+        "episode": "RL (episode trainer)",
         "oracle": "segment oracle",
     }
     cols = [*CLASSES, "macro", "essay_f1", "essay_jaccard"]
@@ -264,7 +286,7 @@ def results_markdown(result: dict[str, Any]) -> str:
         cells = []
         for c in cols:
             m, sd = s[c]["mean"], s[c]["std"]
-            multi = key in ("bc", "rl") and n_seeds > 1
+            multi = key in AGENT_STAGES and n_seeds > 1
             cells.append(f"{m:.3f} ± {sd:.3f}" if multi else f"{m:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
@@ -281,18 +303,19 @@ def results_markdown(result: dict[str, Any]) -> str:
         "",
         "Segment trade-off (training essays):",
         "",
-        "| start threshold | segments/essay | segments/element | oracle macro F1 |",
-        "|---|---|---|---|",
+        "| punctuation | start threshold | segments/essay | segments/element | oracle macro F1 |",
+        "|---|---|---|---|---|",
     ]
     for t in result["tradeoff"]:
         lines.append(
-            f"| {t['start_threshold']:.2f} | {t['segments_per_essay']:.1f} | "
-            f"{t['segments_per_element']:.2f} | {t['oracle_macro_f1']:.4f} |"
+            f"| {t.get('punctuation', '-')} | {t['start_threshold']:.2f}"
+            f" | {t['segments_per_essay']:.1f} | {t['segments_per_element']:.2f}"
+            f" | {t['oracle_macro_f1']:.4f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-AGENT_STAGES = ("bc", "rl")
+AGENT_STAGES = ("bc", "rl", "episode")
 
 
 def predict_stage(
