@@ -28,6 +28,14 @@ from discourse_rl.ner_train import load_cache, train_head
 VARIANTS: dict[str, dict[str, Any]] = {
     "sentence": {"head": "sentence"},
     "sentence, B weight 3": {"head": "sentence", "b_weight": 3.0},
+    "sentence, conv 5": {"head": "sentence", "word_conv": 5},
+    "sentence, conv 5, balanced": {"head": "sentence", "word_conv": 5, "class_balance": 0.5},
+    "sentence 128, conv 5, B 2": {
+        "head": "sentence",
+        "head_hidden": 128,
+        "word_conv": 5,
+        "b_weight": 2.0,
+    },
     "sentence, no word features": {"head": "sentence", "word_features": False},
     "gru over words": {"head": "gru"},
     "mlp (no context)": {"head": "mlp"},

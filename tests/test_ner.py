@@ -159,10 +159,12 @@ def test_word_vectors_same_with_short_and_long_windows(tiny_backbone: str) -> No
         np.testing.assert_allclose(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1), rtol=0.5)
 
 
-@pytest.mark.parametrize("kind", ["sentence", "gru", "mlp"])
+@pytest.mark.parametrize("kind", ["sentence", "gru", "mlp", "conv"])
 def test_head_ignores_padding(kind: str) -> None:
     torch.manual_seed(0)
-    head = NerHead(8, NerConfig(head=kind, head_hidden=6, dropout=0.0)).eval()
+    conv = 3 if kind == "conv" else 0
+    cfg = NerConfig(head="sentence" if conv else kind, head_hidden=6, dropout=0.0, word_conv=conv)
+    head = NerHead(8, cfg).eval()
     vec = torch.randn(1, 7, 8)
     feat = torch.zeros(1, 7, 6)
     feat[0, [0, 3], 2] = 1  # two sentences
@@ -175,7 +177,7 @@ def test_head_ignores_padding(kind: str) -> None:
 def test_frozen_training_oof_resume_and_predict(
     tiny_backbone: str, corpus_small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    cfg = tiny_cfg(tiny_backbone)
+    cfg = tiny_cfg(tiny_backbone, word_conv=3, class_balance=0.5)
     reference = ner_train.train_ner(corpus_small, cfg, tmp_path / "a", seed=3)
     oof = load_word_probs(reference.oof_path)
     assert set(oof) == set(corpus_small.essays)
@@ -266,3 +268,13 @@ def test_cli_train_and_predict(tiny_backbone: str, tmp_path: Path, capsys) -> No
     one = next(test_dir.glob("*.txt"))
     assert main(["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]) == 0
     assert main(["predict", "--model", str(tmp_path), "--essays", str(one), "--out", str(out)]) == 2
+
+
+def test_class_weights_lift_rare_classes() -> None:
+    labels = [
+        np.array([0, 1, 2, 2, 2, 2, 2, 2, 3, 4, 0], dtype=np.int64)
+    ]  # Lead 7 words, Position 2
+    w = ner_train.class_weights(labels, 0.5).numpy()
+    assert w[0] == 1 and w[1] == w[2] == pytest.approx(1.0)
+    assert w[3] == w[4] == pytest.approx((2 / 7) ** -0.5)
+    assert w[5] > w[3]  # absent classes get the largest weight (count clamped to 1)

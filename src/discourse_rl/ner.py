@@ -63,9 +63,15 @@ class NerConfig:
     """Hidden size of the head (per direction for the GRU)."""
     head_layers: int = 1
     """GRU layers."""
+    word_conv: int = 0
+    """Width of a convolution over neighbouring words before the output (0 = none): local
+    smoothing that keeps argmax labels from flipping class inside a sentence."""
     b_weight: float = 1.0
     """Loss weight of the B- labels (1 = plain cross-entropy); B marks where elements begin and
     is rare (about 1 word in 45), so a weak head may never predict it."""
+    class_balance: float = 0.0
+    """Loss weight of each class's labels = (its share of labelled words, relative to the
+    largest class) ** -class_balance; 0.5 lifts rare Counterclaim and Rebuttal about 4x."""
     dropout: float = 0.1
     """Dropout on the head's projected input."""
     epochs: float = 6.0
@@ -367,7 +373,10 @@ class NerHead(nn.Module):
                 size = hid * (1 if layer == 0 else 2)
                 self.rnn.extend([nn.GRU(size, hid, batch_first=True) for _ in range(2)])
         out_dim = {"mlp": hid, "gru": 2 * hid, "sentence": 3 * hid}[cfg.head]
-        self.mix = nn.Sequential(nn.Linear(out_dim, hid), nn.GELU())
+        self.mix: nn.Module = nn.Sequential(nn.Linear(out_dim, hid), nn.GELU())
+        if cfg.word_conv > 1:
+            width = cfg.word_conv | 1  # odd, so that the output stays aligned with the words
+            self.mix = nn.Conv1d(out_dim, hid, width, padding=width // 2)
         self.out = nn.Linear(hid, NUM_LABELS)
         weights = torch.ones(NUM_LABELS)
         weights[1::2] = cfg.b_weight
@@ -393,7 +402,13 @@ class NerHead(nn.Module):
             x = torch.cat(
                 [x, ctx.gather(1, sid.clamp(min=0)[..., None].expand(-1, -1, ctx.shape[2]))], -1
             )
-        return self.out(self.mix(x))  # type: ignore[no-any-return]
+        if isinstance(self.mix, nn.Conv1d):
+            t = torch.arange(x.shape[1], device=x.device)[None, :, None]
+            x = x.masked_fill(t >= lengths[:, None, None], 0.0)
+            x = nn.functional.gelu(self.mix(x.transpose(1, 2)).transpose(1, 2))
+        else:
+            x = self.mix(x)
+        return self.out(x)  # type: ignore[no-any-return]
 
     def _bigru(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         t = torch.arange(x.shape[1], device=x.device)[None, :]

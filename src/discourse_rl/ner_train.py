@@ -27,7 +27,14 @@ from discourse_rl.common import (
     config_to_toml,
     load_toml,
 )
-from discourse_rl.data import Corpus, Essay, load_word_probs, make_folds, save_word_probs
+from discourse_rl.data import (
+    NUM_LABELS,
+    Corpus,
+    Essay,
+    load_word_probs,
+    make_folds,
+    save_word_probs,
+)
 from discourse_rl.decode import (
     DecodeConfig,
     DecodeReport,
@@ -285,6 +292,8 @@ def _train_head(
     from transformers import get_linear_schedule_with_warmup
 
     head = NerHead(int(cache.vectors.shape[1]), cfg).to(device)
+    if cfg.class_balance > 0:
+        head.label_weights *= class_weights([labels[i] for i in train_ids], cfg.class_balance)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lengths = {i: len(feats[i]) for i in train_ids}
     per_epoch = math.ceil(math.ceil(len(train_ids) / cfg.batch_size) / cfg.grad_accum)
@@ -351,6 +360,16 @@ def _train_head(
     weights = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     atomic_save(fold_dir / "head.safetensors", lambda p: save_file(weights, str(p)))
     return head
+
+
+def class_weights(labels: list[npt.NDArray[np.int64]], power: float) -> torch.Tensor:
+    """Per-label loss weights from the classes' word counts; O keeps weight 1."""
+    counts = np.bincount(np.concatenate(labels), minlength=NUM_LABELS).astype(np.float64)
+    per_class = counts[1::2] + counts[2::2]
+    rel = np.maximum(per_class, 1) / max(per_class.max(), 1)
+    weights = np.ones(NUM_LABELS)
+    weights[1::2] = weights[2::2] = rel**-power
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _val_loss(
