@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--predict-run", type=Path, default=None, help="trained run to time")
     ap.add_argument("--data", type=Path, default=None, help="essays for --predict-run")
     ap.add_argument("--predict-essays", type=int, default=1500, help="essays to predict")
+    ap.add_argument("--predict-only", action="store_true", help="skip the tokens/s table")
     args = ap.parse_args()
 
     with torch_threads(args.threads):
@@ -85,7 +86,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = NerModel(load_encoder(resolve_backbone(args.backbone)), NerConfig())
         print(f"{'precision':<10}{'train tok/s':>14}{'infer tok/s':>14}")
-        for name, bf16 in (("fp32", False), ("bf16", True)):
+        for name, bf16 in () if args.predict_only else (("fp32", False), ("bf16", True)):
             train = tokens_per_second(model, args.batch, args.seq, args.steps, bf16, True)
             infer = tokens_per_second(model, args.batch * 2, args.seq, args.steps, bf16, False)
             print(f"{name:<10}{train:>14,.0f}{infer:>14,.0f}", flush=True)
@@ -94,7 +95,7 @@ def main() -> None:
             ids = sorted(corpus.essays)[: args.predict_essays]
             essays = {i: corpus.essays[i] for i in ids}
             t0 = time.perf_counter()
-            probs = predict_word_probs(args.predict_run, essays)
+            probs = predict_word_probs(args.predict_run, essays, threads=args.threads)
             dt = time.perf_counter() - t0
             n_words = sum(p.shape[0] for p in probs.values())
             print(f"predicted {len(essays)} essays ({n_words:,} words) in {dt:.1f} s")

@@ -653,9 +653,14 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def predict_word_probs(
-    run_dir: str | Path, essays: Mapping[str, Essay], progress: bool = False
+    run_dir: str | Path,
+    essays: Mapping[str, Essay],
+    progress: bool = False,
+    threads: int | None = None,
 ) -> dict[str, FloatArray]:
-    """Word probabilities (n_words, 15) for new essays: the mean of the run's fold models."""
+    """Word probabilities (n_words, 15) for new essays: the mean of the run's fold models.
+
+    `threads` overrides the run's torch thread count (0 = torch's default)."""
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
@@ -665,7 +670,7 @@ def predict_word_probs(
     listed = [essays[i] for i in ids]
     tokenizer = load_tokenizer(run_dir / "ner" / "encoder")
     bar = tqdm(desc="predict", unit="tok", disable=not progress)
-    with torch_threads(cfg.threads):
+    with torch_threads(cfg.threads if threads is None else threads):
         probs = _predict(run_dir, cfg, tokenizer, listed, device, bar)
     bar.close()
     return dict(zip(ids, probs, strict=True))
