@@ -499,6 +499,13 @@ def encode_word_vectors(
             counts[w.essay][w.word_start : w.word_end] += present
         if progress is not None:
             progress.update(sum(len(w.input_ids) for w in group))
+    return _window_means(sums, counts)
+
+
+def _window_means(
+    sums: Sequence[npt.NDArray[np.floating[Any]]], counts: Sequence[npt.NDArray[np.floating[Any]]]
+) -> list[FloatArray]:
+    """Per-word mean over the windows that saw each word (words seen by none stay zero)."""
     return [
         (s / np.maximum(c, 1)[:, None]).astype(np.float32)
         for s, c in zip(sums, counts, strict=True)
@@ -577,10 +584,7 @@ def window_probs(
             counts[w.essay][w.word_start : w.word_end] += 1
         if progress is not None:
             progress.update(sum(len(w.input_ids) for w in group))
-    return [
-        (s / np.maximum(c, 1)[:, None]).astype(np.float32)
-        for s, c in zip(sums, counts, strict=True)
-    ]
+    return _window_means(sums, counts)
 
 
 def window_inputs(
