@@ -278,3 +278,25 @@ def test_class_weights_lift_rare_classes() -> None:
     assert w[0] == 1 and w[1] == w[2] == pytest.approx(1.0)
     assert w[3] == w[4] == pytest.approx((2 / 7) ** -0.5)
     assert w[5] > w[3]  # absent classes get the largest weight (count clamped to 1)
+
+
+def test_cache_of_all_essays_serves_a_subset(
+    tiny_backbone: str, corpus_small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    cfg = tiny_cfg(tiny_backbone)
+    enc_dir = tmp_path / "ner" / "encoder"
+    load_encoder(tiny_backbone).save_pretrained(str(enc_dir))
+    load_tokenizer(tiny_backbone).save_pretrained(str(enc_dir))
+    full = ner_train.build_cache(corpus_small, cfg, tmp_path)
+    subset = corpus_small.subset(sorted(corpus_small.essays)[2:5])
+
+    def no_encoding(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("the finished cache should have been reused")
+
+    monkeypatch.setattr(ner_train, "encode_word_vectors", no_encoding)
+    part = ner_train.build_cache(subset, cfg, tmp_path)
+    for i in subset.essays:
+        np.testing.assert_array_equal(part.get(i), full.get(i))
+    # Encoded differently (another window): not reused, so it must encode again.
+    with pytest.raises(AssertionError, match="reused"):
+        ner_train.build_cache(subset, replace(cfg, overlap=8), tmp_path)

@@ -178,11 +178,24 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: Path) -> _Cache:
         "window": cfg.window,
         "overlap": cfg.overlap,
         "paragraph_marker": cfg.paragraph_marker,
+        "lengths": lengths.tolist(),
     }
     done = 0
     if path.is_file() and index_path.is_file() and progress_path.is_file():
-        same = json.loads(index_path.read_text()) == index
-        done = int(json.loads(progress_path.read_text())["done"]) if same else 0
+        old = json.loads(index_path.read_text())
+        done = int(json.loads(progress_path.read_text())["done"])
+        if _covers(old, index, done):
+            # A finished cache of more essays (e.g. all of them, read now by the sure-only run).
+            old_ids: list[str] = old["ids"]
+            old_ends = np.cumsum(np.asarray(old["lengths"], dtype=np.int64))
+            return _Cache(
+                np.load(path, mmap_mode="r"),
+                {
+                    i: (int(e - n), int(e))
+                    for i, n, e in zip(old_ids, old["lengths"], old_ends, strict=True)
+                },
+            )
+        done = done if old == index else 0
     if done == 0:
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(int(ends[-1]), hid))
@@ -206,6 +219,16 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: Path) -> _Cache:
     return _Cache(np.load(path, mmap_mode="r"), offsets)
 
 
+def _covers(old: dict[str, Any], new: dict[str, Any], done: int) -> bool:
+    """Whether a finished cache `old` holds every essay of `new`, encoded the same way."""
+    if "lengths" not in old or done != len(old["ids"]):
+        return False
+    if any(old.get(k) != v for k, v in new.items() if k not in ("ids", "lengths")):
+        return False
+    old_len = dict(zip(old["ids"], old["lengths"], strict=True))
+    return all(old_len.get(i) == n for i, n in zip(new["ids"], new["lengths"], strict=True))
+
+
 def load_cache(run: Path, corpus: Corpus) -> tuple[_Cache, list[str]]:
     """A run's cache as it stands (read-only), and the essays already encoded in it."""
     import json
@@ -220,7 +243,10 @@ def load_cache(run: Path, corpus: Corpus) -> tuple[_Cache, list[str]]:
     ids: list[str] = index["ids"]
     if not set(ids) <= set(corpus.essays):
         raise DiscourseRLError(f"{cache_dir}: cached essays are not all in this data folder")
-    lengths = np.array([corpus.essays[i].n_words for i in ids], dtype=np.int64)
+    if "lengths" in index:
+        lengths = np.asarray(index["lengths"], dtype=np.int64)
+    else:
+        lengths = np.array([corpus.essays[i].n_words for i in ids], dtype=np.int64)
     ends = np.cumsum(lengths)
     offsets = {i: (int(e - n), int(e)) for i, n, e in zip(ids, lengths, ends, strict=True)}
     return _Cache(vectors, offsets), ids[:done]
