@@ -328,7 +328,9 @@ def pool_words(hidden: torch.Tensor, token_word: torch.Tensor, n_words: int) -> 
     """(B, T, H) sub-token states -> (B, n_words, H) means; tokens with index -1 are skipped."""
     b, _, h = hidden.shape
     keep = token_word >= 0
-    flat = torch.where(keep, token_word + n_words * torch.arange(b)[:, None], b * n_words)
+    flat = torch.where(
+        keep, token_word + n_words * torch.arange(b, device=token_word.device)[:, None], b * n_words
+    )
     sums = hidden.new_zeros(b * n_words + 1, h).index_add_(
         0, flat.reshape(-1), hidden.reshape(-1, h)
     )
