@@ -300,3 +300,17 @@ def test_cache_of_all_essays_serves_a_subset(
     # Encoded differently (another window): not reused, so it must encode again.
     with pytest.raises(AssertionError, match="reused"):
         ner_train.build_cache(subset, replace(cfg, overlap=8), tmp_path)
+
+
+def test_predict_without_models_is_one_clear_error(tiny_backbone: str, tmp_path: Path) -> None:
+    from discourse_rl.common import atomic_write_text, config_to_toml
+
+    cfg = tiny_cfg(tiny_backbone, mode="finetune")
+    atomic_write_text(tmp_path / "ner" / "config.toml", config_to_toml(ner_train.NerRecord(0, cfg)))
+    essays = dict(list(load_corpus().essays.items())[:1])
+    with pytest.raises(DiscourseRLError, match="no NER model"):
+        predict_word_probs(tmp_path, essays)
+    enc_dir = tmp_path / "ner" / "encoder"
+    load_encoder(tiny_backbone).save_pretrained(str(enc_dir))
+    with pytest.raises(DiscourseRLError, match=r"model\.safetensors: fold model missing"):
+        predict_word_probs(tmp_path, essays)

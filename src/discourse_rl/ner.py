@@ -671,6 +671,16 @@ def predict_word_probs(
 
     run_dir = Path(run_dir)
     cfg = run_ner_config(run_dir)
+    # Fail before any encoding: a run folder may hold out-of-fold probabilities without models
+    # (e.g. when the NER stage was trained on another machine).
+    if not (run_dir / "ner" / "encoder" / "config.json").is_file():
+        raise DiscourseRLError(
+            f"{run_dir / 'ner' / 'encoder'}: missing (this run has no NER model)"
+        )
+    weights = "head.safetensors" if cfg.mode == "frozen" else "model.safetensors"
+    for d in fold_dirs(run_dir, cfg.folds):
+        if not (d / weights).is_file():
+            raise DiscourseRLError(f"{d / weights}: fold model missing (NER training unfinished?)")
     device = default_device()
     ids = list(essays)
     listed = [essays[i] for i in ids]
