@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from discourse_rl import metric
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import CLASS_INDEX, CLASSES
 from discourse_rl.metric import essay_counts, essay_f1, essay_jaccard, per_essay_scores, score
@@ -213,3 +214,188 @@ def test_per_essay_scores_match_essay_counts() -> None:
     assert table.loc["a", "f1"] == pytest.approx(1 / (1 + 0.5 * 2))
     assert table.loc["a", "jaccard"] == pytest.approx(1 / 3)
     assert table.loc["b", "f1"] == 0.0 and list(table.index) == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths against the exact ones
+
+
+def _parse_both(strings: list[object]) -> tuple[metric._Parsed, metric._Parsed]:
+    column = pd.Series(strings, dtype=object)
+    return metric._parse_predictionstrings(column, "x"), metric._parse_exactly(strings, "x")
+
+
+def _assert_same_parse(fast: metric._Parsed, exact: metric._Parsed) -> None:
+    for a, b in zip(fast[:3], exact[:3], strict=True):
+        assert a.tolist() == b.tolist()
+    assert fast[3].keys() == exact[3].keys()
+    for r, words in exact[3].items():
+        assert fast[3][r].tolist() == words.tolist()
+
+
+def test_only_canonical_range_texts_skip_the_exact_parse() -> None:
+    strings: list[object] = [
+        "4 5 6 7",  # the range 4..7
+        "9 10 11 12 13 14 15 16",  # longer than a string view's 12 inline bytes
+        "1 3 4",  # a gap
+        "1 3 3 4",  # as many words as 1..4, and as long a text, but not that range
+        "3 2 1",  # the words of a range, out of order
+        "1 1 2",
+        "01 02",
+        "1  2",
+        " 1 2",
+        "1 2 ",
+        "5",
+        "",
+        "1234567 1234568",  # more digits than the first-word window
+        "7 8 9 10 11 12 13 14 15 16 17 18 19 20",
+        "98 99 100",
+        "2",
+    ]
+    column = pd.Series(strings, dtype="str")
+    ranges = metric._canonical_ranges(column)
+    assert ranges is not None
+    is_range, first, stop = ranges
+    canonical = {0, 1, 10, 13, 14}  # the last rows start in the window's clamp and may go exact
+    assert set(np.flatnonzero(is_range).tolist()) == canonical
+    assert [(int(first[r]), int(stop[r])) for r in sorted(canonical)] == [
+        (4, 8),
+        (9, 17),
+        (5, 6),
+        (7, 21),
+        (98, 101),
+    ]
+    fast = metric._parse_predictionstrings(column, "x")
+    _assert_same_parse(fast, metric._parse_exactly(strings, "x"))
+    assert fast[3][2].tolist() == [1, 3, 4] and fast[3][3].tolist() == [1, 3, 4]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.integers(0, 1200), st.integers(1, 40)).map(
+                lambda t: _ps(list(range(t[0], t[0] + t[1])))
+            ),
+            st.lists(st.integers(0, 200), min_size=1, max_size=12).map(_ps),
+            st.text(alphabet="0123456789 ", max_size=9).filter(
+                lambda s: not s.strip() or all(w.isdigit() for w in s.split())
+            ),
+        ),
+        max_size=20,
+    )
+)
+def test_fast_parse_equals_exact_parse(strings: list[str]) -> None:
+    _assert_same_parse(*_parse_both(list(strings)))
+    # An Arrow-backed column, sliced so that its offsets do not start at zero.
+    column = pd.Series(["0 1 2", *strings], dtype="str").iloc[1:]
+    _assert_same_parse(metric._parse_predictionstrings(column, "x"), _parse_both(strings)[1])
+
+
+def test_missing_predictionstrings_are_empty_spans() -> None:
+    fast, exact = _parse_both(["1 2 3", None, float("nan"), "4 5"])
+    _assert_same_parse(fast, exact)
+    assert fast[2].tolist() == [3, 0, 0, 2]
+
+
+def test_other_column_types_parse_as_before() -> None:
+    strings = ["1 2 3", "4 5 6 7 8 9 10 11 12 13", "2 4", "7 8"]
+    exact = metric._parse_exactly(strings, "x")
+    for dtype in ("category", "string[python]", "string[pyarrow]", object):
+        _assert_same_parse(
+            metric._parse_predictionstrings(pd.Series(strings, dtype=dtype), "x"), exact
+        )
+    # Numbers are no text: the exact path has always read them as no words.
+    numbers = pd.Series([5, 6, 70000000])
+    _assert_same_parse(
+        metric._parse_predictionstrings(numbers, "x"), metric._parse_exactly(numbers.tolist(), "x")
+    )
+
+
+def test_non_contiguous_prediction_scores_by_word_sets_on_the_fast_path() -> None:
+    gt = pd.DataFrame(
+        {
+            "id": ["a"] * 3,
+            "discourse_type": ["Claim"] * 3,
+            "predictionstring": ["0 1 2 3", "10 11 12 13 14 15", "20 21"],
+        }
+    )
+    # Six words of 0..9 with a hole: overlap 4 of 4 and 4 of 6 is a hit, though a range 0..9
+    # would cover only 4 of 10. "10 12 14" has 3 of 6 with the second span (exact halves), and
+    # "20 22 24 26" has 1 of 4 with the third, a miss.
+    pred = pd.DataFrame(
+        {
+            "id": ["a"] * 3,
+            "class": ["Claim"] * 3,
+            "predictionstring": ["0 1 2 3 8 9", "10 12 14", "20 22 24 26"],
+        }
+    )
+    result = score(pred, gt).per_class["Claim"]
+    assert (result.tp, result.fp, result.fn) == (2, 1, 1)
+    _, per_class, doubtful = oracle_score(pred, gt)
+    assert not doubtful and per_class["Claim"] == result.f1
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases())
+def test_score_is_the_same_without_the_fast_parse(case: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+    pred, gt = case
+    fast = score(pred, gt)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(metric, "_canonical_ranges", lambda column: None)
+        exact = score(pred, gt)
+    assert fast.to_dict() == exact.to_dict() or (
+        math.isnan(fast.macro_f1) and math.isnan(exact.macro_f1)
+    )
+    # Object columns (pandas without Arrow strings) take the same way.
+    assert score(pred.astype(object), gt.astype(object)).to_dict() == fast.to_dict() or gt.empty
+
+
+@st.composite
+def essays(draw: st.DrawFn) -> tuple[np.ndarray, ...]:
+    """Spans of one essay, overlapping freely, empty ones included."""
+
+    def spans(n: int) -> list[np.ndarray]:
+        start = draw(st.lists(st.integers(0, 40), min_size=n, max_size=n))
+        length = draw(st.lists(st.integers(-1, 15), min_size=n, max_size=n))
+        cls = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+        return [
+            np.array(cls, dtype=np.int64),
+            np.array(start, dtype=np.int64),
+            np.array(start, dtype=np.int64) + np.array(length, dtype=np.int64),
+        ]
+
+    return (*spans(draw(st.integers(0, 12))), *spans(draw(st.integers(0, 12))))
+
+
+@settings(max_examples=500, deadline=None)
+@given(essays())
+def test_small_essay_loop_equals_whole_matrix_counts(arrays: tuple[np.ndarray, ...]) -> None:
+    expected = metric._essay_counts_vectorised(*arrays)
+    assert essay_counts(*arrays).tolist() == expected.tolist()
+    tp, fp, fn = expected.sum(0)
+    assert essay_f1(expected) == (tp / (tp + 0.5 * (fp + fn)) if tp + fp + fn else 1.0)
+    assert essay_jaccard(expected) == (tp / (tp + fp + fn) if tp + fp + fn else 1.0)
+
+
+def test_big_essays_take_the_whole_matrix_path() -> None:
+    n = 40  # 1600 pairs
+    start = np.arange(0, 10 * n, 10, dtype=np.int64)
+    cls = np.arange(n, dtype=np.int64) % len(CLASSES)
+    counts = essay_counts(cls, start, start + 8, cls, start + 1, start + 9)
+    assert counts[:, 0].sum() == n and counts[:, 1:].sum() == 0
+    assert n * n > metric._VECTORISE_PAIRS
+
+
+def test_bad_class_index_is_an_error() -> None:
+    one = np.array([0], dtype=np.int64)
+    with pytest.raises(ValueError, match="class index"):
+        essay_counts(np.array([-1]), one, one + 1, one, one, one + 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-2, 6), max_size=15), st.lists(st.integers(-2, 6), max_size=15))
+def test_same_key_pairs_is_an_inner_join(a: list[int], b: list[int]) -> None:
+    i, j = metric._same_key_pairs(np.array(a, dtype=np.int64), np.array(b, dtype=np.int64))
+    got = sorted(zip(i.tolist(), j.tolist(), strict=True))
+    assert got == [(x, y) for x in range(len(a)) for y in range(len(b)) if a[x] == b[y]]
