@@ -94,17 +94,34 @@ def write_report(run: Path, corpus: Corpus, machine: str) -> Path:
         "|---|---|",
     ]
     lines += [f"| {k} | {v['seconds']:.0f} |" for k, v in stages.items()]
+    if agent is not None and agent.get("runs"):
+        lines += [
+            "",
+            "## Agent seeds (wall time on this machine, held-out macro F1)",
+            "",
+            "| seed | BC s | PPO s | PPO env steps/s | episode trainer s | BC | RL (PPO) | "
+            "RL (episode trainer) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in agent["runs"]:
+            cells = [
+                f"{r.get(k, float('nan')):.0f}"
+                for k in ("bc_seconds", "ppo_seconds", "steps_per_second", "episode_seconds")
+            ] + [f"{r.get(k, float('nan')):.4f}" for k in ("bc", "rl", "episode")]
+            lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
     if agent is not None and agent.get("tradeoff"):
         lines += [
             "",
             "## Segmentation trade-off (training essays)",
             "",
-            "| start threshold | segments/essay | segments/element | oracle macro F1 |",
-            "|---|---|---|---|",
+            "| punctuation cuts | start threshold | segments/essay | segments/element | "
+            "oracle macro F1 |",
+            "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {t['start_threshold']:.2f} | {t['segments_per_essay']:.1f} | "
-            f"{t['segments_per_element']:.2f} | {t['oracle_macro_f1']:.4f} |"
+            f"| {t.get('punctuation', '-')} | {t['start_threshold']:.2f} | "
+            f"{t['segments_per_essay']:.1f} | {t['segments_per_element']:.2f} | "
+            f"{t['oracle_macro_f1']:.4f} |"
             for t in agent["tradeoff"]
         ]
     plots = write_plots(run, agent)
@@ -151,11 +168,15 @@ def write_plots(run: Path, agent: dict[str, Any] | None) -> list[Path]:
     if agent.get("tradeoff"):
         t = agent["tradeoff"]
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.plot([r["segments_per_element"] for r in t], [r["oracle_macro_f1"] for r in t], "o-")
-        for r in t:
-            ax.annotate(
-                f"{r['start_threshold']:.2f}", (r["segments_per_element"], r["oracle_macro_f1"])
-            )
+        for punct in dict.fromkeys(r.get("punctuation", "-") for r in t):
+            rs = [r for r in t if r.get("punctuation", "-") == punct]
+            xs, ys = [r["segments_per_element"] for r in rs], [r["oracle_macro_f1"] for r in rs]
+            ax.plot(xs, ys, "o-", label=f"cuts after: {punct}")
+            for r in rs:
+                ax.annotate(
+                    f"{r['start_threshold']:.2f}", (r["segments_per_element"], r["oracle_macro_f1"])
+                )
+        ax.legend(fontsize=8)
         ax.set_xlabel("segments per true element")
         ax.set_ylabel("oracle macro F1")
         ax.set_title("segmentation: recall vs segments (labels: start threshold)")
