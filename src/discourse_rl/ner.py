@@ -231,7 +231,8 @@ def _tokenize_batch(
             own.append(i)
         pseudo.append(pw)
         owners.append(own)
-    enc = tokenizer(pseudo, is_split_into_words=True, add_special_tokens=False)
+    # Whole essays exceed the model's window on purpose (windows are cut later): no warning.
+    enc = tokenizer(pseudo, is_split_into_words=True, add_special_tokens=False, verbose=False)
     out = []
     for k, ws in enumerate(words):
         own = owners[k]
