@@ -238,7 +238,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         table = decode_all(probs, lambda p: decode_tuned(p, th))
     with atomic_open(args.out, "w", encoding="utf-8", newline="") as fh:
         table[["id", "class", "predictionstring"]].to_csv(fh, index=False)
-    print(f"wrote {len(table)} spans for {len(essays)} essays to {args.out}")
+    noun = "essay" if len(essays) == 1 else "essays"
+    print(f"wrote {len(table)} spans for {len(essays)} {noun} to {args.out}")
     return 0
 
 
