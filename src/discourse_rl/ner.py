@@ -282,6 +282,17 @@ def essay_windows(
     return out
 
 
+def all_windows(
+    tokens: Sequence[EssayTokens], cfg: NerConfig, cls_id: int, sep_id: int
+) -> list[Window]:
+    """The windows of every essay, in order; each knows its essay's index in `tokens`."""
+    return [
+        w
+        for i, t in enumerate(tokens)
+        for w in essay_windows(t, i, cfg.window, cfg.overlap, cls_id, sep_id)
+    ]
+
+
 def special_ids(tokenizer: Any) -> tuple[int, int, int]:
     """(start, end, pad) ids; tokenizers without CLS/SEP fall back to BOS/EOS."""
     start = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
@@ -475,11 +486,7 @@ def encode_word_vectors(
     sub-token states within a window, averaged over the windows that contain the word."""
     tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
     cls_id, sep_id, pad_id = special_ids(tokenizer)
-    windows = [
-        w
-        for i, t in enumerate(tokens)
-        for w in essay_windows(t, i, cfg.window, cfg.overlap, cls_id, sep_id)
-    ]
+    windows = all_windows(tokens, cfg, cls_id, sep_id)
     hid = hidden_size(encoder)
     sums = [np.zeros((t.n_words, hid), dtype=np.float32) for t in tokens]
     counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
@@ -564,11 +571,7 @@ def window_probs(
     tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
     feats = [word_features(e) for e in essays]
     cls_id, sep_id, pad_id = special_ids(tokenizer)
-    windows = [
-        w
-        for i, t in enumerate(tokens)
-        for w in essay_windows(t, i, cfg.window, cfg.overlap, cls_id, sep_id)
-    ]
+    windows = all_windows(tokens, cfg, cls_id, sep_id)
     sums = [np.zeros((t.n_words, NUM_LABELS), dtype=np.float32) for t in tokens]
     counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
     use_bf16 = cfg.bf16 and bf16_available(device)
@@ -678,10 +681,6 @@ def predict_word_probs(
         raise DiscourseRLError(
             f"{run_dir / 'ner' / 'encoder'}: missing (this run has no NER model)"
         )
-    weights = "head.safetensors" if cfg.mode == "frozen" else "model.safetensors"
-    for d in fold_dirs(run_dir, cfg.folds):
-        if not (d / weights).is_file():
-            raise DiscourseRLError(f"{d / weights}: fold model missing (NER training unfinished?)")
     device = default_device()
     ids = list(essays)
     listed = [essays[i] for i in ids]
@@ -703,8 +702,9 @@ def _predict(
 ) -> list[FloatArray]:
     if cfg.mode == "frozen":
         encoder = load_encoder(run_dir / "ner" / "encoder").to(device)
-        vectors = encode_word_vectors(encoder, tokenizer, listed, cfg, device, bar)
+        # Heads first: a missing fold model fails before the costly encoder pass.
         heads = [h.to(device) for h in load_heads(run_dir, cfg, hidden_size(encoder))]
+        vectors = encode_word_vectors(encoder, tokenizer, listed, cfg, device, bar)
         feats = [word_features(e) for e in listed]
         probs = head_probs(heads, vectors, feats, device)
     else:

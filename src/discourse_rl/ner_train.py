@@ -159,8 +159,7 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: Path) -> _Cache:
     cache_dir = run / "ner" / "cache"
     ids = sorted(corpus.essays)
     lengths = np.array([corpus.essays[i].n_words for i in ids], dtype=np.int64)
-    ends = np.cumsum(lengths)
-    offsets = {i: (int(e - n), int(e)) for i, n, e in zip(ids, lengths, ends, strict=True)}
+    offsets = _offsets(ids, lengths.tolist())
     device = default_device()
     encoder = load_encoder(run / "ner" / "encoder").to(device)
     tokenizer = load_tokenizer(run / "ner" / "encoder")
@@ -186,19 +185,13 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: Path) -> _Cache:
         done = int(json.loads(progress_path.read_text())["done"])
         if _covers(old, index, done):
             # A finished cache of more essays (e.g. all of them, read now by the sure-only run).
-            old_ids: list[str] = old["ids"]
-            old_ends = np.cumsum(np.asarray(old["lengths"], dtype=np.int64))
-            return _Cache(
-                np.load(path, mmap_mode="r"),
-                {
-                    i: (int(e - n), int(e))
-                    for i, n, e in zip(old_ids, old["lengths"], old_ends, strict=True)
-                },
-            )
+            return _Cache(np.load(path, mmap_mode="r"), _offsets(old["ids"], old["lengths"]))
         done = done if old == index else 0
     if done == 0:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(int(ends[-1]), hid))
+        np.lib.format.open_memmap(
+            path, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), hid)
+        )
         write_json(index_path, index)
         write_json(progress_path, {"done": 0})
     vectors = np.load(path, mmap_mode="r+")
@@ -217,6 +210,12 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: Path) -> _Cache:
             bar.update(len(chunk))
         bar.close()
     return _Cache(np.load(path, mmap_mode="r"), offsets)
+
+
+def _offsets(ids: list[str], lengths: list[int]) -> dict[str, tuple[int, int]]:
+    """Each essay's [start, end) rows in a cache that stores `ids` back to back."""
+    ends = np.cumsum(np.asarray(lengths, dtype=np.int64))
+    return {i: (int(e - n), int(e)) for i, n, e in zip(ids, lengths, ends, strict=True)}
 
 
 def _covers(old: dict[str, Any], new: dict[str, Any], done: int) -> bool:
@@ -243,13 +242,8 @@ def load_cache(run: Path, corpus: Corpus) -> tuple[_Cache, list[str]]:
     ids: list[str] = index["ids"]
     if not set(ids) <= set(corpus.essays):
         raise DiscourseRLError(f"{cache_dir}: cached essays are not all in this data folder")
-    if "lengths" in index:
-        lengths = np.asarray(index["lengths"], dtype=np.int64)
-    else:
-        lengths = np.array([corpus.essays[i].n_words for i in ids], dtype=np.int64)
-    ends = np.cumsum(lengths)
-    offsets = {i: (int(e - n), int(e)) for i, n, e in zip(ids, lengths, ends, strict=True)}
-    return _Cache(vectors, offsets), ids[:done]
+    lengths = index.get("lengths") or [corpus.essays[i].n_words for i in ids]
+    return _Cache(vectors, _offsets(ids, lengths)), ids[:done]
 
 
 def _train_frozen(
