@@ -6,9 +6,11 @@ time to predict a batch of essays with a trained run.
     .venv/bin/python benchmarks/ner_speed.py --predict-run runs/reference \\
         --data ../shared/data/feedback-prize-2021 --predict-essays 1500
 
-Training tokens/s is one full fine-tuning step (forward, backward, AdamW) of encoder + head on
-windows of `--seq` sub-tokens; inference is the encoder's forward pass. The uptime load average
-is printed because shared cores make every figure here pessimistic.
+Training tokens/s is one fine-tuning step (forward, backward, AdamW) of encoder + head on
+windows of `--seq` sub-tokens, with the encoder dropout of `NerConfig` (attention dropout 0 lets
+PyTorch use its fused attention kernel; `--attention-dropout 0.1` shows the unfused cost) and
+`--freeze-layers` lower layers frozen; inference is the encoder's forward pass. The uptime load
+average is printed because shared cores make every figure here pessimistic.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from discourse_rl.ner import (
     NerConfig,
     NerModel,
     autocast,
+    freeze_lower,
     load_encoder,
     predict_word_probs,
     resolve_backbone,
@@ -49,7 +52,7 @@ def tokens_per_second(
         "labels": torch.randint(0, NUM_LABELS, (batch, words), generator=gen),
     }
     device = torch.device("cpu")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for _ in range(steps + 1):  # the first step warms up kernels and is not counted
         t0 = time.perf_counter()
@@ -74,6 +77,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="windows per step")
     ap.add_argument("--seq", type=int, default=512, help="sub-tokens per window")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    ap.add_argument("--freeze-layers", type=int, default=0, help="frozen lower encoder layers")
+    ap.add_argument("--attention-dropout", type=float, default=NerConfig.attention_dropout)
+    ap.add_argument("--hidden-dropout", type=float, default=NerConfig.hidden_dropout)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     ap.add_argument("--predict-run", type=Path, default=None, help="trained run to time")
     ap.add_argument("--data", type=Path, default=None, help="essays for --predict-run")
@@ -84,7 +90,15 @@ def main() -> None:
     with torch_threads(args.threads):
         print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
         torch.manual_seed(0)
-        model = NerModel(load_encoder(resolve_backbone(args.backbone)), NerConfig())
+        encoder = load_encoder(
+            resolve_backbone(args.backbone), args.attention_dropout, args.hidden_dropout
+        )
+        model = NerModel(encoder, NerConfig())
+        freeze_lower(model, args.freeze_layers)
+        print(
+            f"attention dropout {args.attention_dropout}, hidden dropout {args.hidden_dropout}, "
+            f"frozen layers {args.freeze_layers}"
+        )
         print(f"{'precision':<10}{'train tok/s':>14}{'infer tok/s':>14}")
         for name, bf16 in () if args.predict_only else (("fp32", False), ("bf16", True)):
             train = tokens_per_second(model, args.batch, args.seq, args.steps, bf16, True)

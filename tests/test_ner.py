@@ -17,8 +17,10 @@ from discourse_rl.data import NUM_LABELS, Essay, load_corpus, load_word_probs, s
 from discourse_rl.ner import (
     NerConfig,
     NerHead,
+    NerModel,
     encode_word_vectors,
     essay_windows,
+    freeze_lower,
     load_encoder,
     load_tokenizer,
     pool_words,
@@ -126,6 +128,22 @@ def test_pool_words_means_subtokens() -> None:
     assert torch.all(pooled[0, 2] == 0)
 
 
+def test_encoder_dropout_override_and_freezing(tiny_backbone: str) -> None:
+    """Attention dropout 0 must reach the attention modules (that is what lets PyTorch pick its
+    fused kernel); None keeps the backbone's own; freezing stops gradients below the cut."""
+    own = load_encoder(tiny_backbone)
+    enc = load_encoder(tiny_backbone, attention_dropout=0.0, hidden_dropout=0.05)
+    assert own.config.attention_probs_dropout_prob == 0.1
+    assert enc.config.attention_probs_dropout_prob == 0.0
+    assert enc.config.hidden_dropout_prob == 0.05
+    assert all(m.p == 0.05 for n, m in enc.named_modules() if n.endswith("output.dropout"))
+    model = NerModel(enc, NerConfig(head_hidden=8))
+    freeze_lower(model, 1)
+    trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.layer.1.") or "pooler" in n for n in trainable)
+    assert all(p.requires_grad for p in model.head.parameters())
+
+
 def test_word_vectors_same_with_short_and_long_windows(tiny_backbone: str) -> None:
     """Window overlap averaging keeps vectors close to the one-window result (tiny model, short
     context): the combination is a mean, not a sum, and covers every word."""
@@ -203,7 +221,9 @@ def test_frozen_training_oof_resume_and_predict(
 
 def test_finetune_mode_with_trainer(tiny_backbone: str, corpus_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     corpus = corpus_small.subset(sorted(corpus_small.essays)[:4])
-    cfg = tiny_cfg(tiny_backbone, mode="finetune", epochs=1.0, save_every=2, lr=1e-3)
+    cfg = tiny_cfg(
+        tiny_backbone, mode="finetune", epochs=1.0, save_every=2, lr=1e-3, head_lr=1e-2
+    )
     result = ner_train.train_ner(corpus, cfg, tmp_path, seed=0)
     oof = load_word_probs(result.oof_path)
     assert {i: p.shape[0] for i, p in oof.items()} == {
@@ -215,6 +235,21 @@ def test_finetune_mode_with_trainer(tiny_backbone: str, corpus_small, tmp_path: 
     essays = dict(list(corpus.test_essays.items())[:1])
     (p,) = predict_word_probs(tmp_path, essays).values()
     np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
+
+
+def test_finetune_optimizer_gives_the_head_its_rate(tiny_backbone: str) -> None:
+    model = NerModel(load_encoder(tiny_backbone), NerConfig(head_hidden=8))
+    freeze_lower(model, 1)
+    assert ner_train._optimizer(model, NerConfig(head_lr=0.0)) is None
+    opt = ner_train._optimizer(model, NerConfig(lr=1e-4, head_lr=1e-2))
+    assert opt is not None
+    encoder_group, head_group = opt.param_groups
+    assert (encoder_group["lr"], head_group["lr"]) == (1e-4, 1e-2)
+    frozen = sum(1 for p in model.encoder.parameters() if not p.requires_grad)
+    assert frozen and len(encoder_group["params"]) == sum(
+        1 for p in model.encoder.parameters() if p.requires_grad
+    )
+    assert len(head_group["params"]) == len(list(model.head.parameters()))
 
 
 def test_cli_train_and_predict(tiny_backbone: str, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

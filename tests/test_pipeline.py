@@ -12,6 +12,7 @@ import pytest
 
 from discourse_rl.cli import main
 from discourse_rl.data import load_corpus, sample_dir
+from discourse_rl.pipeline import load_run_config
 from tests.tiny import save_tiny_bert
 
 N_ESSAYS = 30
@@ -138,3 +139,12 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     one = next((few_essays / "test").glob("*.txt"))
     assert main(["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]) == 0
     assert set(pd.read_csv(out)["id"]) <= {one.stem}
+
+
+def test_shipped_configs_load() -> None:
+    """Every config in configs/ names only known fields (a typo would stop a long run late)."""
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in folder.glob("*.toml"))
+    assert "reference.toml" in names and "demo.toml" in names
+    for name in names:
+        load_run_config(folder / name)

@@ -53,6 +53,7 @@ from discourse_rl.ner import (
     encode_word_vectors,
     essay_windows,
     fold_dirs,
+    freeze_lower,
     head_probs,
     hidden_size,
     load_encoder,
@@ -463,8 +464,9 @@ def _train_finetune(
             )
         ]
         torch.manual_seed(seed + k)
-        model = NerModel(load_encoder(run / "ner" / "encoder"), cfg)
-        _freeze_lower(model, cfg.freeze_layers)
+        encoder = load_encoder(run / "ner" / "encoder", cfg.attention_dropout, cfg.hidden_dropout)
+        model = NerModel(encoder, cfg)
+        freeze_lower(model, cfg.freeze_layers)
         ckpt_dir = fold_dir / "checkpoints"
         args = TrainingArguments(
             output_dir=str(ckpt_dir),
@@ -493,7 +495,11 @@ def _train_finetune(
             return window_inputs([it["window"] for it in items], feats, pad_id, labels)
 
         trainer = Trainer(
-            model=model, args=args, train_dataset=_WindowData(windows), data_collator=collate
+            model=model,
+            args=args,
+            train_dataset=_WindowData(windows),
+            data_collator=collate,
+            optimizers=(_optimizer(model, cfg), None),
         )
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None  # type: ignore[no-untyped-call]
         trainer.train(resume_from_checkpoint=last)
@@ -508,12 +514,14 @@ def _train_finetune(
         save_word_probs(fold_dir / "oof.npz", dict(zip(val_ids, probs, strict=True)))
 
 
-def _freeze_lower(model: NerModel, n_layers: int) -> None:
-    if n_layers <= 0:
-        return
-    for name, p in model.encoder.named_parameters():
-        if "embeddings" in name or any(f"layer.{i}." in name for i in range(n_layers)):
-            p.requires_grad_(False)
+def _optimizer(model: NerModel, cfg: NerConfig) -> torch.optim.Optimizer | None:
+    """AdamW with the head at its own learning rate; None lets the Trainer build its default."""
+    if cfg.head_lr <= 0:
+        return None
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    groups = [{"params": encoder, "lr": cfg.lr}, {"params": list(model.head.parameters())}]
+    groups[1]["lr"] = cfg.head_lr
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 # ---------------------------------------------------------------------------------------------
