@@ -18,6 +18,7 @@ from discourse_rl.ner import (
     NerConfig,
     NerHead,
     NerModel,
+    bf16_encoder_copy,
     encode_word_vectors,
     essay_windows,
     freeze_lower,
@@ -221,9 +222,7 @@ def test_frozen_training_oof_resume_and_predict(
 
 def test_finetune_mode_with_trainer(tiny_backbone: str, corpus_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     corpus = corpus_small.subset(sorted(corpus_small.essays)[:4])
-    cfg = tiny_cfg(
-        tiny_backbone, mode="finetune", epochs=1.0, save_every=2, lr=1e-3, head_lr=1e-2
-    )
+    cfg = tiny_cfg(tiny_backbone, mode="finetune", epochs=1.0, save_every=2, lr=1e-3, head_lr=1e-2)
     result = ner_train.train_ner(corpus, cfg, tmp_path, seed=0)
     oof = load_word_probs(result.oof_path)
     assert {i: p.shape[0] for i, p in oof.items()} == {
@@ -235,6 +234,22 @@ def test_finetune_mode_with_trainer(tiny_backbone: str, corpus_small, tmp_path: 
     essays = dict(list(corpus.test_essays.items())[:1])
     (p,) = predict_word_probs(tmp_path, essays).values()
     np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
+
+
+def test_bf16_inference_copy_leaves_the_model_alone(tiny_backbone: str) -> None:
+    model = NerModel(load_encoder(tiny_backbone), NerConfig(head_hidden=8)).train()
+    fast = bf16_encoder_copy(model)
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and model.training
+    assert all(p.dtype == torch.bfloat16 for p in fast.encoder.parameters())
+    assert all(p.dtype == torch.float32 for p in fast.head.parameters()) and not fast.training
+    ids = torch.tensor([[101, 2000, 2001, 2002, 102]])
+    args = (torch.ones_like(ids, dtype=torch.bool), torch.tensor([[-1, 0, 1, 2, -1]]))
+    rest = (torch.zeros(1, 3, 6), torch.tensor([3]))
+    with torch.inference_mode():
+        ref = torch.softmax(model.eval()(ids, *args, *rest)["logits"], -1)
+        out = torch.softmax(fast(ids, *args, *rest)["logits"], -1)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=0.02, rtol=0)
 
 
 def test_finetune_optimizer_gives_the_head_its_rate(tiny_backbone: str) -> None:

@@ -519,8 +519,11 @@ def _optimizer(model: NerModel, cfg: NerConfig) -> torch.optim.Optimizer | None:
     if cfg.head_lr <= 0:
         return None
     encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    groups = [{"params": encoder, "lr": cfg.lr}, {"params": list(model.head.parameters())}]
-    groups[1]["lr"] = cfg.head_lr
+    head = list(model.head.parameters())
+    groups: list[dict[str, Any]] = [
+        {"params": encoder, "lr": cfg.lr},
+        {"params": head, "lr": cfg.head_lr},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
