@@ -9,7 +9,8 @@ time to predict a batch of essays with a trained run.
 Training tokens/s is one fine-tuning step (forward, backward, AdamW) of encoder + head on
 windows of `--seq` sub-tokens, with the encoder dropout of `NerConfig` (attention dropout 0 lets
 PyTorch use its fused attention kernel; `--attention-dropout 0.1` shows the unfused cost) and
-`--freeze-layers` lower layers frozen; inference is the encoder's forward pass. The uptime load
+`--freeze-layers` lower layers frozen; inference is the encoder's forward pass (autocast; the
+`bf16 w.` row: bf16 weights without autocast, as prediction runs it). The uptime load
 average is printed because shared cores make every figure here pessimistic.
 """
 
@@ -27,6 +28,8 @@ from discourse_rl.ner import (
     NerConfig,
     NerModel,
     autocast,
+    bf16_available,
+    bf16_encoder_copy,
     freeze_lower,
     load_encoder,
     predict_word_probs,
@@ -104,6 +107,11 @@ def main() -> None:
             train = tokens_per_second(model, args.batch, args.seq, args.steps, bf16, True)
             infer = tokens_per_second(model, args.batch * 2, args.seq, args.steps, bf16, False)
             print(f"{name:<10}{train:>14,.0f}{infer:>14,.0f}", flush=True)
+        if not args.predict_only and bf16_available(torch.device("cpu")):
+            # What prediction runs: the encoder's weights in bf16, no autocast.
+            fast = bf16_encoder_copy(model)
+            infer = tokens_per_second(fast, args.batch * 2, args.seq, args.steps, False, False)
+            print(f"{'bf16 w.':<10}{'':>14}{infer:>14,.0f}", flush=True)
         if args.predict_run is not None:
             corpus = load_corpus(args.data)
             ids = sorted(corpus.essays)[: args.predict_essays]
