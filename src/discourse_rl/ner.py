@@ -35,8 +35,8 @@ from discourse_rl.data import NUM_LABELS, Essay
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 N_WORD_FEATURES = 6
-_M = TypeVar("_M", bound=nn.Module)
 SENTENCE_END = (".", "!", "?")
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,8 @@ class NerConfig:
     hidden_dropout: float = 0.1
     """'finetune': dropout on the encoder's hidden states (BERT-style backbones' default 0.1)."""
     bf16: bool = True
-    """bf16 autocast for the encoder where the hardware supports it."""
+    """bf16 where the hardware supports it: autocast in training, bf16 encoder weights when
+    predicting."""
     encode_tokens: int = 8192
     """Sub-tokens per encoder batch when caching or predicting (padding included)."""
     save_every: int = 500
@@ -503,6 +504,12 @@ def bf16_encoder_copy(model: _M) -> _M:
     return out.eval()
 
 
+def _for_inference(model: _M, cfg: NerConfig, device: torch.device) -> _M:
+    if cfg.bf16 and bf16_available(device):
+        return bf16_encoder_copy(model)
+    return model.eval()
+
+
 def encode_word_vectors(
     encoder: nn.Module,
     tokenizer: Any,
@@ -519,7 +526,7 @@ def encode_word_vectors(
     hid = hidden_size(encoder)
     sums = [np.zeros((t.n_words, hid), dtype=np.float32) for t in tokens]
     counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
-    encoder = bf16_encoder_copy(encoder) if cfg.bf16 and bf16_available(device) else encoder.eval()
+    encoder = _for_inference(encoder, cfg, device)
     for batch in token_batches(windows, cfg.encode_tokens):
         group = [windows[i] for i in batch]
         inputs = pad_windows(group, pad_id)
@@ -602,10 +609,7 @@ def window_probs(
     windows = all_windows(tokens, cfg, cls_id, sep_id)
     sums = [np.zeros((t.n_words, NUM_LABELS), dtype=np.float32) for t in tokens]
     counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
-    if cfg.bf16 and bf16_available(device):
-        models = [bf16_encoder_copy(m) for m in models]
-    for m in models:
-        m.eval()
+    models = [_for_inference(m, cfg, device) for m in models]
     for batch in token_batches(windows, cfg.encode_tokens):
         group = [windows[i] for i in batch]
         inputs = window_inputs(group, feats, pad_id)
