@@ -26,9 +26,12 @@ from discourse_rl.ner import (
     load_tokenizer,
     pool_words,
     predict_word_probs,
+    reuse_shared_layers,
+    shared_depth,
     special_ids,
     tokenize_essays,
     window_bounds,
+    window_probs,
     word_features,
     word_layout,
 )
@@ -349,3 +352,34 @@ def test_predict_without_models_is_one_clear_error(tiny_backbone: str, tmp_path:
     load_encoder(tiny_backbone).save_pretrained(str(enc_dir))
     with pytest.raises(DiscourseRLError, match=r"model\.safetensors: fold model missing"):
         predict_word_probs(tmp_path, essays)
+
+
+def test_fold_models_run_their_shared_frozen_layers_once(
+    tiny_backbone: str,
+    corpus_small,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tiny_backbone, bf16=False)
+    a = NerModel(load_encoder(tiny_backbone), cfg).eval()
+    b = NerModel(load_encoder(tiny_backbone), cfg).eval()
+    with torch.no_grad():  # the upper of the two layers differs, as after fine-tuning it
+        for p in b.encoder.encoder.layer[1].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert shared_depth([a, b]) == 1
+    assert shared_depth([a, NerModel(load_encoder(tiny_backbone), cfg)]) == 2
+    originals = list(b.encoder.encoder.layer)
+    with reuse_shared_layers([a, b]) as depth:
+        assert depth == 1 and b.encoder.encoder.layer[0] is not originals[0]
+    assert list(b.encoder.encoder.layer) == originals
+
+    tok = load_tokenizer(tiny_backbone)
+    essays = list(corpus_small.essays.values())[:4]
+    cpu = torch.device("cpu")
+    fast = window_probs([a, b], tok, essays, cfg, cpu)
+    monkeypatch.setattr("discourse_rl.ner.shared_depth", lambda models: 0)
+    plain = window_probs([a, b], tok, essays, cfg, cpu)
+    alone_b = window_probs([b], tok, essays, cfg, cpu)
+    for f, p, o in zip(fast, plain, alone_b, strict=True):
+        np.testing.assert_allclose(f, p, atol=1e-6)
+        assert not np.allclose(f, o, atol=1e-3)  # b really contributes its own upper layer

@@ -610,20 +610,97 @@ def window_probs(
     sums = [np.zeros((t.n_words, NUM_LABELS), dtype=np.float32) for t in tokens]
     counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
     models = [_for_inference(m, cfg, device) for m in models]
-    for batch in token_batches(windows, cfg.encode_tokens):
-        group = [windows[i] for i in batch]
-        inputs = window_inputs(group, feats, pad_id)
-        inputs = {k: v.to(device) for k, v in inputs.items()}
-        with torch.inference_mode():
-            probs = sum(torch.softmax(m(**inputs)["logits"].float(), -1) for m in models)
-        assert isinstance(probs, torch.Tensor)
-        probs_np = (probs / len(models)).cpu().numpy()
-        for k, w in enumerate(group):
-            sums[w.essay][w.word_start : w.word_end] += probs_np[k, : w.word_end - w.word_start]
-            counts[w.essay][w.word_start : w.word_end] += 1
-        if progress is not None:
-            progress.update(sum(len(w.input_ids) for w in group))
+    with reuse_shared_layers(models):
+        for batch in token_batches(windows, cfg.encode_tokens):
+            group = [windows[i] for i in batch]
+            inputs = window_inputs(group, feats, pad_id)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            with torch.inference_mode():
+                # In order: the first model's pass fills the cache that the others replay.
+                probs = sum(torch.softmax(m(**inputs)["logits"].float(), -1) for m in models)
+            assert isinstance(probs, torch.Tensor)
+            probs_np = (probs / len(models)).cpu().numpy()
+            for k, w in enumerate(group):
+                local = probs_np[k, : w.word_end - w.word_start]
+                sums[w.essay][w.word_start : w.word_end] += local
+                counts[w.essay][w.word_start : w.word_end] += 1
+            if progress is not None:
+                progress.update(sum(len(w.input_ids) for w in group))
     return _window_means(sums, counts)
+
+
+def _encoder_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList] | None:
+    """(embeddings, layer list) of a BERT-style backbone inside `model`, else None."""
+    hf = getattr(model, "encoder", None)
+    embeddings = getattr(hf, "embeddings", None)
+    layers = getattr(getattr(hf, "encoder", None), "layer", None)
+    if isinstance(embeddings, nn.Module) and isinstance(layers, nn.ModuleList):
+        return embeddings, layers
+    return None
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def shared_depth(models: Sequence[nn.Module]) -> int:
+    """How many lower encoder layers (embeddings included) every model has bit for bit: the
+    frozen part of fold models fine-tuned from one backbone. 0 when not comparable."""
+    parts = [_encoder_parts(m) for m in models]
+    if len(models) < 2 or any(p is None for p in parts):
+        return 0
+    first, *rest = [p for p in parts if p is not None]
+    if not all(_same_weights(first[0], r[0]) for r in rest):
+        return 0
+    depth = 0
+    for i, layer in enumerate(first[1]):
+        if not all(i < len(r[1]) and _same_weights(layer, r[1][i]) for r in rest):
+            break
+        depth = i + 1
+    return depth
+
+
+class _Replay(nn.Module):
+    """Stands in for a shared layer: returns what the first model's last shared layer gave."""
+
+    def __init__(self, cache: dict[str, Any]) -> None:
+        super().__init__()
+        self.cache = cache
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cache["out"]
+
+
+@contextmanager
+def reuse_shared_layers(models: Sequence[nn.Module]) -> Iterator[int]:
+    """While inside, models after the first skip the lower layers they share with it (see
+    `shared_depth`) and reuse its output, so an ensemble of fold models with frozen lower layers
+    runs those once per batch. The models must run in order on the same inputs. Yields the depth."""
+    depth = shared_depth(models)
+    parts = [_encoder_parts(m) for m in models]
+    if depth == 0 or parts[0] is None:
+        yield 0
+        return
+    cache: dict[str, Any] = {}
+
+    def keep(_module: nn.Module, _args: Any, out: Any) -> None:
+        cache["out"] = out
+
+    hook = parts[0][1][depth - 1].register_forward_hook(keep)
+    saved = []
+    for part in parts[1:]:
+        assert part is not None
+        saved.append((part[1], [part[1][i] for i in range(depth)]))
+        for i in range(depth):
+            part[1][i] = _Replay(cache)
+    try:
+        yield depth
+    finally:
+        hook.remove()
+        for layers, originals in saved:
+            for i, layer in enumerate(originals):
+                layers[i] = layer
 
 
 def window_inputs(
