@@ -1,0 +1,132 @@
+"""Every path of a run folder, named once.
+
+A run folder is written by `discourse-rl run` (or stage by stage by `train-ner` and
+`train-agent`) and read by `info`, `predict`, `label`, `serve` and the report. Modules ask a
+`RunLayout` for a path instead of joining strings, so the folder's shape lives here only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 2
+"""Version of the run folder's layout and file schemas; bumped when a reader would break."""
+
+AGENT_TRAINERS = ("bc", "ppo", "episode")
+"""Agent trainers, each with a policy folder per seed (`ppo` was called `rl` before format 2)."""
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run folder. Pure naming: nothing here touches the disk."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # --- run level -----------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        """Resolved run configuration, seed included (one writer: the pipeline)."""
+        return self.root / "config.toml"
+
+    @property
+    def stages(self) -> Path:
+        """Each stage's key and wall time."""
+        return self.root / "stages.json"
+
+    @property
+    def format(self) -> Path:
+        """The run folder's format version and the versions of the code that wrote it."""
+        return self.root / "format.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "results.md"
+
+    def plot(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def tensorboard(self, name: str) -> Path:
+        return self.root / "tb" / name
+
+    # --- NER stage -----------------------------------------------------------------------------
+    @property
+    def ner(self) -> Path:
+        return self.root / "ner"
+
+    @property
+    def ner_config(self) -> Path:
+        return self.ner / "config.toml"
+
+    @property
+    def ner_folds(self) -> Path:
+        """Essay id -> NER fold."""
+        return self.ner / "folds.json"
+
+    @property
+    def ner_encoder(self) -> Path:
+        """The backbone as loaded (config, tokenizer, and weights in frozen mode)."""
+        return self.ner / "encoder"
+
+    @property
+    def ner_cache(self) -> Path:
+        """Frozen mode: the encoder's word vectors, computed once."""
+        return self.ner / "cache"
+
+    @property
+    def oof(self) -> Path:
+        """Out-of-fold word probabilities of the training essays (float16)."""
+        return self.ner / "oof.npz"
+
+    @property
+    def test_probs(self) -> Path:
+        """Fold-mean word probabilities of the data folder's test essays."""
+        return self.ner / "test.npz"
+
+    @property
+    def ner_metrics(self) -> Path:
+        return self.ner / "metrics.json"
+
+    def ner_fold(self, k: int) -> Path:
+        return self.ner / f"fold{k}"
+
+    @property
+    def decode(self) -> Path:
+        """Fitted thresholds of the tuned decoding."""
+        return self.root / "decode.json"
+
+    # --- agent stage ---------------------------------------------------------------------------
+    @property
+    def segments(self) -> Path:
+        return self.root / "segments.npz"
+
+    @property
+    def agent(self) -> Path:
+        return self.root / "agent"
+
+    @property
+    def segments_config(self) -> Path:
+        """The segmentation settings prediction must reuse."""
+        return self.agent / "segments.toml"
+
+    @property
+    def agent_results(self) -> Path:
+        return self.agent / "results.json"
+
+    def seed_dir(self, seed_index: int, seed: int) -> Path:
+        """The first seed's policies live in agent/, later seeds' in agent/seed<s>/."""
+        return self.agent if seed_index == 0 else self.agent / f"seed{seed}"
+
+    def trainer_dir(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        if trainer not in AGENT_TRAINERS:
+            raise ValueError(f"unknown agent trainer {trainer!r}")
+        return self.seed_dir(seed_index, seed) / trainer
+
+    def policy(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        return self.trainer_dir(trainer, seed_index, seed) / "policy.pt"
+
+    def history(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        return self.trainer_dir(trainer, seed_index, seed) / "history.json"
