@@ -22,15 +22,15 @@ demo: setup
 	$(BIN)/discourse-rl run --out runs/demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks tools
-	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/ruff check src tests benchmarks experiments tools
+	$(BIN)/ruff format --check src tests benchmarks experiments tools
 	$(BIN)/mypy
 
 test: lint
 	$(BIN)/pytest
 
 bench: setup
-	$(BIN)/python benchmarks/metric.py
+	$(BIN)/python -m benchmarks.metric
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,6 +1,10 @@
-"""The shared setup of the RL benchmarks: essays, simulated probabilities, segments and a BC policy.
+"""The shared setup of the RL comparisons: essays, simulated probabilities, segments, a BC policy.
 
-    .venv/bin/python benchmarks/episode_data.py [--essays 2000] [--out runs/episode/data]
+Not a benchmark itself: `benchmarks.rl_speed` and the episode studies in experiments/ import it.
+Run alone, it builds (or loads) the setup and prints the BC policy's held-out macro F1:
+
+    .venv/bin/python -m benchmarks.episode_data [--essays 2000] [--out runs/episode/data] \\
+        [--data ../shared/data/feedback-prize-2021]
 
 Draws a seeded subset of the shared data's essays, simulates the tagger's word probabilities
 (`segments.simulate_word_probs`, until real out-of-fold ones exist), cuts segments, splits off
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
+from benchmarks.common import ROOT, SHARED_DATA, one_line_errors
 from discourse_rl.agent.bc import train_bc
 from discourse_rl.agent.common import AgentConfig, split_validation
 from discourse_rl.common import atomic_write_text
@@ -35,8 +37,8 @@ from discourse_rl.segments import (
     simulate_word_probs,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "feedback-prize-2021"
+SETUP = ROOT / "runs" / "episode" / "data"
+"""Where the setup is cached by default."""
 
 
 @dataclass
@@ -50,10 +52,10 @@ class Setup:
 
 
 def prepare(
-    out: Path, n_essays: int = 2000, data: Path = DEFAULT_DATA, noise: float = 0.5, seed: int = 0
+    out: Path, n_essays: int = 2000, data: Path = SHARED_DATA, noise: float = 0.5, seed: int = 0
 ) -> Setup:
-    out.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(data)
+    out.mkdir(parents=True, exist_ok=True)
     cfg = AgentConfig(seed=seed, progress_bar=False)
     seg_path, split_path = out / "segments.npz", out / "split.json"
     if not split_path.is_file():
@@ -106,9 +108,9 @@ def fresh_heldout(
 def main() -> None:
     torch.set_num_threads(1)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--data", type=Path, default=SHARED_DATA, help="Kaggle-layout folder")
     ap.add_argument("--essays", type=int, default=2000)
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "episode" / "data")
+    ap.add_argument("--out", type=Path, default=SETUP, help="where the setup is cached")
     args = ap.parse_args()
     s = prepare(args.out, args.essays, args.data)
     from discourse_rl.agent.policy import load_policy, score_policy
@@ -118,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -1,33 +1,32 @@
 """Time the metric against the pandas oracle on perturbed predictions for a whole train.csv.
 
-    .venv/bin/python benchmarks/metric.py [--data ../shared/data/feedback-prize-2021]
+    .venv/bin/python -m benchmarks.metric [--data ../shared/data/feedback-prize-2021] [--json]
+    .venv/bin/python -m benchmarks.metric --data src/discourse_rl/sample    # seconds
 
-Prints both implementations' times and scores, their ratio, and the per-essay reward's time.
-Targets on 2 cores: at least 50x faster than the oracle with identical scores; the per-essay
-reward under 20 microseconds per essay.
+Measures `metric.score` (parsing predictionstrings, and on word ranges as the pipeline hands
+them over) against the pandas oracle (`discourse_rl.metric_oracle`) on the same perturbed
+predictions, checks that both give identical per-class scores wherever the oracle cannot
+double-count, and times the per-essay reward (`essay_counts` + `essay_f1`). Prints both
+implementations' times and scores, their ratio, and the per-essay reward's time. Targets on 2
+cores: at least 50x faster than the oracle with identical scores; the per-essay reward under 20
+microseconds per essay.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks.common import SHARED_DATA, add_json_flag, report, require
 from discourse_rl.data import CLASS_INDEX, CLASSES, predictionstring
 from discourse_rl.metric import essay_counts, essay_f1, score
-from tests.oracle import oracle_score
-
-DEFAULT_DATA = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "feedback-prize-2021"
-)
+from discourse_rl.metric_oracle import oracle_score
 
 
 def perturb(gt: pd.DataFrame, seed: int) -> pd.DataFrame:
@@ -79,13 +78,21 @@ def with_ranges(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="a Kaggle-layout folder")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    gt = pd.read_csv(args.data / "train.csv", usecols=["id", "discourse_type", "predictionstring"])
-    pred = perturb(gt, args.seed)
+    add_json_flag(parser)
+    args = parser.parse_args(argv)
+    report(lambda: measure(args.data, args.seed), args.json)
+
+
+def measure(data: Path, seed: int) -> dict[str, Any]:
+    train_csv = require(data / "train.csv", "not found (pass --data, a Kaggle-layout folder)")
+    gt = pd.read_csv(train_csv, usecols=["id", "discourse_type", "predictionstring"])
+    pred = perturb(gt, seed)
     print(f"{len(gt):,} true spans, {len(pred):,} predicted spans, {gt['id'].nunique():,} essays")
     score(pred.head(100), gt.head(100))  # warm the imports
 
@@ -136,6 +143,22 @@ def main() -> None:
     _, per_call = best_of(3, lambda: [essay_f1(essay_counts(*a)) for a in essays])
     per_essay = per_call / len(essays)
     print(f"per-essay reward (essay_counts + essay_f1): {per_essay * 1e6:.1f} us per essay")
+    return {
+        "benchmark": "metric",
+        "true_spans": len(gt),
+        "predicted_spans": len(pred),
+        "essays": gt["id"].nunique(),
+        "oracle_s": t_oracle,
+        "score_s": t_ours,
+        "score_word_ranges_s": t_ranged,
+        "speedup": t_oracle / t_ours,
+        "speedup_word_ranges": t_oracle / t_ranged,
+        "oracle_macro_f1": oracle_macro,
+        "macro_f1": ours.macro_f1,
+        "double_count_essays": len(doubtful),
+        "identical_without_them": same,
+        "reward_us_per_essay": per_essay * 1e6,
+    }
 
 
 if __name__ == "__main__":

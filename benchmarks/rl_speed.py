@@ -1,9 +1,14 @@
 """The SB3 agent (step-wise MaskablePPO) against the episode-level trainer, same wall time.
 
-    .venv/bin/python benchmarks/rl_speed.py [--essays 2000] [--sb3-steps 60000] [--threads 1]
+    .venv/bin/python -m benchmarks.rl_speed [--essays 2000] [--sb3-steps 60000] [--threads 1] \\
+        [--data ../shared/data/feedback-prize-2021] [--json]             # about 19 minutes
+    .venv/bin/python -m benchmarks.rl_speed --data src/discourse_rl/sample --essays 40 \\
+        --fresh 20 --sb3-steps 64 --warmup-steps 0 --setup /tmp/rl_setup --out /tmp/rl_speed \\
+        --json                                                             # does it still run
 
 Both start from the same BC policy on the same essays and segment features
-(benchmarks/episode_data.py: the shared data, simulated word probabilities). SB3 runs first for
+(`benchmarks.episode_data`, cached under --setup: the shared data, simulated word
+probabilities; a cached setup is reused as it is, whatever --essays says). SB3 runs first for
 --sb3-steps environment steps (value warm-up included); the episode trainer then gets the same
 wall time. Each keeps its checkpoint with the best validation macro F1, scored on the held-out
 essays. Prints essays per second (whole essays labelled and learnt from, per second of the
@@ -16,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from episode_data import ROOT, fresh_heldout, prepare
-
+from benchmarks.common import ROOT, SHARED_DATA, add_json_flag, report
+from benchmarks.episode_data import SETUP, fresh_heldout, prepare
 from discourse_rl import metric
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
@@ -37,22 +38,30 @@ from discourse_rl.common import atomic_write_text
 from discourse_rl.segments import gold_frame
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--essays", type=int, default=2000)
     ap.add_argument("--sb3-steps", type=int, default=60_000, help="PPO steps after warm-up")
     ap.add_argument("--warmup-steps", type=int, default=6_000, help="SB3 value warm-up steps")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", type=Path, default=ROOT / "runs" / "episode" / "data")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA, help="Kaggle-layout folder")
+    ap.add_argument("--setup", type=Path, default=SETUP, help="cached setup (episode_data)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "episode" / "rl_speed")
     ap.add_argument(
         "--reuse-sb3", action="store_true", help="keep the SB3 run of an earlier call in --out"
     )
     ap.add_argument("--fresh", type=int, default=2000, help="also score on this many new essays")
-    args = ap.parse_args()
+    add_json_flag(ap)
+    args = ap.parse_args(argv)
+    report(lambda: measure(args), args.json)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    s = prepare(args.data, args.essays)
+    s = prepare(args.setup, args.essays, args.data)
     gt = gold_frame(s.corpus, [x.essay_id for x in s.test])
     seg_per_essay = float(np.mean([x.n_segments for x in s.train]))
 
@@ -136,6 +145,16 @@ def main() -> None:
     print(text, end="")
     atomic_write_text(args.out / "results.md", text)
     atomic_write_text(args.out / "results.json", json.dumps(rows, indent=2))
+    return {
+        "benchmark": "rl_speed",
+        "threads": args.threads,
+        "train_essays": len(s.train),
+        "segments_per_essay": seg_per_essay,
+        "rows": rows,
+        "essays_per_s_ratio": ep["essays_per_s"] / sb3["essays_per_s"],
+        "heldout_macro_f1_difference": ep["heldout_macro_f1"] - sb3["heldout_macro_f1"],
+        "fresh_macro_f1_difference": ep["fresh_macro_f1"] - sb3["fresh_macro_f1"],
+    }
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -39,14 +38,12 @@ def test_score_bad_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert err.count("\n") == 1 and f"{bad}: missing column(s) class" in err
 
 
-def test_help_is_fast_and_imports_nothing_heavy() -> None:
+def test_help_imports_nothing_heavy() -> None:
     code = (
         "import sys, discourse_rl.cli as c\n"
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
-    t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
-    assert time.perf_counter() - t0 < 5

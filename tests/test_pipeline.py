@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -87,9 +86,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
 ) -> None:
     run = tmp_path / "run"
     config = _config(tmp_path / "tiny.toml", tiny_backbone)
-    t0 = time.perf_counter()
     assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
-    assert time.perf_counter() - t0 < 120
 
     for artefact in (
         "config.toml",

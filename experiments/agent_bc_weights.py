@@ -1,9 +1,11 @@
-"""Behavioural cloning with and without class weights, on a finished agent run's split.
+"""Study: does weighting behavioural cloning's loss by action frequency help? On a finished run.
 
-    .venv/bin/python benchmarks/agent_bc_weights.py --run runs/sim2000 \\
+    .venv/bin/python -m experiments.agent_bc_weights --run runs/sim2000 \\
         --data ../shared/data/feedback-prize-2021 --weights 0 0.5 1
 
-Reuses RUN/segments.npz and the run's held-out fold; prints held-out macro and per-class F1.
+Reuses RUN/segments.npz and the run's held-out fold; per weight exponent x (weight = action
+frequency ^ -x) trains BC and prints held-out macro and per-class F1. Answer in
+experiments/README.md.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import one_line_errors, require
 from discourse_rl import metric
 from discourse_rl.agent import AgentConfig, predict_spans, train_bc
 from discourse_rl.agent.common import split_validation
 from discourse_rl.agent.stage import heldout_split
 from discourse_rl.data import CLASSES, load_corpus
+from discourse_rl.layout import RunLayout
 from discourse_rl.segments import gold_frame, load_segments
 
 
@@ -30,7 +34,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     args = ap.parse_args()
 
-    segs = load_segments(args.run / "segments.npz")
+    segs = load_segments(
+        require(RunLayout(args.run).segments, "missing: --run takes a run past its agent stage")
+    )
     ids = [s.essay_id for s in segs]
     corpus = load_corpus(args.data, ids=ids)
     train_ids, test_ids = heldout_split(args.run, corpus, ids, AgentConfig().holdout_fold)
@@ -53,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

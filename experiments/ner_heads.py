@@ -1,12 +1,13 @@
-"""Compare NER heads on one run's cached encoder vectors, on the same folds.
+"""Study: which NER head does best on a frozen encoder? Compared on one run's cached vectors.
 
-    .venv/bin/python benchmarks/ner_heads.py --run runs/demo              # embedded sample
-    .venv/bin/python benchmarks/ner_heads.py --run runs/reference \\
-        --data ../shared/data/feedback-prize-2021 --max-essays 2000
+    .venv/bin/python -m experiments.ner_heads --run runs/demo              # embedded sample
+    .venv/bin/python -m experiments.ner_heads --run runs/reference \\
+        --data ../shared/data/feedback-prize-2021 --max-essays 3000 --folds 2 --epochs 6
 
 The run must have been trained in 'frozen' mode (its ner/cache is reused, nothing is encoded
 again). Each variant is the run's NER config with a few fields changed; every variant trains one
 head per fold and is scored out of fold (naive, and tuned with minima fitted on the other folds).
+Answer in experiments/README.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import one_line_errors
 from discourse_rl.data import load_corpus, make_folds
 from discourse_rl.decode import evaluate_decoding
 from discourse_rl.ner import head_probs, run_ner_config, torch_threads, word_features
@@ -90,4 +92,4 @@ def head_device(head: Any) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

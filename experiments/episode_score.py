@@ -1,43 +1,32 @@
-"""Score trained policies on the 400 held-out essays and on 2,000 fresh ones; mean and sd per name.
+"""Study (with episode_variants): score trained episode policies on the 400 held-out essays and
+on 2,000 fresh ones; mean and sd per variant.
 
-    .venv/bin/python benchmarks/episode_score.py runs/episode/variants runs/episode/seeds \\
+    .venv/bin/python -m experiments.episode_score runs/episode/variants runs/episode/seeds \\
         [--fresh 2000] [--out runs/episode/score.md]
 
 Every folder NAME_sSEED below the given folders that holds a policy.pt (or policy_ar.pt) is
 scored with its best-validation checkpoint and its last one; the BC policy of the setup
-(benchmarks/episode_data.py) is scored alongside. The fresh essays are drawn from the shared
+(`benchmarks.episode_data`) is scored alongside. The fresh essays are drawn from the shared
 data outside the setup's 2,000, with simulated probabilities of the same noise: 2,000 of them
 make differences of about 0.01 macro F1 readable, which the 160 validation and 400 held-out
-essays do not.
+essays do not. Answer in experiments/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from episode_data import ROOT, fresh_heldout, prepare
-
+from benchmarks.common import ROOT, SHARED_DATA, one_line_errors, require
+from benchmarks.episode_data import SETUP, fresh_heldout, prepare
 from discourse_rl import metric
-from discourse_rl.agent import predict_spans
-from discourse_rl.agent.episode_ar import predict_actions_ar
 from discourse_rl.common import atomic_write_text
-from discourse_rl.segments import EssaySegments, gold_frame, spans_frame
-
-
-def predict(path: Path, segs: list[EssaySegments]) -> pd.DataFrame:
-    if path.name.endswith("_ar.pt"):
-        return spans_frame(segs, predict_actions_ar(path, segs))
-    return predict_spans(path, segs)
+from discourse_rl.segments import gold_frame
+from experiments.episode_variants import last_checkpoint, predict
 
 
 def main() -> None:
@@ -45,10 +34,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", type=Path, nargs="+")
     ap.add_argument("--fresh", type=int, default=2000)
-    ap.add_argument("--data", type=Path, default=ROOT / "runs" / "episode" / "data")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA, help="Kaggle-layout folder")
+    ap.add_argument("--setup", type=Path, default=SETUP, help="cached setup (episode_data)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "episode" / "score.md")
     args = ap.parse_args()
-    s = prepare(args.data)
+    s = prepare(args.setup, data=args.data)
     fresh = fresh_heldout(s, args.fresh)
     sets = {"held-out 400": s.test, f"fresh {args.fresh}": fresh}
     gts = {k: gold_frame(s.corpus, [x.essay_id for x in v]) for k, v in sets.items()}
@@ -58,13 +48,12 @@ def main() -> None:
 
     rows: list[tuple[str, int, list[float]]] = [("BC", 0, scores(s.bc_path) * 2)]
     for folder in args.folders:
-        for run in sorted(folder.iterdir()):
+        for run in sorted(require(folder, "no such folder of trained policies").iterdir()):
             m = re.fullmatch(r"(.+)_s(\d+)", run.name)
             best = next((p for p in (run / "policy.pt", run / "policy_ar.pt") if p.is_file()), None)
             if m is None or best is None:
                 continue
-            last = best.with_name(best.name.replace("policy", "last"))
-            rows.append((m.group(1), int(m.group(2)), scores(best) + scores(last)))
+            rows.append((m.group(1), int(m.group(2)), scores(best) + scores(last_checkpoint(best))))
             print(rows[-1], flush=True)
     cols = [f"{k} ({c})" for c in ("best val", "last") for k in sets]
     lines = ["| variant | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
@@ -82,4 +71,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

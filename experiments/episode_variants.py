@@ -1,13 +1,15 @@
-"""Compare the episode trainer's estimators, rewards and the autoregressive head on one setup.
+"""Study: which estimator, reward and head should the episode trainer use? Compared on one setup.
 
-    .venv/bin/python benchmarks/episode_variants.py [--essays 2000] [--passes 10] \\
-        [--variants rloo-f1 sc-f1 ppo-f1 rloo-macro rloo-jaccard rloo-ar] [--seeds 0]
+    .venv/bin/python -m experiments.episode_variants [--essays 2000] [--passes 10] \\
+        [--variants rloo-f1 sc-f1 ppo-f1 rloo-macro rloo-jaccard rloo-ar] [--seeds 0] \\
+        [--out runs/episode/variants]
 
-Every variant starts from the same BC policy (benchmarks/episode_data.py) and trains for the
+Every variant starts from the same BC policy (`benchmarks.episode_data`) and trains for the
 same number of passes over the same training essays; its checkpoint with the best validation
 macro F1 is scored on the held-out essays. Prints a markdown table (held-out macro F1 and its
 per-class F1, essays per second) and writes it, with the raw rows, under --out. Runs on one
-thread: on the shared 2-core machine that is faster than two contended ones.
+thread: on the shared 2-core machine that is faster than two contended ones. Answer in
+experiments/README.md.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from episode_data import ROOT, prepare
-
+from benchmarks.common import ROOT, SHARED_DATA, one_line_errors
+from benchmarks.episode_data import SETUP, prepare
 from discourse_rl import metric
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
@@ -57,10 +55,11 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--set", nargs="*", default=[], help="EpisodeConfig overrides, key=value")
-    ap.add_argument("--data", type=Path, default=ROOT / "runs" / "episode" / "data")
+    ap.add_argument("--data", type=Path, default=SHARED_DATA, help="Kaggle-layout folder")
+    ap.add_argument("--setup", type=Path, default=SETUP, help="cached setup (episode_data)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "episode" / "variants")
     args = ap.parse_args()
-    s = prepare(args.data, args.essays)
+    s = prepare(args.setup, args.essays, args.data)
     gt = gold_frame(s.corpus, [x.essay_id for x in s.test])
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     rows: list[dict[str, Any]] = []
@@ -76,7 +75,9 @@ def main() -> None:
             )
             out = args.out / f"{name}_s{seed}"
             path = train_episode(s.train, s.corpus, s.bc_path, cfg, out, val_segs=s.val)
-            best, last = (metric.score(_predict(p, s.test), gt) for p in (path, _last(path)))
+            best, last = (
+                metric.score(predict(p, s.test), gt) for p in (path, last_checkpoint(path))
+            )
             hist = json.loads((out / "history.json").read_text(encoding="utf-8"))
             rows.append(_row(name, seed, best, last, hist, dataclasses.asdict(cfg)))
             print(_table(rows), flush=True)
@@ -84,13 +85,15 @@ def main() -> None:
     atomic_write_text(args.out / "results.md", _table(rows))
 
 
-def _predict(path: Path, segs: list[EssaySegments]) -> pd.DataFrame:
+def predict(path: Path, segs: list[EssaySegments]) -> pd.DataFrame:
+    """Spans of a trained episode policy, with its autoregressive head if the file has one."""
     if path.name.endswith("_ar.pt"):
         return spans_frame(segs, predict_actions_ar(path, segs))
     return predict_spans(path, segs)
 
 
-def _last(path: Path) -> Path:
+def last_checkpoint(path: Path) -> Path:
+    """The last checkpoint beside a trainer's best one (policy.pt -> last.pt)."""
     return path.with_name(path.name.replace("policy", "last"))
 
 
@@ -139,4 +142,4 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

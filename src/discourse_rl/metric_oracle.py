@@ -1,10 +1,13 @@
-"""A plain, slow transcription of the widely used pandas implementation of the competition metric.
+"""The reference the exact metric is checked against: a plain, slow transcription of the widely
+used pandas implementation of the competition metric (the one public notebooks copied).
 
-It keeps that implementation's semantics on purpose, including its flaw: true spans pick their
-best prediction independently, so one prediction covering halves of two true spans counts as two
-hits. One deliberate difference: the outer merge's placeholder rows (a true span with no
-prediction of its class in the essay, or the reverse) carry a missing id, which the original
-counts as one extra FP or FN; here missing ids are not counted, as they are no spans at all.
+Used only to check `metric.score` (tests/test_metric.py, benchmarks/metric.py); nothing in the
+pipeline scores with it. It keeps that implementation's semantics on purpose, including its
+flaw: true spans pick their best prediction independently, so one prediction covering halves of
+two true spans counts as two hits. One deliberate difference: the outer merge's placeholder rows
+(a true span with no prediction of its class in the essay, or the reverse) carry a missing id,
+which the original counts as one extra FP or FN; here missing ids are not counted, as they are
+no spans at all.
 """
 
 from __future__ import annotations
