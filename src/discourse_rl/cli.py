@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,20 +44,9 @@ def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _read_csv(path: Path, what: str, columns: Sequence[str]) -> object:
-    import pandas as pd
+    from discourse_rl.data import read_table
 
-    from discourse_rl.common import DiscourseRLError
-
-    if not path.is_file():
-        raise DiscourseRLError(f"{path}: {what} file not found")
-    try:
-        df = pd.read_csv(path, dtype={"id": str, "predictionstring": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DiscourseRLError(f"{path}: unreadable csv ({exc})") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DiscourseRLError(f"{path}: missing column(s) {', '.join(missing)}")
-    return df
+    return read_table(path, columns, f"{what} file not found")
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -67,11 +59,26 @@ def _cmd_score(args: argparse.Namespace) -> int:
         result = metric.score(pred, gt)  # type: ignore[arg-type]
     except DiscourseRLError as exc:
         raise DiscourseRLError(f"{args.pred} / {args.gt}: {exc}") from None
+    gt_ids, pred_ids = set(gt["id"]), set(pred["id"])  # type: ignore[index]
+    if unpredicted := len(gt_ids - pred_ids):
+        _warn(
+            f"{unpredicted:,} of the {len(gt_ids):,} ground-truth essays have no prediction in "
+            f"{args.pred} (all their elements count as missed)"
+        )
+    if unknown := len(pred_ids - gt_ids):
+        _warn(
+            f"{unknown:,} essays in {args.pred} are not in {args.gt} "
+            "(all their spans count as false positives)"
+        )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(format_score_table(result))
     return 0
+
+
+def _warn(message: str) -> None:
+    print(f"discourse-rl: warning: {message}", file=sys.stderr)
 
 
 def format_score_table(result: object) -> str:
@@ -337,13 +344,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     from discourse_rl.common import DiscourseRLError
 
     try:
-        return handler(args)
+        status = handler(args)
+        # Flushed here so that a closed pipe surfaces below, not at interpreter exit.
+        sys.stdout.flush()
+        return status
     except DiscourseRLError as exc:
-        print(f"discourse-rl: error: {exc}", file=sys.stderr)
+        _error(str(exc))
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`discourse-rl score --json | head`): stop quietly, as a shell
+        # tool does on SIGPIPE. Pointing stdout at /dev/null stops Python's exit-time flush
+        # from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except (
+        FileExistsError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+    ) as exc:
+        # A path the user named that is not what the command needs (`--out` naming a file).
+        _error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
         return 2
     except KeyboardInterrupt:
         print("discourse-rl: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> None:
+    # One line, whatever a library put in the message.
+    line = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())
+    print(f"discourse-rl: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

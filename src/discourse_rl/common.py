@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
+import secrets
+import stat
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -17,6 +18,29 @@ class DiscourseRLError(Exception):
     """A problem with the user's input, reported by the CLI as one line (no traceback)."""
 
 
+def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
+    """A new empty file beside `path`, created as `open()` would create `path`.
+
+    mkstemp creates 0600 files; a file the user asked for gets the umask's mode, or keeps the
+    mode of the file it replaces.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.stat()
+        mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
+    except OSError:
+        mode = None
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        if mode is not None:
+            os.fchmod(fd, mode)
+        return fd, tmp
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
     """Write to a temporary file beside `path`, then rename it over `path`.
@@ -24,8 +48,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     A reader never sees a half-written file, and a crash leaves the old file intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path, ".tmp")
     try:
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
@@ -33,7 +56,7 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -45,14 +68,13 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
     """Atomic write for libraries that insist on writing to a path themselves."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    fd, tmp = _temp_beside(path, path.suffix)
     os.close(fd)
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -129,8 +129,8 @@ def _digest(obj: Any) -> str:
 
 
 def data_key(corpus: Corpus) -> str:
-    el = corpus.elements
-    return _digest([sorted(corpus.essays), len(el), int(el["word_end"].sum())])
+    """The essays' texts and every element's class and word range, not only their counts."""
+    return corpus.content_key()[:16]
 
 
 def stage_keys(corpus: Corpus, cfg: RunConfig) -> dict[str, str]:
@@ -164,8 +164,9 @@ def run_pipeline(
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(data)
+    log(corpus.repairs_summary())
     if cfg.sure_only:
-        corpus = corpus.subset(corpus.sure_ids())
+        corpus = corpus.sure_subset()
     keys = stage_keys(corpus, cfg)
     state_path = run / "stages.json"
     state: dict[str, Any] = (

@@ -1,4 +1,4 @@
-"""Essays and their discourse elements, read from a folder in the Kaggle layout.
+"""Essays and their discourse elements (the corpus), word labels, folds and stage hand-offs.
 
 Spans are half-open word ranges ``[word_start, word_end)`` over ``text.split()`` words.
 The Kaggle ``predictionstring`` (space-separated word indices) is what the metric scores, so the
@@ -7,7 +7,9 @@ element table keeps it verbatim beside the word range derived from it.
 
 from __future__ import annotations
 
-import importlib.resources
+import dataclasses
+import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +35,6 @@ LABELS: tuple[str, ...] = ("O", *(f"{p}-{c}" for c in CLASSES for p in ("B", "I"
 NUM_LABELS = len(LABELS)
 # Essays whose annotations were matched to them without doubt (see the data README).
 SURE_CONFIDENCE = frozenset({"clear_margin", "unique_length"})
-REQUIRED_COLUMNS = ("id", "discourse_type", "predictionstring")
 
 IntArray = npt.NDArray[np.int64]
 
@@ -68,6 +69,20 @@ class Quirks:
     elements_dropped: int = 0
     """Elements left with no word at all after clamping."""
 
+    def summary(self) -> str:
+        """One line, e.g. 'repairs while reading: 6 character offsets clamped to the text'."""
+        done = [f"{n:,} {QUIRK_NAMES[name]}" for name, n in dataclasses.asdict(self).items() if n]
+        return "repairs while reading: " + (", ".join(done) if done else "none")
+
+
+QUIRK_NAMES = {
+    "offsets_clamped": "character offsets clamped to the text",
+    "words_clamped": "word indices clamped to the essay",
+    "non_contiguous": "non-contiguous predictionstrings",
+    "shared_boundary_words": "boundary words shared by two elements",
+    "elements_dropped": "elements dropped (no word left)",
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Corpus:
@@ -94,6 +109,46 @@ class Corpus:
             return self.ids
         conf = self.match_confidence
         return [i for i in self.essays if conf.get(i) in SURE_CONFIDENCE]
+
+    def sure_subset(self) -> Corpus:
+        """The sure essays; a clear error (saying what to set) when there are none."""
+        sure = self.sure_ids()
+        if not sure and self.match_confidence is not None:
+            conf = self.match_confidence
+            seen = Counter(conf.get(i, "missing") for i in self.essays).most_common()
+            raise DiscourseRLError(
+                f"{self.root / 'essay_match_confidence.csv'}: none of the {len(self.essays)} "
+                f"essays is sure (match_confidence {' or '.join(sorted(SURE_CONFIDENCE))}; "
+                f"found {', '.join(f'{k} {n}' for k, n in seen)}): set sure_only = false in "
+                "the config to train on unsure essays"
+            )
+        return self.subset(sure)
+
+    def repairs_summary(self) -> str:
+        """One line for a run's log: what reading the csv repaired (as `data-report` lists it)."""
+        return f"{self.root / 'train.csv'}: {self.quirks.summary()}"
+
+    def content_key(self) -> str:
+        """A hash of every essay's id and text and every element's id, class and word range.
+
+        Stage keys use it, so an edited essay or label invalidates what was trained on it.
+        """
+        cached: str | None = self.__dict__.get("_content_key")
+        if cached is not None:
+            return cached
+        h = hashlib.sha256()
+        for eid in sorted(self.essays):
+            for part in (eid, self.essays[eid].text):
+                raw = part.encode("utf-8", "surrogatepass")
+                h.update(len(raw).to_bytes(8, "little"))
+                h.update(raw)
+        el = self.elements
+        h.update("\0".join(el["id"].astype(str)).encode("utf-8", "surrogatepass"))
+        for col in ("class_idx", "word_start", "word_end"):
+            h.update(np.ascontiguousarray(el[col].to_numpy(), dtype="<i8").tobytes())
+        key = h.hexdigest()
+        object.__setattr__(self, "_content_key", key)
+        return key
 
     def subset(self, ids: Iterable[str]) -> Corpus:
         keep = [i for i in ids if i in self.essays]
@@ -189,154 +244,6 @@ def predictionstring(word_start: int, word_end: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading the Kaggle layout
-
-
-def sample_dir() -> Path:
-    """The embedded sample (about 300 essays, CC BY-NC-SA 4.0; see its README)."""
-    return Path(str(importlib.resources.files("discourse_rl") / "sample"))
-
-
-def read_essay(path: Path) -> Essay:
-    """One essay file; bytes are decoded as-is so character offsets stay valid."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DiscourseRLError(f"{path}: essay file not found") from None
-    except IsADirectoryError:
-        raise DiscourseRLError(f"{path}: is a folder, not an essay file") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DiscourseRLError(
-            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    if not text.split():
-        raise DiscourseRLError(f"{path}: empty essay (no words)")
-    return Essay.from_text(path.stem, text)
-
-
-def read_essay_folder(folder: str | Path) -> dict[str, Essay]:
-    """Every ``*.txt`` in a folder (or one file), keyed by file stem, sorted by id."""
-    folder = Path(folder)
-    if folder.is_file():
-        return {folder.stem: read_essay(folder)}
-    if not folder.is_dir():
-        raise DiscourseRLError(f"{folder}: no such essay file or folder")
-    paths = sorted(folder.glob("*.txt"))
-    if not paths:
-        raise DiscourseRLError(f"{folder}: no .txt essays in this folder")
-    return {p.stem: read_essay(p) for p in paths}
-
-
-def load_corpus(root: str | Path | None = None, *, ids: Iterable[str] | None = None) -> Corpus:
-    """Read a Kaggle-layout folder (default: the embedded sample); `ids` limits the essays read."""
-    root = sample_dir() if root is None else Path(root)
-    if not root.is_dir():
-        raise DiscourseRLError(f"{root}: no such data folder")
-    csv_path = root / "train.csv"
-    if not csv_path.is_file():
-        raise DiscourseRLError(f"{csv_path}: missing (a Kaggle-layout folder needs train.csv)")
-    try:
-        df = pd.read_csv(
-            csv_path, dtype={"id": str, "predictionstring": str}, keep_default_na=False
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
-        raise DiscourseRLError(f"{csv_path}: unreadable csv ({exc})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DiscourseRLError(f"{csv_path}: missing column(s) {', '.join(missing)}")
-    if ids is not None:
-        df = df[df["id"].isin(set(ids))]
-    bad_type = sorted(set(df["discourse_type"]) - set(CLASSES))
-    if bad_type:
-        raise DiscourseRLError(f"{csv_path}: unknown discourse_type {bad_type[0]!r}")
-
-    train_dir = root / "train"
-    essay_ids = sorted(set(df["id"]))
-    essays: dict[str, Essay] = {}
-    for eid in essay_ids:
-        path = train_dir / f"{eid}.txt"
-        if not path.is_file():
-            raise DiscourseRLError(f"{csv_path}: essay id {eid!r} has no file {path}")
-        essays[eid] = read_essay(path)
-
-    elements, quirks = _build_elements(df, essays, csv_path)
-    conf = _read_confidence(root / "essay_match_confidence.csv")
-    test_dir = root / "test"
-    tests = read_essay_folder(test_dir) if test_dir.is_dir() and any(test_dir.glob("*.txt")) else {}
-    return Corpus(root, essays, elements, conf, quirks, tests)
-
-
-def _build_elements(
-    df: pd.DataFrame, essays: dict[str, Essay], csv_path: Path
-) -> tuple[pd.DataFrame, Quirks]:
-    ps = df["predictionstring"].astype(str).str.strip()
-    if (ps == "").any():
-        row = int(np.flatnonzero((ps == "").to_numpy())[0]) + 2
-        raise DiscourseRLError(f"{csv_path}: line {row}: empty predictionstring")
-    first_tok = ps.str.split(n=1).str[0]
-    last_tok = ps.str.rsplit(n=1).str[-1]
-    try:
-        first = first_tok.astype(np.int64).to_numpy()
-        last = last_tok.astype(np.int64).to_numpy()
-    except ValueError:
-        raise DiscourseRLError(f"{csv_path}: predictionstring holds a non-integer") from None
-    n_tokens = ps.str.count(" ").to_numpy() + 1
-    n_words = df["id"].map({k: e.n_words for k, e in essays.items()}).to_numpy()
-    word_start = np.clip(first, 0, n_words)
-    word_end = np.clip(last + 1, 0, n_words)
-    words_clamped = int(np.count_nonzero((word_start != first) | (word_end != last + 1)))
-    non_contiguous = int(np.count_nonzero(n_tokens != last - first + 1))
-
-    out = pd.DataFrame(
-        {
-            "id": df["id"].to_numpy(),
-            "discourse_type": df["discourse_type"].to_numpy(),
-            "class_idx": df["discourse_type"].map(CLASS_INDEX).to_numpy(np.int64),
-            "word_start": word_start,
-            "word_end": word_end,
-            "predictionstring": ps.to_numpy(),
-        }
-    )
-    offsets_clamped = 0
-    if {"discourse_start", "discourse_end"} <= set(df.columns):
-        n_chars = df["id"].map({k: len(e.text) for k, e in essays.items()}).to_numpy()
-        start = pd.to_numeric(df["discourse_start"], errors="coerce").to_numpy(np.float64)
-        end = pd.to_numeric(df["discourse_end"], errors="coerce").to_numpy(np.float64)
-        if np.isnan(start).any() or np.isnan(end).any():
-            raise DiscourseRLError(f"{csv_path}: discourse_start/discourse_end not numeric")
-        cs = np.clip(start, 0, n_chars).astype(np.int64)
-        ce = np.clip(end, cs, n_chars).astype(np.int64)
-        offsets_clamped = int(np.count_nonzero((cs != start) | (ce != end)))
-        out["discourse_start"], out["discourse_end"] = cs, ce
-
-    dropped = out["word_end"] <= out["word_start"]
-    out = out[~dropped].sort_values(["id", "word_start"], kind="stable").reset_index(drop=True)
-    shared = int(np.count_nonzero(_shared_words(out)))
-    quirks = Quirks(offsets_clamped, words_clamped, non_contiguous, shared, int(dropped.sum()))
-    return out, quirks
-
-
-def _shared_words(elements: pd.DataFrame) -> npt.NDArray[np.bool_]:
-    """Per element: does it begin on a word that the element before it (same essay) also claims?"""
-    same_essay = elements["id"].to_numpy()[1:] == elements["id"].to_numpy()[:-1]
-    overlap = elements["word_end"].to_numpy()[:-1] > elements["word_start"].to_numpy()[1:]
-    return np.concatenate(([False], same_essay & overlap))
-
-
-def _read_confidence(path: Path) -> dict[str, str] | None:
-    if not path.is_file():
-        return None
-    conf = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if not {"id", "match_confidence"} <= set(conf.columns):
-        raise DiscourseRLError(f"{path}: needs columns id, match_confidence")
-    return dict(zip(conf["id"], conf["match_confidence"], strict=True))
-
-
-# ---------------------------------------------------------------------------------------------
 # Folds
 
 
@@ -357,7 +264,10 @@ def make_folds(corpus: Corpus, k: int = 5, seed: int = 0) -> dict[str, int]:
     if k < 2:
         raise DiscourseRLError(f"folds: need at least 2 folds, got {k}")
     if len(corpus.essays) < k:
-        raise DiscourseRLError(f"folds: {len(corpus.essays)} essays cannot fill {k} folds")
+        raise DiscourseRLError(
+            f"folds: {len(corpus.essays)} essays cannot fill {k} folds "
+            f"(use more essays, or set fewer folds)"
+        )
     ids = sorted(corpus.essays)
     counts = class_counts(corpus).loc[ids].to_numpy(np.float64)
     counts = np.hstack([np.ones((len(ids), 1)), counts])
