@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +11,7 @@ import pytest
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_open,
+    atomic_save,
     atomic_write_text,
     config_from_dict,
     config_to_toml,
@@ -62,3 +65,25 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
         raise RuntimeError("crash")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_save(tmp_path / "b.bin", lambda p: p.write_bytes(b"x"))
+        with atomic_open(tmp_path / "c.csv", "w") as fh:
+            fh.write("x")
+    finally:
+        os.umask(old)
+    for name in ("a.txt", "b.bin", "c.csv"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    path = tmp_path / "kept.txt"
+    path.write_text("old")
+    path.chmod(0o640)
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640

@@ -19,6 +19,7 @@ from discourse_rl.data import (
     load_corpus,
     make_folds,
     predictionstring,
+    read_essays,
     sample_dir,
 )
 
@@ -128,7 +129,7 @@ def test_sure_filter_and_sample_licence() -> None:
 
 
 def _mini(tmp_path: Path, text: bytes = b"One two three four.\n\nFive six.") -> Path:
-    (tmp_path / "train").mkdir()
+    (tmp_path / "train").mkdir(parents=True)
     (tmp_path / "train" / "AAA.txt").write_bytes(text)
     pd.DataFrame(
         {
@@ -181,3 +182,72 @@ def test_bad_input_is_one_clear_line(
 def test_missing_folder(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data-report", "--data", "/no/such/folder"]) == 2
     assert "/no/such/folder: no such data folder" in capsys.readouterr().err
+
+
+# --- content key, sure essays, skipping unreadable essays ---------------------------------------
+
+
+def test_content_key_covers_texts_types_and_ranges(tmp_path: Path) -> None:
+    base = load_corpus(_mini(tmp_path / "a"))
+    assert base.content_key() == load_corpus(_mini(tmp_path / "b")).content_key()
+    # Same word count, other words.
+    edited = load_corpus(_mini(tmp_path / "c", b"One two three four.\n\nFive sax."))
+    assert edited.content_key() != base.content_key()
+
+    def relabel(column: str, value: object) -> str:
+        folder = _mini(tmp_path / f"{column}{value}")
+        df = pd.read_csv(folder / "train.csv", dtype=str)
+        df.loc[1, column] = value
+        df.to_csv(folder / "train.csv", index=False)
+        return load_corpus(folder).content_key()
+
+    # Same element count and the same sum of word ends, as the old key hashed.
+    assert relabel("discourse_type", "Evidence") != base.content_key()
+    assert relabel("predictionstring", "5") != base.content_key()
+    assert relabel("discourse_type", "Claim") == base.content_key()
+
+
+def test_stage_key_follows_the_content(tmp_path: Path) -> None:
+    from discourse_rl.pipeline import data_key
+
+    base = load_corpus(_mini(tmp_path / "a"))
+    edited = load_corpus(_mini(tmp_path / "b", b"One two three four.\n\nSix five."))
+    assert data_key(base) != data_key(edited)
+    assert data_key(base) == data_key(load_corpus(_mini(tmp_path / "c")))
+
+
+def test_sure_subset_says_what_to_set(tmp_path: Path) -> None:
+    folder = _mini(tmp_path)
+    (folder / "essay_match_confidence.csv").write_text("id,match_confidence\nAAA,weak_margin\n")
+    corpus = load_corpus(folder)
+    with pytest.raises(DiscourseRLError, match=r"none of the 1 essays is sure .*sure_only = false"):
+        corpus.sure_subset()
+    (folder / "essay_match_confidence.csv").write_text("id,match_confidence\nAAA,clear_margin\n")
+    assert load_corpus(folder).sure_subset().ids == ["AAA"]
+
+
+def test_repairs_summary_is_one_line(tmp_path: Path) -> None:
+    corpus = load_corpus(_mini(tmp_path))
+    assert corpus.repairs_summary() == (
+        f"{tmp_path / 'train.csv'}: repairs while reading: 1 character offsets clamped to the text"
+    )
+    assert load_corpus().quirks.summary() == (
+        "repairs while reading: 22 boundary words shared by two elements"
+    )
+
+
+def test_read_essays_can_skip_unreadable_ones(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("Good words here.")
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "c.txt").write_text("  \n")
+    with pytest.raises(DiscourseRLError, match=r"b\.txt: not UTF-8"):
+        read_essays(tmp_path)
+    batch = read_essays(tmp_path, skip_bad=True)
+    assert list(batch.essays) == ["a"]
+    assert [(s.path.name, s.reason) for s in batch.skipped] == [
+        ("b.txt", f"{tmp_path / 'b.txt'}: not UTF-8 text (byte 0xe9 at offset 3)"),
+        ("c.txt", f"{tmp_path / 'c.txt'}: empty essay (no words)"),
+    ]
+    (tmp_path / "a.txt").unlink()
+    with pytest.raises(DiscourseRLError, match="none of the 2 essays is readable"):
+        read_essays(tmp_path, skip_bad=True)

@@ -126,6 +126,9 @@ def read_table(path: Path, columns: Sequence[str], missing: str = "file not foun
             df = pd.read_csv(path, dtype=dict.fromkeys(columns, str), keep_default_na=False)
     except (ValueError, OverflowError, OSError, csv.Error) as exc:
         raise DiscourseRLError(f"{path}: unreadable csv ({one_line(exc)})") from None
+    if not isinstance(df.index, pd.RangeIndex):
+        # pandas makes the surplus leading fields of longer rows an index.
+        raise DiscourseRLError(f"{path}: unreadable csv (rows with more fields than the header)")
     absent = [c for c in columns if c not in df.columns]
     if absent:
         raise DiscourseRLError(f"{path}: missing column(s) {', '.join(absent)}")
