@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from discourse_rl.data import CLASSES, load_corpus, sample_dir
+from discourse_rl.data.corpus import QUIRK_NAMES
 
 
 def data_report(data: str | Path | None = None) -> dict[str, Any]:
@@ -53,15 +54,8 @@ def format_data_report(r: dict[str, Any]) -> str:
         f"words per essay: mean {w['mean']:.0f}, median {w['median']:.0f}, "
         f"min {w['min']}, max {w['max']}"
     )
-    rep = r["repairs"]
-    lines += [
-        "repairs while reading:",
-        f"  character offsets clamped to the text   {rep['offsets_clamped']:>6}",
-        f"  word indices clamped to the essay       {rep['words_clamped']:>6}",
-        f"  non-contiguous predictionstrings        {rep['non_contiguous']:>6}",
-        f"  boundary words shared by two elements   {rep['shared_boundary_words']:>6}",
-        f"  elements dropped (no word left)         {rep['elements_dropped']:>6}",
-        f"sure essays: {r['sure_essays']:,}   unsure: {r['unsure_essays']:,}",
-    ]
+    lines.append("repairs while reading:")
+    lines += [f"  {QUIRK_NAMES[k]:<40}{n:>6,}" for k, n in r["repairs"].items()]
+    lines.append(f"sure essays: {r['sure_essays']:,}   unsure: {r['unsure_essays']:,}")
     lines += [f"  {k:<28}{v:>7,}" for k, v in r["match_confidence"].items()]
     return "\n".join(lines)
