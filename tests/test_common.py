@@ -87,3 +87,10 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> 
     path.chmod(0o640)
     atomic_write_text(path, "new")
     assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_atomic_write_over_a_folder_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DiscourseRLError, match=r"out: is a folder; name a file to write"):
+        atomic_write_text(tmp_path / "out", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -24,6 +24,8 @@ def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
     mkstemp creates 0600 files; a file the user asked for gets the umask's mode, or keeps the
     mode of the file it replaces.
     """
+    if path.is_dir():
+        raise DiscourseRLError(f"{path}: is a folder; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         st = path.stat()
