@@ -293,9 +293,14 @@ def test_random_rows_give_a_clean_error_or_a_valid_corpus(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(csv=st.binary(max_size=200), essay=st.binary(max_size=60), header=st.booleans())
+@given(
+    csv=st.binary(max_size=200),
+    essay=st.binary(max_size=60),
+    header=st.booleans(),
+    confidence=st.one_of(st.none(), st.binary(max_size=80)),
+)
 def test_random_bytes_give_a_clean_error_or_a_valid_corpus(
-    csv: bytes, essay: bytes, header: bool
+    csv: bytes, essay: bytes, header: bool, confidence: bytes | None
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -303,6 +308,8 @@ def test_random_bytes_give_a_clean_error_or_a_valid_corpus(
         (root / "train" / "AAA.txt").write_bytes(essay)
         prefix = b"id,discourse_type,predictionstring\nAAA,Lead,0 1\n" if header else b""
         (root / "train.csv").write_bytes(prefix + csv)
+        if confidence is not None:
+            (root / "essay_match_confidence.csv").write_bytes(b"id,match_confidence\n" + confidence)
         _check_corpus(root)
 
 
