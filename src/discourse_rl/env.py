@@ -6,8 +6,8 @@ actions: each decision rests on the segments alone, so one forward pass over an 
 segment's action distribution (what the policy's `encode` relies on); the earlier actions only
 shape the action mask ('continues k' is allowed right after a class-k segment).
 
-Reward: 0 per step, then the essay's F-score from `metric.essay_counts` + `metric.essay_f1`
-(or the seed's TP / (TP + FP + FN) with reward="jaccard"); the final info carries both.
+Reward: 0 per step, then the essay's reward from `agent.reward` (its F-score, or with
+reward="jaccard" the seed's TP / (TP + FP + FN)); the final info carries every essay reward.
 """
 
 from __future__ import annotations
@@ -20,20 +20,14 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
-from discourse_rl import metric
-from discourse_rl.data import Corpus
-from discourse_rl.segments import (
-    N_ACTIONS,
-    EssaySegments,
-    actions_to_spans,
-    allowed_actions,
-    gold_spans,
-)
+from discourse_rl.agent.reward import ESSAY_REWARDS, Spans, essay_counts, gold_table
+from discourse_rl.segments import N_ACTIONS, EssaySegments, allowed_actions
+
+# gold_table and Spans are the environment's answer key; importable from here for its users.
+__all__ = ["SegmentLabelEnv", "Spans", "gold_table", "observation_space"]
 
 IntArray = npt.NDArray[np.int64]
-Spans = tuple[IntArray, IntArray, IntArray]
 Obs = dict[str, Any]
-REWARDS = ("f1", "jaccard")
 # Features are probabilities, shares and embeddings: far inside this bound.
 FEATURE_BOUND = 100.0
 
@@ -50,17 +44,6 @@ def observation_space(max_segments: int, n_features: int) -> spaces.Dict:
     )
 
 
-def gold_table(corpus: Corpus, ids: Sequence[str]) -> dict[str, Spans]:
-    """True spans (class_idx, word_start, word_end) per essay, the environment's answer key."""
-    return {i: gold_spans(corpus, i) for i in ids}
-
-
-def essay_reward(seg: EssaySegments, actions: IntArray, gold: Spans) -> tuple[float, float]:
-    """(F-score, TP / (TP + FP + FN)) of one essay's segment actions."""
-    counts = metric.essay_counts(*actions_to_spans(seg, actions), *gold)
-    return metric.essay_f1(counts), metric.essay_jaccard(counts)
-
-
 class SegmentLabelEnv(gym.Env[Obs, np.int64]):
     """One episode = one essay; essays are visited in a reshuffled order, pass after pass."""
 
@@ -73,8 +56,8 @@ class SegmentLabelEnv(gym.Env[Obs, np.int64]):
     ) -> None:
         if not essays:
             raise ValueError("SegmentLabelEnv needs at least one essay")
-        if reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        if reward not in ESSAY_REWARDS:
+            raise ValueError(f"reward must be one of {tuple(ESSAY_REWARDS)}, got {reward!r}")
         too_long = [s.essay_id for s in essays if s.n_segments > max_segments]
         if too_long:
             raise ValueError(f"{too_long[0]}: more than max_segments={max_segments} segments")
@@ -145,6 +128,7 @@ class SegmentLabelEnv(gym.Env[Obs, np.int64]):
         self._t += 1
         if self._t < self._seg.n_segments:
             return self._obs(), 0.0, False, False, {}
-        f1, jac = essay_reward(self._seg, self._actions, self.gold[self._seg.essay_id])
-        info = {"essay_id": self._seg.essay_id, "f1": f1, "jaccard": jac}
-        return self._obs(), f1 if self.reward_kind == "f1" else jac, True, False, info
+        counts = essay_counts(self._seg, self._actions, self.gold[self._seg.essay_id])
+        scores = {kind: fn(counts) for kind, fn in ESSAY_REWARDS.items()}
+        info = {"essay_id": self._seg.essay_id, **scores}
+        return self._obs(), scores[self.reward_kind], True, False, info

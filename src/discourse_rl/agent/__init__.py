@@ -1,17 +1,20 @@
-"""The attention agent over segments: policy, behavioural cloning, PPO with a KL penalty."""
+"""The attention agent over segments: policy, behavioural cloning, PPO and episode-level RL."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from discourse_rl.agent.bc import train_bc
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.policy import AttentionPolicy, load_policy, predict_actions
-from discourse_rl.agent.ppo import train_ppo
 from discourse_rl.segments import EssaySegments, spans_frame
+
+if TYPE_CHECKING:
+    from discourse_rl.agent.ppo import train_ppo
 
 __all__ = [
     "AgentConfig",
@@ -23,6 +26,17 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    # PPO imports the environment, which imports agent.reward (and so this package): loading
+    # it on first use keeps `import discourse_rl.env` free of an import cycle.
+    if name == "train_ppo":
+        from discourse_rl.agent.ppo import train_ppo
+
+        return train_ppo
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def predict_spans(policy_path: str | Path, segs: Sequence[EssaySegments]) -> pd.DataFrame:
-    """Submission table (id, class, predictionstring, word_start, word_end) of a saved policy."""
+    """Submission table (id, class, predictionstring, word_start, word_end) of a saved policy of
+    either kind (an autoregressive one decodes with its previous-label head)."""
     return spans_frame(segs, predict_actions(load_policy(policy_path), segs))

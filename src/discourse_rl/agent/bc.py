@@ -7,14 +7,13 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from discourse_rl.agent.common import AgentConfig, pad_batch, torch_threads
+from discourse_rl.agent.common import AgentConfig, pad_batch, tensorboard_writer, torch_threads
 from discourse_rl.agent.policy import AttentionPolicy, make_policy, save_policy, score_policy
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
@@ -75,12 +74,12 @@ def _train_bc(
     weights = action_weights(train_segs, cfg.bc_class_weight) if cfg.bc_class_weight else None
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.bc_lr, weight_decay=cfg.bc_weight_decay)
     rng = np.random.default_rng(cfg.seed)
-    writer = _writer(log_dir)
+    writer = tensorboard_writer(log_dir)
     history: list[dict[str, float]] = []
     best_f1, best_state = -1.0, copy.deepcopy(policy.state_dict())
     bar = tqdm(range(cfg.bc_epochs), desc="BC", disable=not cfg.progress_bar)
     for epoch in bar:
-        policy.set_training_mode(True)
+        policy.train()
         order = rng.permutation(len(train_segs))
         losses = []
         for k in range(0, len(order), cfg.bc_batch_essays):
@@ -108,7 +107,7 @@ def _train_bc(
         writer.close()
     policy.load_state_dict(best_state)
     path = out_dir / "policy.pt"
-    save_policy(policy, path, cfg)
+    save_policy(policy, path)
     atomic_write_text(out_dir / "config.toml", config_to_toml(cfg))
     summary = {
         "seconds": time.perf_counter() - t0,
@@ -117,11 +116,3 @@ def _train_bc(
     }
     atomic_write_text(out_dir / "history.json", json.dumps(summary, indent=2))
     return path
-
-
-def _writer(log_dir: str | Path | None) -> Any:
-    if log_dir is None:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(log_dir))

@@ -1,15 +1,25 @@
-"""The agent's configuration and the padding of essays into batches."""
+"""The agent's configuration, padded batches of essays, and labellings under the action mask.
+
+Shapes: B essays, K labellings per essay, S segments (padded), A = 15 actions. A labelling's
+mask at segment s depends only on its action at s - 1, so masks follow from the actions alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from discourse_rl.segments import EssaySegments, action_masks
+from discourse_rl.segments import N_ACTIONS, EssaySegments, action_masks
+
+IntArray = npt.NDArray[np.int64]
+StepLogits = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,15 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def tensorboard_writer(log_dir: str | Path | None) -> Any:
+    """A TensorBoard SummaryWriter for `log_dir`, or None without one."""
+    if log_dir is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
+
+
 @dataclass(frozen=True)
 class Batch:
     features: torch.Tensor
@@ -117,7 +136,7 @@ def pad_batch(segs: Sequence[EssaySegments], with_gold: bool = False) -> Batch:
     feats = np.zeros((len(segs), n, n_feat), np.float32)
     mask = np.zeros((len(segs), n), np.bool_)
     gold = np.full((len(segs), n), -100, np.int64)
-    amask = np.ones((len(segs), n, 15), np.bool_)
+    amask = np.ones((len(segs), n, N_ACTIONS), np.bool_)
     for i, s in enumerate(segs):
         feats[i, : s.n_segments] = s.features
         mask[i, : s.n_segments] = True
@@ -134,6 +153,20 @@ def pad_batch(segs: Sequence[EssaySegments], with_gold: bool = False) -> Batch:
     )
 
 
+def batches(
+    segs: Sequence[EssaySegments], size: int = 64
+) -> Iterator[tuple[Sequence[EssaySegments], Batch]]:
+    """(essays, padded batch) in order, `size` essays at a time (no gold)."""
+    for k in range(0, len(segs), size):
+        chunk = segs[k : k + size]
+        yield chunk, pad_batch(chunk)
+
+
+def unpad(rows: torch.Tensor, chunk: Sequence[EssaySegments]) -> list[npt.NDArray[Any]]:
+    """Each essay's own segments of a padded (B, S, ...) tensor, as numpy arrays."""
+    return [rows[i, : s.n_segments].numpy() for i, s in enumerate(chunk)]
+
+
 def split_validation(
     segs: Sequence[EssaySegments], fraction: float, seed: int
 ) -> tuple[list[EssaySegments], list[EssaySegments]]:
@@ -144,3 +177,58 @@ def split_validation(
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return [segs[i] for i in train], [segs[i] for i in val]
+
+
+# ---------------------------------------------------------------------------------------------
+# Labellings under the action mask
+
+
+def masks_after(prev: torch.Tensor) -> torch.Tensor:
+    """(..., A) allowed actions after actions `prev` (-1 = first segment): 'none', any
+    'begins k', and 'continues k' only right after a class-k action (as `allowed_actions`)."""
+    base = torch.ones(N_ACTIONS, dtype=torch.bool)
+    base[2::2] = False
+    out = base.expand(*prev.shape, N_ACTIONS).clone()
+    cont = (2 + 2 * torch.div(prev - 1, 2, rounding_mode="floor")).clamp(min=2).unsqueeze(-1)
+    out.scatter_(-1, cont, (prev > 0).unsqueeze(-1))
+    return out
+
+
+def labelling_masks(actions: torch.Tensor) -> torch.Tensor:
+    """(..., S, A) masks each segment had given the labelling `actions` (..., S)."""
+    prev = torch.cat([torch.full_like(actions[..., :1], -1), actions[..., :-1]], dim=-1)
+    return masks_after(prev)
+
+
+@torch.no_grad()
+def sample_labellings(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    gen: torch.Generator | None,
+    step_logits: StepLogits | None = None,
+) -> torch.Tensor:
+    """(B, K, S) labellings drawn from (B, S, A) logits under the action mask; 0 on padding.
+
+    Gumbel-max sampling, segment by segment because of the mask; `gen` None gives the greedy
+    labelling (K copies). `step_logits(s, prev)` -> (B, K, A) adds logits that depend on the
+    previous actions `prev` (B, K) (the autoregressive head).
+    """
+    b, s, _ = logits.shape
+    if gen is None:
+        noise = torch.zeros(b, k, s, N_ACTIONS)
+    else:
+        u = torch.rand(b, k, s, N_ACTIONS, generator=gen).clamp_(1e-12, 1.0 - 1e-7)
+        noise = -torch.log(-torch.log(u))
+    out = torch.zeros(b, k, s, dtype=torch.int64)
+    prev = torch.full((b, k), -1, dtype=torch.int64)
+    lg = logits.detach().float()
+    for t in range(s):
+        scores = lg[:, None, t] + noise[:, :, t]
+        if step_logits is not None:
+            scores = scores + step_logits(t, prev).detach()
+        a = scores.masked_fill(~masks_after(prev), -torch.inf).argmax(-1)
+        a = torch.where(mask[:, t, None], a, 0)
+        out[:, :, t] = a
+        prev = a
+    return out

@@ -1,73 +1,20 @@
-"""Sampling whole labellings under the action mask, and the episode-level loss.
+"""The episode-level loss of whole sampled labellings.
 
 Shapes: B essays, K labellings per essay, S segments (padded), A = 15 actions. A labelling's
-mask at segment s depends only on its action at s - 1, so masks follow from the actions alone
-and the log-probability of a sampled labelling is one gather over the logits of one pass.
+masks follow from its actions alone (`common.labelling_masks`), so the log-probability of a
+sampled labelling is one gather over the logits of one pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from discourse_rl.segments import N_ACTIONS
+from discourse_rl.agent.reward import kl_to_reference
 
 # Finite, so masked entries give exp() == 0 and no inf * 0 in the backward pass.
 MASKED = -1e9
-StepLogits = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-def masks_after(prev: torch.Tensor) -> torch.Tensor:
-    """(..., A) allowed actions after actions `prev` (-1 = first segment): 'none', any
-    'begins k', and 'continues k' only right after a class-k action (as `allowed_actions`)."""
-    base = torch.ones(N_ACTIONS, dtype=torch.bool)
-    base[2::2] = False
-    out = base.expand(*prev.shape, N_ACTIONS).clone()
-    cont = (2 + 2 * torch.div(prev - 1, 2, rounding_mode="floor")).clamp(min=2).unsqueeze(-1)
-    out.scatter_(-1, cont, (prev > 0).unsqueeze(-1))
-    return out
-
-
-def labelling_masks(actions: torch.Tensor) -> torch.Tensor:
-    """(..., S, A) masks each segment had given the labelling `actions` (..., S)."""
-    prev = torch.cat([torch.full_like(actions[..., :1], -1), actions[..., :-1]], dim=-1)
-    return masks_after(prev)
-
-
-@torch.no_grad()
-def sample_labellings(
-    logits: torch.Tensor,
-    mask: torch.Tensor,
-    k: int,
-    gen: torch.Generator | None,
-    step_logits: StepLogits | None = None,
-) -> torch.Tensor:
-    """(B, K, S) labellings drawn from (B, S, A) logits under the action mask; 0 on padding.
-
-    Gumbel-max sampling, segment by segment because of the mask; `gen` None gives the greedy
-    labelling (K copies). `step_logits(s, prev)` -> (B, K, A) adds logits that depend on the
-    previous actions `prev` (B, K) (the autoregressive head).
-    """
-    b, s, _ = logits.shape
-    if gen is None:
-        noise = torch.zeros(b, k, s, N_ACTIONS)
-    else:
-        u = torch.rand(b, k, s, N_ACTIONS, generator=gen).clamp_(1e-12, 1.0 - 1e-7)
-        noise = -torch.log(-torch.log(u))
-    out = torch.zeros(b, k, s, dtype=torch.int64)
-    prev = torch.full((b, k), -1, dtype=torch.int64)
-    lg = logits.detach().float()
-    for t in range(s):
-        scores = lg[:, None, t] + noise[:, :, t]
-        if step_logits is not None:
-            scores = scores + step_logits(t, prev).detach()
-        a = scores.masked_fill(~masks_after(prev), -torch.inf).argmax(-1)
-        a = torch.where(mask[:, t, None], a, 0)
-        out[:, :, t] = a
-        prev = a
-    return out
 
 
 @dataclass(frozen=True)
@@ -114,7 +61,7 @@ def episode_loss(
         pg = -torch.minimum(ratio * adv, clipped * adv).mean()
     p = logp_all.exp()
     logq = torch.log_softmax(ref_logits.detach().masked_fill(~amask, MASKED), -1)
-    kl_seg = torch.where(amask, p * (logp_all - logq), 0.0).sum(-1)
+    kl_seg = kl_to_reference(logp_all, logq, amask, p)
     ent_seg = -torch.where(amask, p * logp_all, 0.0).sum(-1)
     kl = (kl_seg * live).sum(-1).mean()
     entropy = (ent_seg * live).sum(-1).mean()

@@ -2,17 +2,20 @@
 
 As in "Learning to summarize from human feedback", each step's reward is lowered by beta times
 the KL divergence between the current policy and the frozen BC policy at that state (exact, over
-the allowed actions); gamma is 1, so an episode's return is the essay's score minus beta times
-the summed KL. Beta is fixed, or adapted towards a target KL per step. The penalty is applied
-when a rollout ends, before PPO's update: the buffer's rewards are lowered and its returns and
-advantages recomputed. Cloning leaves the value head untrained, so PPO first runs
+the allowed actions; `reward.kl_to_reference`); gamma is 1, so an episode's return is the essay's
+score minus beta times the summed KL. Beta is fixed, or adapted towards a target KL per step. The
+penalty is applied when a rollout ends, before PPO's update: the buffer's rewards are lowered and
+its returns and advantages recomputed. Cloning leaves the value head untrained, so PPO first runs
 `value_warmup_steps` with everything but the value head frozen.
+
+SB3 sees the plain `AttentionPolicy` through `SB3Policy`, this module's only tie to it: the
+features extractor runs the encoder and picks the output row of the segment being labelled, and
+the policy's own action and value heads turn it into logits and a value.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,47 +23,111 @@ from typing import Any
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
 from discourse_rl.agent.common import AgentConfig, torch_threads
 from discourse_rl.agent.policy import (
     AttentionPolicy,
-    arch_kwargs,
+    PolicyConfig,
+    keep_best,
     load_policy,
     predict_actions,
     save_policy,
     score_policy,
 )
+from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table, kl_to_reference
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
-from discourse_rl.env import SegmentLabelEnv, essay_reward, gold_table
+from discourse_rl.env import SegmentLabelEnv
 from discourse_rl.segments import N_ACTIONS, EssaySegments
 
 
+class SegmentExtractor(BaseFeaturesExtractor):
+    """SB3 features extractor: the encoder's output at the observation's current segment."""
+
+    def __init__(self, observation_space: spaces.Dict, net: AttentionPolicy) -> None:
+        super().__init__(observation_space, features_dim=net.config.d_model)
+        self.net = net
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+        mask = observations["mask"] > 0.5
+        # SB3 hands a Discrete observation over one-hot encoded.
+        pos = observations["position"].flatten(1).argmax(1)
+        # Attention needs only the longest essay in the batch, not the full padding.
+        n = int(max(int(mask.sum(1).max()), int(pos.max()) + 1))
+        h = self.net.encoder(observations["features"][:, :n], mask[:, :n])
+        out: torch.Tensor = h[torch.arange(h.shape[0], device=h.device), pos]
+        return out
+
+
+class SB3Policy(MaskableActorCriticPolicy):
+    """MaskablePPO's view of a plain `AttentionPolicy` (`net`): same modules, same weights.
+
+    Give either `config` (a fresh policy, created before SB3 builds anything else, so the seed
+    draws the same weights as before) or `net` (wrap an existing one).
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        lr_schedule: Any,
+        config: PolicyConfig | None = None,
+        net: AttentionPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if net is None:
+            if config is None:
+                raise ValueError("SB3Policy needs a config or a net")
+            net = AttentionPolicy(config)
+        if net.head is not None:
+            raise ValueError("PPO fine-tunes plain policies only (this one has a head)")
+        kwargs.update(
+            net_arch=[],
+            ortho_init=False,
+            features_extractor_class=SegmentExtractor,
+            features_extractor_kwargs={"net": net},
+        )
+        super().__init__(observation_space, action_space, lr_schedule, **kwargs)
+
+    @property
+    def net(self) -> AttentionPolicy:
+        net = self.features_extractor.net
+        assert isinstance(net, AttentionPolicy)
+        return net
+
+    def _build(self, lr_schedule: Any) -> None:
+        # SB3 would create new action and value layers here; the plain policy has them already.
+        self._build_mlp_extractor()
+        self.action_net = self.net.action_net
+        self.value_net = self.net.value_net
+        lr = lr_schedule(1)
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr, **self.optimizer_kwargs)  # type: ignore[call-arg]
+
+
 def policy_kl(
-    policy: AttentionPolicy,
-    ref: AttentionPolicy,
+    policy: MaskableActorCriticPolicy,
+    ref: MaskableActorCriticPolicy,
     obs: dict[str, torch.Tensor],
     masks: torch.Tensor,
 ) -> torch.Tensor:
     """KL(policy || ref) per observation over the allowed actions."""
-    # Masked logits are normalised log-probabilities, with a large negative number when masked.
+    # SB3's masked logits are normalised log-probabilities, very negative where masked.
     dist_p: Any = policy.get_distribution(obs, masks.numpy())
     dist_q: Any = ref.get_distribution(obs, masks.numpy())
-    logp: torch.Tensor = dist_p.distribution.logits
-    logq: torch.Tensor = dist_q.distribution.logits
-    p = torch.where(masks, logp.exp(), torch.zeros_like(logp))
-    kl: torch.Tensor = (p * (logp - logq)).sum(-1)
-    return kl
+    return kl_to_reference(dist_p.distribution.logits, dist_q.distribution.logits, masks)
 
 
 class KLPenalty(BaseCallback):
     """Lowers each step's reward by beta * KL(policy || BC) once a rollout is collected."""
 
-    def __init__(self, ref: AttentionPolicy, beta: float, target: float, horizon: int = 10_000):
+    def __init__(self, ref: SB3Policy, beta: float, target: float, horizon: int = 10_000):
         super().__init__()
         self.ref = ref
         self.beta = beta
@@ -105,11 +172,10 @@ class HeldOutEval(BaseCallback):
         corpus: Corpus | None,
         every: int,
         out_dir: Path,
-        cfg: AgentConfig,
     ) -> None:
         super().__init__()
         self.segs, self.corpus, self.every = segs, corpus, every
-        self.out_dir, self.cfg = out_dir, cfg
+        self.out_dir = out_dir
         self.enabled = False
         self.rollouts = 0
         self.best = -np.inf
@@ -124,9 +190,10 @@ class HeldOutEval(BaseCallback):
         self.rollouts += 1
 
     def evaluate(self) -> None:
-        policy: AttentionPolicy = self.model.policy  # type: ignore[assignment]
+        sb3: SB3Policy = self.model.policy  # type: ignore[assignment]
+        policy = sb3.net
         step = int(self.model.num_timesteps)
-        save_policy(policy, self.out_dir / "last.pt", self.cfg)
+        save_policy(policy, self.out_dir / "last.pt")
         if not self.segs or self.corpus is None:
             return
         f1 = score_policy(policy, self.segs, self.corpus).macro_f1
@@ -135,7 +202,7 @@ class HeldOutEval(BaseCallback):
             self.logger.record("eval/val_macro_f1", f1)
         if f1 > self.best:
             self.best = f1
-            save_policy(policy, self.out_dir / "best.pt", self.cfg)
+            save_policy(policy, self.out_dir / "best.pt")
 
 
 def mean_reward(
@@ -144,8 +211,8 @@ def mean_reward(
     """Mean essay reward of the policy's deterministic actions."""
     gold = gold_table(corpus, [s.essay_id for s in segs])
     pairs = zip(segs, predict_actions(policy, segs), strict=True)
-    scores = [essay_reward(s, a, gold[s.essay_id]) for s, a in pairs]
-    return float(np.mean([f1 if kind == "f1" else jac for f1, jac in scores]))
+    counts = [essay_counts(s, a, gold[s.essay_id]) for s, a in pairs]
+    return float(np.mean([essay_reward(c, kind) for c in counts]))
 
 
 def make_env(segs: Sequence[EssaySegments], corpus: Corpus, cfg: AgentConfig) -> VecMonitor:
@@ -189,7 +256,7 @@ def _train_ppo(
     t0 = time.perf_counter()
     env = make_env(train_segs, corpus, cfg)
     model = MaskablePPO(
-        AttentionPolicy,
+        SB3Policy,
         env,
         learning_rate=cfg.ppo_lr,
         n_steps=cfg.n_steps,
@@ -200,17 +267,19 @@ def _train_ppo(
         clip_range=cfg.clip_range,
         ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef,
-        policy_kwargs=arch_kwargs(cfg, 0.0),
+        policy_kwargs={"config": PolicyConfig.of(cfg, int(train_segs[0].features.shape[1]))},
         tensorboard_log=None if tb_dir is None else str(tb_dir),
         seed=cfg.seed,
         device="cpu",
     )
-    ref = load_policy(bc_path)
-    model.policy.load_state_dict(ref.state_dict())
-    for p in ref.parameters():
-        p.requires_grad_(False)
+    bc = load_policy(bc_path)
+    policy: SB3Policy = model.policy  # type: ignore[assignment]
+    policy.net.load_state_dict(bc.state_dict())
+    bc.requires_grad_(False)
+    ref = SB3Policy(model.observation_space, model.action_space, model.lr_schedule, net=bc)
+    ref.set_training_mode(False)
     kl_cb = KLPenalty(ref, cfg.kl_beta, cfg.kl_target)
-    eval_cb = HeldOutEval(val_segs, corpus, cfg.eval_every, out_dir, cfg)
+    eval_cb = HeldOutEval(val_segs, corpus, cfg.eval_every, out_dir)
     eval_cb.init_callback(model)
     eval_cb.evaluate()  # the BC policy's own score, the bar PPO has to clear
     callbacks = [kl_cb, eval_cb]
@@ -219,7 +288,7 @@ def _train_ppo(
     # random projection; the warm-up then fits it at its own, larger learning rate.
     with torch.no_grad():
         model.policy.value_net.weight.zero_()
-        model.policy.value_net.bias.fill_(mean_reward(ref, train_segs, corpus, cfg.reward))
+        model.policy.value_net.bias.fill_(mean_reward(bc, train_segs, corpus, cfg.reward))
     if cfg.value_warmup_steps > 0:
         value_head = set(id(p) for p in model.policy.value_net.parameters())
         for p in model.policy.parameters():
@@ -246,9 +315,7 @@ def _train_ppo(
     eval_cb.evaluate()
     seconds = time.perf_counter() - t0
 
-    final = out_dir / "policy.pt"
-    best = out_dir / "best.pt"
-    shutil.copyfile(best if best.exists() else out_dir / "last.pt", final)
+    final = keep_best(out_dir)
     atomic_write_text(out_dir / "config.toml", config_to_toml(cfg))
     summary: dict[str, Any] = {
         "seconds": seconds,
