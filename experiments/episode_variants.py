@@ -29,10 +29,9 @@ from benchmarks.episode_data import SETUP, prepare
 from discourse_rl import metric
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
-from discourse_rl.agent.episode_ar import predict_actions_ar
 from discourse_rl.common import atomic_write_text
 from discourse_rl.data import CLASSES
-from discourse_rl.segments import EssaySegments, gold_frame, spans_frame
+from discourse_rl.segments import EssaySegments, gold_frame
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "rloo-f1": {"estimator": "rloo", "reward": "f1"},
@@ -86,9 +85,8 @@ def main() -> None:
 
 
 def predict(path: Path, segs: list[EssaySegments]) -> pd.DataFrame:
-    """Spans of a trained episode policy, with its autoregressive head if the file has one."""
-    if path.name.endswith("_ar.pt"):
-        return spans_frame(segs, predict_actions_ar(path, segs))
+    """Spans of a trained episode policy (policy.pt of either kind: an autoregressive
+    checkpoint decodes with its head)."""
     return predict_spans(path, segs)
 
 

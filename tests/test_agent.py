@@ -1,4 +1,5 @@
-"""The attention agent: one-pass and SB3 faces agree, masks, KL term, BC then PPO beat random."""
+"""The attention agent: plain module and SB3 wrapper agree, checkpoints, masks, KL term, BC then
+PPO beat random."""
 
 from __future__ import annotations
 
@@ -11,24 +12,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.utils import obs_as_tensor
 
 from discourse_rl.agent import AgentConfig, predict_spans, train_bc, train_ppo
 from discourse_rl.agent.common import pad_batch, split_validation
+from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.agent.policy import (
     AttentionPolicy,
-    arch_kwargs,
+    PolicyConfig,
     load_policy,
     make_policy,
     masked_greedy,
     predict_actions,
     save_policy,
 )
-from discourse_rl.agent.ppo import make_env, policy_kl
+from discourse_rl.agent.ppo import SB3Policy, make_env, policy_kl
+from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table
 from discourse_rl.agent.stage import predict_stage, train_agent_stage
+from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.env import SegmentLabelEnv, essay_reward, gold_table
+from discourse_rl.env import SegmentLabelEnv, observation_space
 from discourse_rl.segments import (
     EssaySegments,
     SegmentConfig,
@@ -74,11 +79,15 @@ def essays() -> list[EssaySegments]:
 
 def mean_reward(segs: list[EssaySegments], actions: list[np.ndarray]) -> float:
     gold = gold_table(corpus(), [s.essay_id for s in segs])
-    return float(
-        np.mean(
-            [essay_reward(s, a, gold[s.essay_id])[0] for s, a in zip(segs, actions, strict=True)]
-        )
-    )
+    pairs = zip(segs, actions, strict=True)
+    counts = [essay_counts(s, a, gold[s.essay_id]) for s, a in pairs]
+    return float(np.mean([essay_reward(c, "f1") for c in counts]))
+
+
+def sb3_face(policy: AttentionPolicy) -> SB3Policy:
+    """The SB3 policy PPO trains, around `policy`."""
+    space = observation_space(policy.config.max_segments, policy.config.n_features)
+    return SB3Policy(space, spaces.Discrete(15), lambda _: 1e-4, net=policy)
 
 
 def random_actions(segs: list[EssaySegments], seed: int) -> list[np.ndarray]:
@@ -95,7 +104,7 @@ def random_actions(segs: list[EssaySegments], seed: int) -> list[np.ndarray]:
 
 def test_padding_does_not_change_real_segments() -> None:
     policy = make_policy(TINY, essays()[0].features.shape[1])
-    policy.set_training_mode(False)
+    policy.eval()
     s = essays()[0]
     alone = pad_batch([s])
     longest = max(essays()[:5], key=lambda e: e.n_segments)
@@ -108,24 +117,41 @@ def test_padding_does_not_change_real_segments() -> None:
     torch.testing.assert_close(va[0, :n], vp[0, :n], atol=1e-5, rtol=1e-5)
 
 
-def test_sb3_face_equals_one_pass_face() -> None:
+def test_sb3_wrapper_equals_the_plain_module() -> None:
     segs = essays()[:3]
     policy = make_policy(TINY, segs[0].features.shape[1])
-    policy.set_training_mode(False)
+    sb3 = sb3_face(policy)
+    sb3.set_training_mode(False)
     env = SegmentLabelEnv(segs, gold_table(corpus(), [s.essay_id for s in segs]), 64)
     obs, _ = env.reset(options={"essay_index": 1})
     b = pad_batch([segs[1]])
     with torch.no_grad():
         logits, values = policy.encode(b.features, b.mask)
         for t in range(3):
-            o, _ = policy.obs_to_tensor(obs)
-            dist = policy.get_distribution(o)
+            o, _ = sb3.obs_to_tensor(obs)
+            dist = sb3.get_distribution(o)
             expected = torch.log_softmax(logits[0, t], -1)
             torch.testing.assert_close(dist.distribution.logits[0], expected, atol=1e-5, rtol=0)
-            torch.testing.assert_close(
-                policy.predict_values(o)[0, 0], values[0, t], atol=1e-5, rtol=0
-            )
+            torch.testing.assert_close(sb3.predict_values(o)[0, 0], values[0, t], atol=1e-5, rtol=0)
             obs, *_ = env.step(0)
+
+
+def test_sb3_wrapper_adds_no_parameters_and_draws_the_same_weights() -> None:
+    config = PolicyConfig.of(TINY, essays()[0].features.shape[1])
+    torch.manual_seed(3)
+    plain = AttentionPolicy(config)
+    torch.manual_seed(3)
+    sb3 = SB3Policy(
+        observation_space(config.max_segments, config.n_features),
+        spaces.Discrete(15),
+        lambda _: 1e-4,
+        config=config,
+    )
+    # Same parameters, in the same order (gradient clipping sums over them in order).
+    assert [p.shape for p in sb3.parameters()] == [p.shape for p in plain.parameters()]
+    for a, b in zip(sb3.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert sb3.action_net is sb3.net.action_net and sb3.value_net is sb3.net.value_net
 
 
 def test_greedy_decoding_respects_masks() -> None:
@@ -137,8 +163,8 @@ def test_greedy_decoding_respects_masks() -> None:
 
 def test_kl_is_zero_for_the_same_policy_and_positive_otherwise() -> None:
     segs = essays()[:4]
-    policy = make_policy(TINY, segs[0].features.shape[1])
-    ref = copy.deepcopy(policy)
+    net = make_policy(TINY, segs[0].features.shape[1])
+    policy, ref = sb3_face(net), sb3_face(copy.deepcopy(net))
     env = SegmentLabelEnv(segs, gold_table(corpus(), [s.essay_id for s in segs]), 64)
     obs_list, masks = [], []
     obs, _ = env.reset(seed=0)
@@ -163,12 +189,12 @@ def test_ppo_takes_only_allowed_actions() -> None:
     segs = essays()[:8]
     env = make_env(segs, corpus(), TINY)
     model = MaskablePPO(
-        AttentionPolicy,
+        SB3Policy,
         env,
         n_steps=64,
         batch_size=64,
         n_epochs=1,
-        policy_kwargs=arch_kwargs(TINY, 0.0),
+        policy_kwargs={"config": PolicyConfig.of(TINY, segs[0].features.shape[1])},
         seed=0,
         device="cpu",
     )
@@ -207,14 +233,41 @@ def test_same_seed_same_policy(tmp_path: Path) -> None:
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_save_load_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["plain", "autoregressive"])
+def test_save_load_round_trip(tmp_path: Path, kind: str) -> None:
     segs = essays()[:5]
     policy = make_policy(TINY, segs[0].features.shape[1])
-    save_policy(policy, tmp_path / "p.pt", TINY)
+    if kind == "autoregressive":
+        policy.add_head()
+        assert policy.head is not None
+        with torch.no_grad():
+            for p in policy.head.parameters():
+                p.normal_()  # a head that changes decisions
+    save_policy(policy, tmp_path / "p.pt")
+    assert [f.name for f in tmp_path.iterdir()] == ["p.pt"]  # no temporary file left behind
     back = load_policy(tmp_path / "p.pt")
+    assert back.config == policy.config and back.config.kind == kind
+    assert (back.head is None) == (kind == "plain")
+    assert not back.training
+    state, loaded = policy.state_dict(), back.state_dict()
+    assert state.keys() == loaded.keys()
+    assert all(torch.equal(state[k], loaded[k]) for k in state)
     assert [a.tolist() for a in predict_actions(policy, segs)] == [
         a.tolist() for a in predict_actions(back, segs)
     ]
+
+
+def test_load_rejects_missing_foreign_and_old_files(tmp_path: Path) -> None:
+    with pytest.raises(DiscourseRLError, match="not found"):
+        load_policy(tmp_path / "none.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(DiscourseRLError, match="not a policy file"):
+        load_policy(tmp_path / "text.pt")
+    # The layout of earlier versions: SB3 parameter names and an "arch" table, no format.
+    old = {"state_dict": {}, "n_features": 3, "arch": {"d_model": 16}}
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(DiscourseRLError, match=r"older discourse-rl.*re-run"):
+        load_policy(tmp_path / "old.pt")
 
 
 def test_agent_stage_end_to_end(tmp_path: Path) -> None:
@@ -224,8 +277,11 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     cfg = dataclasses.replace(
         TINY, bc_epochs=2, ppo_timesteps=512, value_warmup_steps=0, kl_target=1e-4
     )
-    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, seeds=(0,))
-    assert set(result["summary"]) == {"ner_naive", "ner_tuned", "oracle", "bc", "rl"}
+    episode = EpisodeConfig(
+        autoregressive=True, passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False
+    )
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, (0,), episode)
+    assert set(result["summary"]) == {"ner_naive", "ner_tuned", "oracle", "bc", "rl", "episode"}
     assert (tmp_path / "agent" / "rl" / "policy.pt").is_file()
     assert (tmp_path / "segments.npz").is_file()
     assert "| RL |" in (tmp_path / "agent" / "results.md").read_text()
@@ -234,6 +290,10 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     ppo = json.loads((tmp_path / "agent" / "rl" / "history.json").read_text())
     assert ppo["final_beta"] != cfg.kl_beta  # the adaptive beta moved towards its target
     table = predict_stage(tmp_path, "bc", {i: probs[i] for i in ids[:3]})
+    assert set(table["id"]) <= set(ids[:3])
+    # The autoregressive episode policy is saved where prediction looks, and keeps its head.
+    assert load_policy(tmp_path / "agent" / "episode" / "policy.pt").head is not None
+    table = predict_stage(tmp_path, "episode", {i: probs[i] for i in ids[:3]})
     assert set(table["id"]) <= set(ids[:3])
     with pytest.raises(Exception, match="stage"):
         predict_stage(tmp_path, "ner", probs)

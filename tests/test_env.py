@@ -11,8 +11,9 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 from discourse_rl import metric
+from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table
 from discourse_rl.data import load_corpus
-from discourse_rl.env import SegmentLabelEnv, essay_reward, gold_table
+from discourse_rl.env import SegmentLabelEnv
 from discourse_rl.segments import (
     EssaySegments,
     actions_to_spans,
@@ -113,8 +114,10 @@ def test_every_essay_is_visited_once_per_pass() -> None:
 def test_essay_reward_matches_metric_and_rejects_bad_setup() -> None:
     segs, gold = data()
     s = segs[0]
-    f1, jac = essay_reward(s, np.zeros(s.n_segments, np.int64), gold[s.essay_id])
-    assert f1 == 0.0 and jac == 0.0
+    counts = essay_counts(s, np.zeros(s.n_segments, np.int64), gold[s.essay_id])
+    assert essay_reward(counts, "f1") == 0.0 and essay_reward(counts, "jaccard") == 0.0
+    with pytest.raises(ValueError, match="reward must be one of"):
+        SegmentLabelEnv(segs, gold, max_segments=96, reward="macro")  # needs corpus statistics
     with pytest.raises(ValueError, match="max_segments"):
         SegmentLabelEnv(segs, gold, max_segments=2)
     with pytest.raises(ValueError, match="no gold"):

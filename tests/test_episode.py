@@ -13,25 +13,19 @@ import torch
 
 from discourse_rl import metric
 from discourse_rl.agent import AgentConfig, predict_spans, train_bc
-from discourse_rl.agent.common import pad_batch
-from discourse_rl.agent.episode import (
-    EpisodeConfig,
-    MacroReward,
-    essay_rewards,
-    labelling_counts,
-    train_episode,
+from discourse_rl.agent.common import labelling_masks, masks_after, sample_labellings
+from discourse_rl.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.agent.episode_loss import episode_loss
+from discourse_rl.agent.policy import (
+    PrevLabelHead,
+    load_policy,
+    masked_greedy,
+    save_policy,
+    segment_logits,
 )
-from discourse_rl.agent.episode_ar import PrevLabelHead, load_ar, predict_actions_ar
-from discourse_rl.agent.episode_loss import (
-    episode_loss,
-    labelling_masks,
-    masks_after,
-    sample_labellings,
-)
-from discourse_rl.agent.policy import load_policy, masked_greedy, segment_logits
+from discourse_rl.agent.reward import MacroReward, gold_table, labelling_counts, rewards
 from discourse_rl.common import DiscourseRLError, config_from_dict
 from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.env import gold_table
 from discourse_rl.segments import (
     N_ACTIONS,
     EssaySegments,
@@ -220,11 +214,15 @@ def test_rewards_come_from_the_metric() -> None:
         assert s.gold_action is not None
         acts[i, 0, : s.n_segments] = s.gold_action
     counts = labelling_counts(segs[:3], acts, gold)
-    f1 = essay_rewards(counts, "f1")
+    f1 = rewards(counts, "f1")
     assert (f1[:, 0] > 0.5).all() and (f1[:, 1] == 0).all()
     spans = spans_frame([segs[0]], [acts[0, 0, : segs[0].n_segments]])
     one = metric.score(spans, gold_frame(corpus, [segs[0].essay_id]))
     assert counts[0, 0, :, 0].sum() == sum(c.tp for c in one.per_class.values())
+    jac = rewards(counts, "jaccard")
+    assert np.allclose(jac[:, 0], [metric.essay_jaccard(c) for c in counts[:, 0]])
+    with pytest.raises(ValueError, match="macro"):
+        rewards(counts, "macro")  # needs its class statistics
 
 
 def test_macro_reward_is_the_first_order_change_of_macro_f1() -> None:
@@ -318,21 +316,54 @@ def test_kl_penalty_holds_the_policy_at_bc(root: Path) -> None:
     assert kl_to_bc(held) < 0.5 * kl_to_bc(free)
 
 
-def test_autoregressive_head_starts_at_bc_and_saves(root: Path) -> None:
+def test_autoregressive_head_adds_nothing_at_first() -> None:
+    head = PrevLabelHead(TINY.d_model, 64)
+    h = torch.randn(4, 9, TINY.d_model)
+    act = torch.randint(0, N_ACTIONS, (4, 2, 9))
+    assert (head.teacher_forced(h, act) == 0).all()
+
+
+def direct_autoregressive_decode(path: Path, segs: list[EssaySegments]) -> list[np.ndarray]:
+    """Greedy decoding one essay and one segment at a time, the head fed each label chosen."""
+    policy = load_policy(path)
+    assert policy.head is not None
+    out = []
+    with torch.no_grad():
+        for s in segs:
+            f = torch.from_numpy(s.features)[None]
+            h = policy.encoder(f, torch.ones(1, s.n_segments, dtype=torch.bool))[0]
+            logits = policy.action_net(h)
+            prev, acts = -1, []
+            for t in range(s.n_segments):
+                row = logits[t] + policy.head(h[t], torch.tensor(prev))
+                prev = int(np.argmax(np.where(allowed_actions(prev), row.numpy(), -np.inf)))
+                acts.append(prev)
+            out.append(np.array(acts))
+    return out
+
+
+def test_autoregressive_policy_is_saved_as_policy_pt_and_predicted_with_its_head(
+    root: Path,
+) -> None:
     corpus, segs = task()
     bc = bc_policy(root)
-    head = PrevLabelHead(TINY.d_model)
-    b = pad_batch(segs[:4])
-    h = load_policy(bc).encoder(b.features, b.mask)
-    act = torch.zeros(4, 2, b.mask.shape[1], dtype=torch.int64)
-    assert (head.teacher_forced(h, act) == 0).all()
     cfg = EpisodeConfig(
         autoregressive=True, passes=2, batch_essays=8, samples=4, lr=3e-3, progress_bar=False
     )
     path = train_episode(segs, corpus, bc, cfg, root / "ar", val_segs=segs[:8])
-    assert path.name == "policy_ar.pt"
-    load_ar(path)
-    acts = predict_actions_ar(path, segs[:8])
-    assert [a.size for a in acts] == [s.n_segments for s in segs[:8]]
-    with pytest.raises(DiscourseRLError, match="not an autoregressive"):
-        load_ar(bc)
+    assert path == root / "ar" / "policy.pt"  # where `predict --stage episode` looks
+    policy = load_policy(path)
+    assert policy.config.kind == "autoregressive" and policy.head is not None
+    assert any(p.abs().sum() > 0 for p in policy.head.mlp[-1].parameters())  # it trained
+    test = segs[:12]
+    # predict_spans is what the agent stage scores with and what `predict` calls.
+    table = predict_spans(path, test)
+    expected = spans_frame(test, direct_autoregressive_decode(path, test))
+    assert table.reset_index(drop=True).equals(expected.reset_index(drop=True))
+    # The head really is used: one that favours 'none' everywhere leaves nothing to predict.
+    with torch.no_grad():
+        policy.head.mlp[-1].bias[0] += 1e4
+    save_policy(policy, root / "ar_none.pt")
+    assert len(table) > 0 and predict_spans(root / "ar_none.pt", test).empty
+    with pytest.raises(DiscourseRLError, match="not found"):
+        predict_spans(root / "ar" / "policy_ar.pt", test)

@@ -13,6 +13,7 @@ saved policy, of either kind, from the file alone.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,7 +232,7 @@ def load_policy(path: str | Path) -> AttentionPolicy:
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DiscourseRLError(f"{path}: policy not found") from None
-    except (RuntimeError, OSError, ValueError, EOFError) as exc:
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise DiscourseRLError(f"{path}: not a policy file ({exc})") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise DiscourseRLError(
