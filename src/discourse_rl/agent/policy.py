@@ -44,20 +44,15 @@ CHECKPOINT_FORMAT = 2
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The architecture of a policy: everything needed to rebuild it from its weights."""
+    """The architecture of a policy, all its checkpoint needs to rebuild it: the features per
+    segment, `AgentConfig`'s fields of the same names, and the policy's kind."""
 
     n_features: int
-    """Features per segment."""
-    max_segments: int = 96
-    """Segments per essay the position embedding covers."""
-    d_model: int = 64
-    """Width of the segment encoder."""
-    n_heads: int = 4
-    """Attention heads per layer."""
-    n_layers: int = 2
-    """Transformer encoder layers."""
-    dim_feedforward: int = 128
-    """Hidden width of each layer's feed-forward block."""
+    max_segments: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    dim_feedforward: int
     kind: str = "plain"
     """'plain' or 'autoregressive' (with the previous-label head)."""
     head_hidden: int = 64
