@@ -198,55 +198,149 @@ PREDICT_STAGES = ("ner-naive", "ner-tuned", "bc", "rl", "episode")
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from discourse_rl.labeller import STAGES
+
     p = sub.add_parser(
         "predict",
-        help="label new essays with a trained run; write a Kaggle submission csv",
+        help="label new essays with a trained run; write a Kaggle submission csv or jsonl",
         formatter_class=_formatter,
         epilog="examples:\n"
         "  discourse-rl predict --model runs/demo --essays essays/ --out submission.csv\n"
         "  discourse-rl predict --model runs/reference --essays one_essay.txt --out sub.csv \\\n"
         "      --stage ner-naive\n"
-        "  discourse-rl predict --model runs/reference --essays essays/ --out sub.csv --stage rl",
+        "  discourse-rl predict --model runs/demo --essays essays/ --out labels.jsonl \\\n"
+        "      --format jsonl\n"
+        "  discourse-rl predict --model runs/demo --essays essays/ --out by-stage/ --stage all\n"
+        "csv: id,class,predictionstring (the Kaggle format). jsonl: one essay per line,\n"
+        '{"id", "stage", "elements": [{"type", "word_start", "word_end", "char_start",\n'
+        '"char_end", "text", "confidence"}]}. --stage all writes OUT/<stage>.<format> for every\n'
+        "stage the run offers, from one pass of the tagger.",
     )
-    p.add_argument("--model", required=True, type=Path, help="trained run folder")
+    p.add_argument("--model", required=True, type=Path, help="trained run folder or model .zip")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
-    p.add_argument("--out", required=True, type=Path, help="submission csv to write")
+    p.add_argument("--out", required=True, type=Path, help="file to write (a folder for all)")
     p.add_argument(
         "--stage",
-        choices=PREDICT_STAGES,
+        choices=(*STAGES, "all"),
+        type=_stage_name,
         default=None,
         help="which stage labels the essays (default: the run's best on held-out essays)",
     )
+    p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output (csv)")
     p.set_defaults(handler=_cmd_predict)
 
 
+def _stage_name(name: str) -> str:
+    return "ppo" if name == "rl" else name  # the PPO stage's name before run-folder format 2
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from discourse_rl.common import atomic_open
+    from discourse_rl.common import atomic_open, atomic_write_text
     from discourse_rl.data import read_essay_folder
-    from discourse_rl.decode import decode_all, decode_naive, decode_tuned, load_thresholds
-    from discourse_rl.ner import predict_word_probs
-    from discourse_rl.pipeline import best_stage
+    from discourse_rl.labeller import Labeller, elements_frame, elements_jsonl
 
     essays = read_essay_folder(args.essays)
+    every = args.stage == "all"
+    labeller = Labeller.load(args.model, None if every else args.stage)
     if args.stage is None:
-        args.stage = best_stage(args.model, PREDICT_STAGES)
-        print(f"stage: {args.stage} (the run's best on held-out essays)")
-    if args.stage == "ner-tuned":
-        th = load_thresholds(args.model / "decode.json")
-    probs = predict_word_probs(args.model, essays, progress=True)
-    if args.stage == "ner-naive":
-        table = decode_all(probs, decode_naive)
-    elif args.stage in ("bc", "rl", "episode"):
-        from discourse_rl.agent.stage import predict_stage
+        print(f"stage: {labeller.stage} (the run's best on held-out essays)")
+    stages = labeller.stages if every else (labeller.stage,)
+    labelled = labeller.label_essays(essays, stages, progress=True)
+    if every:
+        args.out.mkdir(parents=True, exist_ok=True)
+    for stage, by_essay in labelled.items():
+        out = args.out / f"{stage}.{args.format}" if every else args.out
+        if args.format == "jsonl":
+            atomic_write_text(out, elements_jsonl(by_essay, stage))
+        else:
+            with atomic_open(out, "w", encoding="utf-8", newline="") as fh:
+                elements_frame(by_essay).to_csv(fh, index=False)
+        n = sum(len(v) for v in by_essay.values())
+        noun = "essay" if len(essays) == 1 else "essays"
+        print(f"wrote {n} elements for {len(essays)} {noun} to {out}")
+    return 0
 
-        words = {k: e.words for k, e in essays.items()}
-        table = predict_stage(args.model, args.stage, probs, words)
+
+# ---------------------------------------------------------------------------------------------
+# label
+
+
+def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from discourse_rl.labeller import STAGES
+
+    p = sub.add_parser(
+        "label",
+        help="show one essay in the terminal with its elements coloured, and what is missing",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl label my_essay.txt                 # the model in runs/demo\n"
+        "  discourse-rl label my_essay.txt --model runs/reference --stage ner-tuned\n"
+        "  discourse-rl label my_essay.txt --json          # the elements and summary as JSON",
+    )
+    p.add_argument("essay", type=Path, help="the essay, a UTF-8 .txt file")
+    p.add_argument(
+        "--model", type=Path, default=Path("runs/demo"), help="run folder or model .zip (runs/demo)"
+    )
+    p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=_cmd_label)
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from discourse_rl.data import read_essay
+    from discourse_rl.feedback import render_terminal, summarise
+    from discourse_rl.labeller import Labeller
+
+    essay = read_essay(args.essay)
+    labeller = Labeller.load(args.model, args.stage)
+    elements = labeller.label(essay.text)
+    scores = labeller.scores.get(labeller.stage)
+    per_type = scores.per_type if scores else {}
+    summary = summarise(elements, per_type)
+    if args.json:
+        blob = {
+            "stage": labeller.stage,
+            "elements": [el.to_json() for el in elements],
+            "summary": summary.to_json(),
+        }
+        print(json.dumps(blob, indent=2, ensure_ascii=False))
     else:
-        table = decode_all(probs, lambda p: decode_tuned(p, th))
-    with atomic_open(args.out, "w", encoding="utf-8", newline="") as fh:
-        table[["id", "class", "predictionstring"]].to_csv(fh, index=False)
-    noun = "essay" if len(essays) == 1 else "essays"
-    print(f"wrote {len(table)} spans for {len(essays)} {noun} to {args.out}")
+        render_terminal(essay.text, elements, summary, per_type, labeller.stage)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from discourse_rl.labeller import STAGES
+
+    p = sub.add_parser(
+        "serve",
+        help="a local web page (and JSON API) that labels pasted or uploaded essays",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl serve --model runs/demo             # http://127.0.0.1:8000\n"
+        "  discourse-rl serve --model model.zip --port 8080\n"
+        'API: POST /api/label {"text": "..."} -> {"elements": [...], "summary": {...}};\n'
+        "GET /api/health; GET /api/info. Binds 127.0.0.1 unless --host says otherwise.\n"
+        "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0: non-commercial use,\n"
+        "with attribution (see src/discourse_rl/sample/LICENSE.md).",
+    )
+    p.add_argument(
+        "--model", type=Path, default=Path("runs/demo"), help="run folder or model .zip (runs/demo)"
+    )
+    p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from discourse_rl.serve import serve
+
+    serve(args.model, args.stage, args.host, args.port)
     return 0
 
 
@@ -314,7 +408,16 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-COMMANDS = (_add_run, _add_score, _add_data_report, _add_train_ner, _add_train_agent, _add_predict)
+COMMANDS = (
+    _add_run,
+    _add_score,
+    _add_data_report,
+    _add_train_ner,
+    _add_train_agent,
+    _add_predict,
+    _add_label,
+    _add_serve,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

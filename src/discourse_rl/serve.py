@@ -1,0 +1,180 @@
+"""`discourse-rl serve`: a local web page and JSON API over one loaded `Labeller`.
+
+* `GET /` the page (static files shipped in the package; nothing is fetched from elsewhere).
+* `POST /api/label` `{"text": "..."}` -> `{"stage", "elements": [...], "summary": {...}}`, the
+  elements in the same schema as `predict --format jsonl`.
+* `GET /api/health`, `GET /api/info` (stages, held-out F1 per type, limits, licence).
+
+Safe by default: binds 127.0.0.1; essays over `MAX_ESSAY_BYTES` get 413, empty or non-UTF-8
+input 400, anything but JSON 415; errors reach the client as one line of JSON, never a
+traceback; essay text is never logged (uvicorn's access log has the method, path and status
+only). Requests are labelled one at a time: the Labeller holds a lock (torch's thread count is
+process-wide, so parallel essays would only share the same cores); the page and the health
+check stay responsive meanwhile because labelling runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# Module level: FastAPI reads the handlers' annotations to know what to inject.
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from discourse_rl.labeller import Labeller
+
+MAX_ESSAY_BYTES = 200_000
+"""Largest essay (UTF-8 bytes) the API labels: about 30,000 words, far above any real essay."""
+# JSON escapes can make a body up to six times its text (\\uXXXX per character).
+_MAX_BODY_BYTES = 6 * MAX_ESSAY_BYTES + 4096
+LICENCE = (
+    "Models trained on the PERSUADE corpus (Scott Crossley et al., The Learning Agency Lab, "
+    "Georgia State University) carry its licence, CC BY-NC-SA 4.0: non-commercial use, "
+    "with attribution, shared alike."
+)
+log = logging.getLogger("discourse_rl.serve")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("discourse_rl") / "static"))
+
+
+def info(labeller: Labeller) -> dict[str, Any]:
+    from discourse_rl import __version__
+    from discourse_rl.feedback import COLOURS, GUESS_BELOW, RELIABLE_FROM, UNSURE_BELOW
+
+    return {
+        "version": __version__,
+        "stage": labeller.stage,
+        "stages": list(labeller.stages),
+        "scores": {k: v.to_json() for k, v in labeller.scores.items()},
+        "colours": COLOURS,
+        "thresholds": {
+            "unsure_below": UNSURE_BELOW,
+            "guess_below": GUESS_BELOW,
+            "reliable_from": RELIABLE_FROM,
+        },
+        "max_essay_bytes": MAX_ESSAY_BYTES,
+        "licence": LICENCE,
+    }
+
+
+def parse_essay(content_type: str | None, body: bytes) -> str:
+    """The essay text of a /api/label request body, or an ApiError saying what is wrong."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, 'send JSON: Content-Type: application/json, body {"text": "..."}')
+    if len(body) > _MAX_BODY_BYTES:
+        raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes of text")
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ApiError(400, "the request body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"the request body is not valid JSON ({exc.msg})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        raise ApiError(400, 'expected a JSON object with a string field "text"')
+    text: str = payload["text"]
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # lone surrogates from \\udXXX escapes
+        raise ApiError(400, "the essay is not valid Unicode text") from None
+    if size > MAX_ESSAY_BYTES:
+        raise ApiError(
+            413, f"essay too large: {size:,} bytes; the limit is {MAX_ESSAY_BYTES:,} bytes"
+        )
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.split():
+        raise ApiError(400, "the essay is empty (no words)")
+    return text
+
+
+def create_app(labeller: Labeller) -> FastAPI:
+    """The ASGI app serving one loaded labeller."""
+    from discourse_rl.feedback import summarise
+
+    app = FastAPI(title="discourse-rl", docs_url=None, redoc_url=None, openapi_url=None)
+    about = info(labeller)
+    per_type = about["scores"].get(labeller.stage, {}).get("per_type", {})
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        # Everything the page needs comes from this server.
+        response.headers["Content-Security-Policy"] = "default-src 'self'"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # The type only: a message could quote the essay.
+        log.error("%s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+        return JSONResponse({"error": "internal error; see the server's log"}, status_code=500)
+
+    @app.get("/")
+    async def index() -> FileResponse:
+        return FileResponse(static_dir() / "index.html")
+
+    @app.get("/api/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "stage": labeller.stage}
+
+    @app.get("/api/info")
+    async def get_info() -> dict[str, Any]:
+        return about
+
+    @app.post("/api/label")
+    async def label(request: Request) -> dict[str, Any]:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > _MAX_BODY_BYTES:
+            raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes of text")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > _MAX_BODY_BYTES:
+                raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes")
+        text = parse_essay(request.headers.get("content-type"), bytes(body))
+        elements = await run_in_threadpool(labeller.label, text)
+        return {
+            "stage": labeller.stage,
+            "n_words": len(text.split()),
+            "elements": [el.to_json() for el in elements],
+            "summary": summarise(elements, per_type).to_json(),
+        }
+
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    return app
+
+
+def serve(model: str | Path, stage: str | None, host: str, port: int) -> None:
+    """Load the model (failing at once if it is missing or broken), then serve until Ctrl-C."""
+    import uvicorn
+
+    labeller = Labeller.load(model, stage)
+    app = create_app(labeller)
+    print(f"discourse-rl: serving {labeller.run} (stage {labeller.stage}) on http://{host}:{port}")
+    print(f"discourse-rl: {LICENCE}")
+    uvicorn.run(app, host=host, port=port, log_level="info")

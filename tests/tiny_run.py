@@ -1,0 +1,56 @@
+"""A tiny trained run folder for the labelling tests: a real NER stage on a few essays (tiny
+random BERT), and untrained agent policies (the labelling path, not their quality, is tested)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.tiny import save_tiny_bert
+
+
+def make_tiny_run(folder: Path) -> Path:
+    from discourse_rl.agent.common import AgentConfig
+    from discourse_rl.agent.policy import make_policy, save_policy
+    from discourse_rl.common import atomic_write_text, config_to_toml
+    from discourse_rl.data import CLASSES, load_corpus, load_word_probs
+    from discourse_rl.decode import DecodeConfig
+    from discourse_rl.layout import RunLayout
+    from discourse_rl.ner import NerConfig
+    from discourse_rl.ner_train import NerStageConfig, train_ner_stage
+    from discourse_rl.segments import SegmentConfig, make_segments
+
+    backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)
+    corpus = load_corpus()
+    corpus = corpus.subset(sorted(corpus.essays)[:6])
+    ner = NerConfig(
+        backbone=str(backbone),
+        folds=2,
+        window=64,
+        overlap=16,
+        head_hidden=8,
+        epochs=1.0,
+        bf16=False,
+    )
+    run = folder / "run"
+    train_ner_stage(corpus, NerStageConfig(1, ner, DecodeConfig(max_min_words=5)), run)
+    layout = RunLayout(run)
+    seg_cfg = SegmentConfig(max_segments=64)
+    atomic_write_text(layout.segments_config, config_to_toml(seg_cfg))
+    probs = load_word_probs(layout.oof)
+    words = {k: corpus.essays[k].words for k in probs}
+    n_features = make_segments(probs, seg_cfg, None, words)[0].features.shape[1]
+    agent = AgentConfig(max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16)
+    for k, trainer in enumerate(("bc", "ppo")):
+        cfg = AgentConfig(**{**agent.__dict__, "seed": k})
+        save_policy(make_policy(cfg, n_features), layout.policy(trainer), cfg)
+    row = {c: {"mean": 0.1 * (i + 1), "std": 0.0} for i, c in enumerate(CLASSES)}
+    summary = {
+        "ner_naive": {**row, "macro": {"mean": 0.2, "std": 0.0}},
+        "ner_tuned": {**row, "macro": {"mean": 0.3, "std": 0.0}},
+        "bc": {**row, "macro": {"mean": 0.25, "std": 0.0}},
+        "ppo": {**row, "macro": {"mean": 0.1, "std": 0.0}},
+    }
+    results = {"heldout_essays": 3, "train_essays": 3, "summary": summary}
+    atomic_write_text(layout.agent_results, json.dumps(results))
+    return run
