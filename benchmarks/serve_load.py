@@ -1,0 +1,166 @@
+"""Load on `discourse-rl serve`: concurrent clients against 127.0.0.1, throughput and latency.
+
+    .venv/bin/python benchmarks/serve_load.py --model runs/demo              # 8 clients, 60 s
+    .venv/bin/python benchmarks/serve_load.py --model runs/demo --seconds 5 --json
+
+Starts the server as a child process on a free port of 127.0.0.1 (or uses `--url`, which must
+be a loopback address: this never loads anyone else's server), waits for /api/health, reads
+the server's resident memory, runs `--clients` threads that each POST sample essays to
+/api/label back to back for `--seconds`, reads the memory again and stops the server.
+Reports requests/s, p50/p95 latency, errors (any non-200 or failed connection) and the
+server's memory before and after. The server labels one essay at a time (see serve.py), so
+latency under load is about clients x the single-essay time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+from discourse_rl.data import read_essay, sample_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _post(url: str, text: str, timeout: float) -> int:
+    req = urllib.request.Request(
+        url + "/api/label",
+        data=json.dumps({"text": text}).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, limit: float = 300) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if proc is not None and proc.poll() is not None:
+            sys.exit(f"serve_load: the server exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    sys.exit(f"serve_load: {url} not healthy after {limit:.0f} s")
+
+
+def run_load(url: str, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client(k: int) -> None:
+        i = k
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                ok = _post(url, texts[i % len(texts)], timeout=120) == 200
+            except OSError:
+                ok = False
+            dt = time.perf_counter() - t
+            with lock:
+                latencies.append(dt) if ok else None
+                errors[0] += 0 if ok else 1
+            i += clients
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t0
+    lat = np.array(latencies) if latencies else np.array([float("nan")])
+    return {
+        "requests": len(latencies),
+        "errors": errors[0],
+        "requests_per_s": len(latencies) / wall,
+        "p50_s": float(np.percentile(lat, 50)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "wall_s": wall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
+    ap.add_argument("--url", default=None, help="an already running server on 127.0.0.1")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--json", action="store_true", help="one JSON line")
+    args = ap.parse_args()
+    texts = [read_essay(p).text for p in sorted((sample_dir() / "test").glob("*.txt"))]
+
+    proc = None
+    if args.url is None:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "discourse_rl.cli", "serve", "--model", str(args.model)]
+        cmd += ["--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        url = args.url.rstrip("/")
+        if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            sys.exit("serve_load: --url must be a loopback address (127.0.0.1)")
+    try:
+        _wait_healthy(url, proc)
+        _post(url, texts[0], timeout=120)  # warm: the first call builds caches
+        before = _rss_mib(proc.pid) if proc else float("nan")
+        result = run_load(url, texts, args.clients, args.seconds)
+        after = _rss_mib(proc.pid) if proc else float("nan")
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    result |= {
+        "clients": args.clients,
+        "rss_before_mib": before,
+        "rss_after_mib": after,
+        "rss_growth": after / before - 1 if before == before else float("nan"),
+        "load_average_1m": os.getloadavg()[0],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"{args.clients} clients, {result['wall_s']:.0f} s: {result['requests']} requests "
+        f"({result['requests_per_s']:.2f}/s), {result['errors']} errors; latency p50 "
+        f"{result['p50_s']:.3f} s, p95 {result['p95_s']:.3f} s; server memory "
+        f"{before:.0f} -> {after:.0f} MiB ({100 * result['rss_growth']:+.1f}%); "
+        f"load average {result['load_average_1m']:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
