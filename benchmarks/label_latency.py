@@ -1,7 +1,7 @@
 """Latency of labelling one essay of about 500 words, warm: through the Python API and over HTTP.
 
-    .venv/bin/python benchmarks/label_latency.py --model runs/reference --repeats 30
-    .venv/bin/python benchmarks/label_latency.py --model runs/demo --repeats 5 --json
+    .venv/bin/python -m benchmarks.label_latency --model runs/reference --repeats 30
+    .venv/bin/python -m benchmarks.label_latency --model runs/demo --repeats 5 --json
 
 The essay is the embedded sample's essay closest to `--words` words. API: `Labeller.label` on a
 model loaded once (after one warm-up call). HTTP: POST /api/label to `discourse-rl serve`
@@ -12,34 +12,38 @@ and the load average, since shared cores make every figure pessimistic.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from benchmarks.common import add_json_flag, report
+from benchmarks.serve_load import _post, start_server, stop_server
 from discourse_rl import Labeller
+from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import load_corpus
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import _free_port, _post, _wait_healthy
 
 
 def _percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50_s": float(np.percentile(xs, 50)), "p95_s": float(np.percentile(xs, 95))}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
     ap.add_argument("--stage", default=None, help="default: the run's best")
     ap.add_argument("--words", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--json", action="store_true", help="one JSON line")
-    args = ap.parse_args()
+    add_json_flag(ap)
+    args = ap.parse_args(argv)
+    report(lambda: measure(args), args.json)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
     essays = load_corpus().essays.values()
     essay = min(essays, key=lambda e: abs(e.n_words - args.words))
 
@@ -52,24 +56,18 @@ def main() -> None:
         api.append(time.perf_counter() - t)
     del labeller
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "discourse_rl.cli", "serve", "--model", str(args.model)]
-    cmd += ["--port", str(port)] + (["--stage", args.stage] if args.stage else [])
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, proc = start_server(args.model, args.stage)
     http = []
     try:
-        _wait_healthy(url, proc)
         _post(url, essay.text, timeout=120)
         for _ in range(args.repeats):
             t = time.perf_counter()
             status = _post(url, essay.text, timeout=120)
             http.append(time.perf_counter() - t)
             if status != 200:
-                sys.exit(f"label_latency: HTTP status {status}")
+                raise DiscourseRLError(f"{url}/api/label: HTTP status {status}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_server(proc)
     result = {
         "essay": essay.id,
         "words": essay.n_words,
@@ -78,15 +76,13 @@ def main() -> None:
         "http": _percentiles(http),
         "load_average_1m": os.getloadavg()[0],
     }
-    if args.json:
-        print(json.dumps(result))
-        return
     print(
         f"essay {essay.id} ({essay.n_words} words), {args.repeats} repeats: API p50 "
         f"{result['api']['p50_s']:.3f} s, p95 {result['api']['p95_s']:.3f} s; HTTP p50 "
         f"{result['http']['p50_s']:.3f} s, p95 {result['http']['p95_s']:.3f} s; "
         f"load average {result['load_average_1m']:.1f}"
     )
+    return result
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Load on `discourse-rl serve`: concurrent clients against 127.0.0.1, throughput and latency.
 
-    .venv/bin/python benchmarks/serve_load.py --model runs/demo              # 8 clients, 60 s
-    .venv/bin/python benchmarks/serve_load.py --model runs/demo --seconds 5 --json
+    .venv/bin/python -m benchmarks.serve_load --model runs/demo              # 8 clients, 60 s
+    .venv/bin/python -m benchmarks.serve_load --model runs/demo --seconds 5 --json
 
 Starts the server as a child process on a free port of 127.0.0.1 (or uses `--url`, which must
 be a loopback address: this never loads anyone else's server), waits for /api/health, reads
@@ -25,10 +25,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 
+from benchmarks.common import add_json_flag, report, require
+from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import read_essay, sample_dir
 
 
@@ -64,14 +67,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, limit: float =
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         if proc is not None and proc.poll() is not None:
-            sys.exit(f"serve_load: the server exited with status {proc.returncode}")
+            raise DiscourseRLError(f"the server exited with status {proc.returncode}")
         try:
             with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             time.sleep(0.5)
-    sys.exit(f"serve_load: {url} not healthy after {limit:.0f} s")
+    raise DiscourseRLError(f"{url}: not healthy after {limit:.0f} s")
 
 
 def run_load(url: str, texts: list[str], clients: int, seconds: float) -> dict[str, float]:
@@ -112,37 +115,59 @@ def run_load(url: str, texts: list[str], clients: int, seconds: float) -> dict[s
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def start_server(model: Path, stage: str | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """`discourse-rl serve` as a child process on a free port of 127.0.0.1, once healthy."""
+    require(model, "no such run folder or model file")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "discourse_rl.cli", "serve", "--model", str(model)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--stage", stage] if stage else []
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc)
+    except BaseException:
+        proc.terminate()
+        raise
+    return url, proc
+
+
+def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
     ap.add_argument("--url", default=None, help="an already running server on 127.0.0.1")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--json", action="store_true", help="one JSON line")
-    args = ap.parse_args()
-    texts = [read_essay(p).text for p in sorted((sample_dir() / "test").glob("*.txt"))]
+    add_json_flag(ap)
+    args = ap.parse_args(argv)
+    report(lambda: measure(args), args.json)
 
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    texts = [read_essay(p).text for p in sorted((sample_dir() / "test").glob("*.txt"))]
     proc = None
     if args.url is None:
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        cmd = [sys.executable, "-m", "discourse_rl.cli", "serve", "--model", str(args.model)]
-        cmd += ["--host", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url, proc = start_server(args.model)
     else:
         url = args.url.rstrip("/")
         if urlparse(url).hostname not in ("127.0.0.1", "localhost", "::1"):
-            sys.exit("serve_load: --url must be a loopback address (127.0.0.1)")
+            raise DiscourseRLError(f"{url}: --url must be a loopback address (127.0.0.1)")
+        _wait_healthy(url, None)
     try:
-        _wait_healthy(url, proc)
         _post(url, texts[0], timeout=120)  # warm: the first call builds caches
         before = _rss_mib(proc.pid) if proc else float("nan")
-        result = run_load(url, texts, args.clients, args.seconds)
+        result: dict[str, Any] = dict(run_load(url, texts, args.clients, args.seconds))
         after = _rss_mib(proc.pid) if proc else float("nan")
     finally:
         if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_server(proc)
     result |= {
         "clients": args.clients,
         "rss_before_mib": before,
@@ -150,9 +175,6 @@ def main() -> None:
         "rss_growth": after / before - 1 if before == before else float("nan"),
         "load_average_1m": os.getloadavg()[0],
     }
-    if args.json:
-        print(json.dumps(result))
-        return
     print(
         f"{args.clients} clients, {result['wall_s']:.0f} s: {result['requests']} requests "
         f"({result['requests_per_s']:.2f}/s), {result['errors']} errors; latency p50 "
@@ -160,6 +182,7 @@ def main() -> None:
         f"{before:.0f} -> {after:.0f} MiB ({100 * result['rss_growth']:+.1f}%); "
         f"load average {result['load_average_1m']:.1f}"
     )
+    return result
 
 
 if __name__ == "__main__":
