@@ -43,7 +43,7 @@ def make_tiny_run(folder: Path) -> Path:
     agent = AgentConfig(max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16)
     for k, trainer in enumerate(("bc", "ppo")):
         cfg = AgentConfig(**{**agent.__dict__, "seed": k})
-        save_policy(make_policy(cfg, n_features), layout.policy(trainer), cfg)
+        save_policy(make_policy(cfg, n_features), layout.policy(trainer))
     row = {c: {"mean": 0.1 * (i + 1), "std": 0.0} for i, c in enumerate(CLASSES)}
     summary = {
         "ner_naive": {**row, "macro": {"mean": 0.2, "std": 0.0}},
