@@ -96,13 +96,18 @@ def span_probs(probs: FloatArray, spans: Spans) -> npt.NDArray[np.float64]:
     return np.asarray(total / (end - start), dtype=np.float64)
 
 
-def decode_tuned(probs: FloatArray, thresholds: TunedThresholds) -> Spans:
-    """Naive spans, minus those below their class's minimum length or mean probability."""
-    cls, start, end = decode_naive(probs)
+def filter_spans(probs: FloatArray, spans: Spans, thresholds: TunedThresholds) -> Spans:
+    """The spans that reach their class's minimum length and mean probability."""
+    cls, start, end = spans
     keep = ((end - start) >= np.asarray(thresholds.min_words)[cls]) & (
         span_probs(probs, (cls, start, end)) >= np.asarray(thresholds.min_prob)[cls]
     )
     return cls[keep], start[keep], end[keep]
+
+
+def decode_tuned(probs: FloatArray, thresholds: TunedThresholds) -> Spans:
+    """Naive spans, minus those below their class's minimum length or mean probability."""
+    return filter_spans(probs, decode_naive(probs), thresholds)
 
 
 def decode_all(
@@ -137,11 +142,17 @@ class _Candidates:
     hit: npt.NDArray[np.bool_]
 
 
-def _candidates(probs: Mapping[str, FloatArray], corpus: Corpus) -> _Candidates:
-    """Every naive span with its length, mean probability and whether it hits a true span.
+def _candidates(
+    probs: Mapping[str, FloatArray],
+    corpus: Corpus,
+    decoder: Callable[[FloatArray], Spans] = decode_naive,
+) -> _Candidates:
+    """Every span `decoder` finds (naive by default) with its length, mean probability and
+    whether it hits a true span.
 
-    Naive spans never overlap one another, so (ties at exactly half aside) each hits at most one
-    true span and no true span is hit twice: a span's hit does not depend on which others are kept.
+    The decoder's spans must never overlap one another (naive spans do not), so (ties at exactly
+    half aside) each hits at most one true span and no true span is hit twice: a span's hit does
+    not depend on which others are kept.
     """
     ids = list(probs)
     missing = [i for i in ids if i not in corpus.essays]
@@ -153,7 +164,7 @@ def _candidates(probs: Mapping[str, FloatArray], corpus: Corpus) -> _Candidates:
     probs_l: list[npt.NDArray[np.float64]] = []
     for row, essay_id in enumerate(ids):
         p = probs[essay_id]
-        cls, start, end = decode_naive(p)
+        cls, start, end = decoder(p)
         el = corpus.essay_elements(essay_id)
         gc, gs, ge = (el[c].to_numpy(np.int64) for c in ("class_idx", "word_start", "word_end"))
         n_gt[row] = np.bincount(gc, minlength=N_CLASSES)
@@ -200,14 +211,18 @@ def _fit(cand: _Candidates, cfg: DecodeConfig, rows: npt.NDArray[np.bool_]) -> T
 
 
 def fit_tuned(
-    probs: Mapping[str, FloatArray], corpus: Corpus, cfg: DecodeConfig | None = None
+    probs: Mapping[str, FloatArray],
+    corpus: Corpus,
+    cfg: DecodeConfig | None = None,
+    decoder: Callable[[FloatArray], Spans] = decode_naive,
 ) -> TunedThresholds:
-    """Per-class minima maximising each class's F1 on `probs` (out-of-fold) against `corpus`."""
+    """Per-class minima maximising each class's F1 on `probs` (out-of-fold) against `corpus`,
+    for the spans of `decoder` (naive by default; its spans must not overlap one another)."""
     cfg = cfg or DecodeConfig()
     start = TunedThresholds(tuple(cfg.min_words), tuple(cfg.min_prob))
     if not cfg.fit:
         return start
-    cand = _candidates(probs, corpus)
+    cand = _candidates(probs, corpus, decoder)
     return _fit(cand, cfg, np.ones(len(cand.ids), dtype=np.bool_))
 
 
