@@ -67,6 +67,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 # LightGBM treats these as categories, not as ordered numbers.
 CATEGORICAL: tuple[str, ...] = ("class", "class_before", "class_after")
 N_FEATURES = len(FEATURE_NAMES)
+CLASS_COLUMN = FEATURE_NAMES.index("class")
 
 
 @dataclass(frozen=True, eq=False)

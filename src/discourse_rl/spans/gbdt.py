@@ -28,11 +28,11 @@ from discourse_rl.decode import TunedThresholds
 from discourse_rl.spans.model import (
     FloatArray,
     SpanConfig,
-    _fit_thresholds,
-    _score,
-    _select,
-    _train,
     build_candidates,
+    fit_thresholds,
+    score_candidates,
+    select_rows,
+    train_boosters,
 )
 
 FORMAT = 1
@@ -95,8 +95,8 @@ class SpanModel:
         if missing:
             raise DiscourseRLError(f"gbdt: essay {missing[0]!r} has probabilities but no text")
         table = build_candidates(probs, essays, ids, self.cfg, self.limits)
-        score = _score(self.boosters, table.features)
-        rows = _select(table, score, self.cfg.min_score)
+        score = score_candidates(self.boosters, table.features)
+        rows = select_rows(table, score, self.cfg.min_score)
         c = table.cls[rows]
         keep = (table.end[rows] - table.start[rows] >= np.asarray(self.thresholds.min_words)[c]) & (
             score[rows] >= np.asarray(self.thresholds.min_prob)[c]
@@ -191,18 +191,18 @@ def fit(
     )
     table = build_candidates(probs, corpus.essays, ids, cfg, limits, corpus)
     assert table.hit is not None and table.recall is not None
-    boosters = _train(table.features, table.hit, cfg)
+    boosters = train_boosters(table.features, table.hit, cfg)
     k = cfg.threshold_folds
     if k >= 2 and len(ids) >= k:
         fold = np.random.default_rng(cfg.seed).permutation(len(ids)) % k
         score = np.zeros(table.cls.size)
         for f in range(k):
             held = fold[table.essay] == f
-            part = _train(table.features[~held], table.hit[~held], cfg)
-            score[held] = _score(part, table.features[held])
+            part = train_boosters(table.features[~held], table.hit[~held], cfg)
+            score[held] = score_candidates(part, table.features[held])
     else:
-        score = _score(boosters, table.features)
-    thresholds = _fit_thresholds(table, score, corpus, cfg)
+        score = score_candidates(boosters, table.features)
+    thresholds = fit_thresholds(table, score, corpus, cfg)
     report = FitReport(
         len(ids),
         int(table.cls.size),

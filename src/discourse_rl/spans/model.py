@@ -35,6 +35,7 @@ from discourse_rl.spans.candidates import (
 )
 from discourse_rl.spans.features import (
     CATEGORICAL,
+    CLASS_COLUMN,
     FEATURE_NAMES,
     candidate_features,
     essay_layout,
@@ -43,7 +44,6 @@ from discourse_rl.spans.features import (
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 N_CLASSES = len(CLASSES)
-FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,12 @@ def build_candidates(
 # Boosters
 
 
-def _train(x: FloatArray, y: npt.NDArray[np.bool_], cfg: SpanConfig) -> dict[int, lgb.Booster]:
+def train_boosters(
+    x: FloatArray, y: npt.NDArray[np.bool_], cfg: SpanConfig
+) -> dict[int, lgb.Booster]:
     """Booster(s) keyed by class (-1: the one model of all classes)."""
     params = cfg.lgb_params()
-    groups = {c: x[:, 0] == c for c in range(N_CLASSES)} if cfg.per_class else {-1: None}
+    groups = {c: x[:, CLASS_COLUMN] == c for c in range(N_CLASSES)} if cfg.per_class else {-1: None}
     out: dict[int, lgb.Booster] = {}
     for key, mask in groups.items():
         xs, ys = (x, y) if mask is None else (x[mask], y[mask])
@@ -196,16 +198,16 @@ def _train(x: FloatArray, y: npt.NDArray[np.bool_], cfg: SpanConfig) -> dict[int
     return out
 
 
-def _score(boosters: Mapping[int, lgb.Booster], x: FloatArray) -> npt.NDArray[np.float64]:
+def score_candidates(boosters: Mapping[int, lgb.Booster], x: FloatArray) -> npt.NDArray[np.float64]:
     out = np.zeros(x.shape[0])
     for key, booster in boosters.items():
-        mask = np.ones(x.shape[0], np.bool_) if key < 0 else x[:, 0] == key
+        mask = np.ones(x.shape[0], np.bool_) if key < 0 else x[:, CLASS_COLUMN] == key
         if mask.any():
             out[mask] = booster.predict(x[mask])
     return out
 
 
-def _select(table: CandidateTable, score: npt.NDArray[np.float64], floor: float) -> IntArray:
+def select_rows(table: CandidateTable, score: npt.NDArray[np.float64], floor: float) -> IntArray:
     """Rows kept by the overlap pass: by decreasing score, each row that overlaps no kept one."""
     kept: list[int] = []
     order = np.lexsort((np.arange(score.size), -score, table.essay))  # per essay, best first
@@ -224,11 +226,11 @@ def _select(table: CandidateTable, score: npt.NDArray[np.float64], floor: float)
     return np.sort(np.array(kept, dtype=np.int64))
 
 
-def _fit_thresholds(
+def fit_thresholds(
     table: CandidateTable, score: npt.NDArray[np.float64], corpus: Corpus, cfg: SpanConfig
 ) -> decode.TunedThresholds:
     """Per-class minimum score and length maximising each class's F1 over the selected spans."""
-    rows = _select(table, score, cfg.min_score)
+    rows = select_rows(table, score, cfg.min_score)
     n_gt = np.zeros((len(table.ids), N_CLASSES), dtype=np.int64)
     for k, eid in enumerate(table.ids):
         n_gt[k] = np.bincount(corpus.essay_elements(eid)["class_idx"], minlength=N_CLASSES)
