@@ -1,7 +1,7 @@
 """Non-RL second stages on simulated tagger probabilities: naive / tuned / constrained / gbdt.
 
-    PYTHONPATH=src .venv/bin/python experiments/span_stages.py            # embedded sample
-    PYTHONPATH=src .venv/bin/python experiments/span_stages.py --noise 0.5 --seeds 0 1 2
+    .venv/bin/python -m experiments.span_stages                      # embedded sample, ~1 CPU min
+    .venv/bin/python -m experiments.span_stages --noise 0.5 --seeds 0 1 2
 
 Per seed: word probabilities simulated from the gold labels (`segments.simulate_word_probs`;
 noise 0.5 puts naive decoding near the real tagger's 0.43), a seeded 80% of the essays fits
