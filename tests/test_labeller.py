@@ -163,3 +163,41 @@ def test_summary_says_what_is_missing() -> None:
     assert s.unsure == [3]
     assert s.reliability["Claim"] == "reliable" and s.reliability["Rebuttal"] == "a guess"
     assert s.reliability["Lead"] == "fair" and s.reliability["Evidence"] == "unknown"
+
+
+def test_exported_zip_labels_like_the_run(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zipfile
+
+    import numpy as np
+
+    from discourse_rl.export import open_model
+
+    monkeypatch.setenv("DISCOURSE_RL_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "model.zip"
+    assert main(["export", "--model", str(tiny_run), "--out", str(out), "--stage", "bc"]) == 0
+    names = zipfile.ZipFile(out).namelist()
+    assert "LICENSE.md" in names and "MODEL.md" in names and "agent/bc/policy.pt" in names
+    assert not any("ppo" in n for n in names)
+    manifest = json.loads(zipfile.ZipFile(out).read("export.json"))
+    # The frozen encoder equals the backbone it came from: none of its tensors is stored.
+    assert manifest["omitted"]["ner/encoder/model.safetensors"]
+    assert out.stat().st_size < (tiny_run / "ner" / "encoder" / "model.safetensors").stat().st_size
+
+    from_zip = Labeller.load(out)
+    assert from_zip.stage == "bc" and from_zip.stages == ("ner-naive", "ner-tuned", "bc")
+    text = _texts()[2]
+    run = Labeller.load(tiny_run, "bc")
+    essays = {"a": _essay(text)}
+    p_zip = from_zip._ner.predict(essays)["a"]
+    p_run = run._ner.predict(essays)["a"]
+    np.testing.assert_allclose(p_zip, p_run, atol=5e-3)
+    for el in from_zip.label(text):
+        assert text[el.char_start : el.char_end] == el.text
+    assert open_model(out) == from_zip.run  # unpacked once, then reused
+
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DiscourseRLError, match="not a run folder or a model"):
+        Labeller.load(bad)

@@ -345,6 +345,39 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from discourse_rl.labeller import STAGES
+
+    p = sub.add_parser(
+        "export",
+        help="pack what labelling needs from a run into one compact .zip",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl export --model runs/demo --out demo-model.zip\n"
+        "  discourse-rl label essay.txt --model demo-model.zip\n"
+        "Fold weights in float16, without tensors equal to the installed backbone's; the\n"
+        "thresholds, the stage's policy, the run's held-out scores, licence and attribution.\n"
+        "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0 (non-commercial).",
+    )
+    p.add_argument("--model", required=True, type=Path, help="trained run folder")
+    p.add_argument("--out", required=True, type=Path, help="the .zip to write")
+    p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from discourse_rl.export import export_model
+
+    out = export_model(args.model, args.out, args.stage)
+    size = out.stat().st_size
+    print(f"wrote {out} ({size / 1e6:.2f} MB); licence CC BY-NC-SA 4.0, see MODEL.md inside")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # train-agent
 
 
@@ -417,6 +450,7 @@ COMMANDS = (
     _add_predict,
     _add_label,
     _add_serve,
+    _add_export,
 )
 
 

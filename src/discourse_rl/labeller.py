@@ -203,6 +203,9 @@ def default_stage(run: str | Path) -> str:
         raise DiscourseRLError(
             f"{run}: not a trained run folder (no NER model in {RunLayout(run).ner_encoder})"
         )
+    exported = _read_json(Path(run) / "export.json")
+    if isinstance(exported, dict) and exported.get("stage") in offered:
+        return str(exported["stage"])  # an exported model: the stage it was exported for
     from discourse_rl.pipeline import best_stage
 
     return canonical_stage(best_stage(run, (*offered, "rl")))
