@@ -26,20 +26,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import add_json_flag, report, require
+from discourse_rl.common import torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
 from discourse_rl.layout import RunLayout
-from discourse_rl.ner import (
-    NerConfig,
-    NerModel,
-    autocast,
-    bf16_available,
-    bf16_encoder_copy,
-    freeze_lower,
-    load_encoder,
-    predict_word_probs,
-    resolve_backbone,
-    torch_threads,
-)
+from discourse_rl.ner import NerConfig, predict_word_probs
+from discourse_rl.ner.backbone import freeze_lower, load_encoder, resolve_backbone
+from discourse_rl.ner.inference import autocast, bf16_available, bf16_encoder_copy
+from discourse_rl.ner.model import NerModel
 
 
 def tokens_per_second(

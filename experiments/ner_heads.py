@@ -22,10 +22,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import one_line_errors
+from discourse_rl.common import torch_threads
 from discourse_rl.data import load_corpus, make_folds
 from discourse_rl.decode import evaluate_decoding
-from discourse_rl.ner import head_probs, run_ner_config, torch_threads, word_features
-from discourse_rl.ner_train import load_cache, train_head
+from discourse_rl.layout import FoldLayout
+from discourse_rl.ner import run_ner_config
+from discourse_rl.ner.frozen import load_cache, train_head
+from discourse_rl.ner.inference import head_probs
+from discourse_rl.ner.tokens import word_features
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "sentence": {"head": "sentence"},
@@ -76,8 +80,8 @@ def main() -> None:
             for k in range(args.folds):
                 train = [i for i in ids if folds[i] != k]
                 val = [i for i in ids if folds[i] == k]
-                fold_dir = Path(tmp) / f"fold{k}"
-                head = train_head(cache, feats, labels, train, val, cfg, fold_dir, k)
+                fold = FoldLayout(Path(tmp) / f"fold{k}")
+                head = train_head(cache, feats, labels, train, val, cfg, fold, k)
                 vecs = [cache.get(i) for i in val]
                 probs = head_probs([head], vecs, [feats[i] for i in val], head_device(head))
                 oof.update(zip(val, probs, strict=True))

@@ -94,3 +94,17 @@ def test_atomic_write_over_a_folder_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DiscourseRLError, match=r"out: is a folder; name a file to write"):
         atomic_write_text(tmp_path / "out", "x")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_torch_threads_sets_and_restores_and_zero_leaves_as_is() -> None:
+    import torch
+
+    from discourse_rl.common import torch_threads
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with torch_threads(other):
+        assert torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+    with torch_threads(0):
+        assert torch.get_num_threads() == before

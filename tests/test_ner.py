@@ -1,8 +1,9 @@
-"""NER stage on a tiny randomly initialised BERT (hidden 32, 2 layers) with MiniLM's tokenizer."""
+"""NER training, run folders and prediction on a tiny randomly initialised BERT (hidden 32,
+2 layers) with MiniLM's tokenizer: both training modes, resume, `NerPredictor`, the CLI."""
 
 from __future__ import annotations
 
-import itertools
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,195 +11,44 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl import ner_train
 from discourse_rl.cli import main
 from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Essay, load_corpus, load_word_probs, sample_dir
+from discourse_rl.data import NUM_LABELS, load_corpus, load_word_probs, sample_dir
+from discourse_rl.layout import FoldLayout, RunLayout
 from discourse_rl.ner import (
     NerConfig,
-    NerHead,
-    NerModel,
-    bf16_encoder_copy,
-    encode_word_vectors,
-    essay_windows,
-    freeze_lower,
-    load_encoder,
-    load_tokenizer,
-    pool_words,
+    NerPredictor,
+    NerRecord,
+    finetune,
+    frozen,
     predict_word_probs,
-    reuse_shared_layers,
-    shared_depth,
-    special_ids,
-    tokenize_essays,
-    window_bounds,
-    window_probs,
-    word_features,
-    word_layout,
+    train_ner,
 )
-from tests.tiny import save_tiny_bert
-
-TEXT = "Dear Senator,\n\nI think cars are bad. They pollute!\nSo we must act.\n\nThanks"
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(save_tiny_bert(tmp_path_factory.mktemp("tiny"), 32, 2, 128))
-
-
-@pytest.fixture(scope="module")
-def corpus_small():  # type: ignore[no-untyped-def]
-    corpus = load_corpus()
-    return corpus.subset(sorted(corpus.essays)[:8])
-
-
-def tiny_cfg(backbone: str, **kw: object) -> NerConfig:
-    base = NerConfig(
-        backbone=backbone,
-        folds=2,
-        window=64,
-        overlap=16,
-        head_hidden=16,
-        epochs=2.0,
-        batch_size=4,
-        encode_tokens=1024,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
-
-
-def test_word_layout_marks_paragraphs_and_sentences() -> None:
-    essay = Essay.from_text("x", TEXT)
-    para, sent = word_layout(essay)
-    words = essay.words
-    assert [w for w, p in zip(words, para, strict=True) if p] == ["Dear", "I", "So", "Thanks"]
-    assert [w for w, s in zip(words, sent, strict=True) if s] == [
-        "Dear", "I", "They", "So", "Thanks"
-    ]  # fmt: skip
-    feats = word_features(essay)
-    assert feats.shape == (len(words), 6)
-    assert feats[0, 0] == 0 and feats[-1, 0] == 1
-    assert feats[:, 4].sum() == 2 and feats[-1, 5] == 1  # first paragraph: "Dear Senator,"
-
-
-def test_every_word_gets_subtokens_and_markers_separate_paragraphs(tiny_backbone: str) -> None:
-    tok = load_tokenizer(tiny_backbone)
-    # U+200B is not whitespace for str.split but the tokenizer drops it: it must become [UNK].
-    essay = Essay.from_text("x", TEXT + " \u200b end")
-    (tokens,) = tokenize_essays(tok, [essay], marker="¶")
-    assert set(tokens.token_word[tokens.token_word >= 0]) == set(range(essay.n_words))
-    assert np.all(np.diff(tokens.token_word[tokens.token_word >= 0]) >= 0)
-    marker_id = tok.convert_tokens_to_ids("¶")
-    assert list(tokens.input_ids[tokens.token_word < 0]) == [marker_id] * 3
-    assert tok.unk_token_id in tokens.input_ids
-    (plain,) = tokenize_essays(tok, [essay], marker="")
-    assert np.all(plain.token_word >= 0)
-
-
-@pytest.mark.parametrize("n", [1, 5, 48, 49, 50, 200, 333])
-def test_windows_cover_every_token(n: int) -> None:
-    bounds = window_bounds(n, 48, 12)
-    covered = np.zeros(n, dtype=bool)
-    for s, e in bounds:
-        assert 0 <= s < e <= n and e - s <= 48
-        covered[s:e] = True
-    assert covered.all()
-    for (_, e0), (s1, _) in itertools.pairwise(bounds):
-        assert e0 - s1 >= 12  # consecutive windows overlap
-    with pytest.raises(DiscourseRLError):
-        window_bounds(10, 8, 8)
-
-
-def test_essay_windows_cover_every_word(tiny_backbone: str) -> None:
-    tok = load_tokenizer(tiny_backbone)
-    essay = load_corpus().essays[sorted(load_corpus().essays)[0]]
-    (tokens,) = tokenize_essays(tok, [essay])
-    cls_id, sep_id, _ = special_ids(tok)
-    windows = essay_windows(tokens, 0, 40, 10, cls_id, sep_id)
-    assert len(windows) > 3
-    seen = np.zeros(essay.n_words, dtype=bool)
-    for w in windows:
-        assert len(w.input_ids) <= 40 and w.input_ids[0] == cls_id and w.input_ids[-1] == sep_id
-        local = w.token_word[w.token_word >= 0]
-        seen[w.word_start + local] = True
-        assert local.max() < w.word_end - w.word_start
-    assert seen.all()
-
-
-def test_pool_words_means_subtokens() -> None:
-    hidden = torch.arange(12, dtype=torch.float32).view(1, 4, 3)
-    token_word = torch.tensor([[-1, 0, 0, 1]])
-    pooled = pool_words(hidden, token_word, 3)
-    assert torch.allclose(pooled[0, 0], (hidden[0, 1] + hidden[0, 2]) / 2)
-    assert torch.allclose(pooled[0, 1], hidden[0, 3])
-    assert torch.all(pooled[0, 2] == 0)
-
-
-def test_encoder_dropout_override_and_freezing(tiny_backbone: str) -> None:
-    """Attention dropout 0 must reach the attention modules (that is what lets PyTorch pick its
-    fused kernel); None keeps the backbone's own; freezing stops gradients below the cut."""
-    own = load_encoder(tiny_backbone)
-    enc = load_encoder(tiny_backbone, attention_dropout=0.0, hidden_dropout=0.05)
-    assert own.config.attention_probs_dropout_prob == 0.1
-    assert enc.config.attention_probs_dropout_prob == 0.0
-    assert enc.config.hidden_dropout_prob == 0.05
-    assert all(m.p == 0.05 for n, m in enc.named_modules() if n.endswith("output.dropout"))
-    model = NerModel(enc, NerConfig(head_hidden=8))
-    freeze_lower(model, 1)
-    trainable = {n for n, p in model.encoder.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith("encoder.layer.1.") or "pooler" in n for n in trainable)
-    assert all(p.requires_grad for p in model.head.parameters())
-
-
-def test_word_vectors_same_with_short_and_long_windows(tiny_backbone: str) -> None:
-    """Window overlap averaging keeps vectors close to the one-window result (tiny model, short
-    context): the combination is a mean, not a sum, and covers every word."""
-    tok = load_tokenizer(tiny_backbone)
-    enc = load_encoder(tiny_backbone)
-    essays = [load_corpus().essays[i] for i in sorted(load_corpus().essays)[:2]]
-    long = encode_word_vectors(
-        enc, tok, essays, tiny_cfg(tiny_backbone, window=128), torch.device("cpu")
-    )
-    short = encode_word_vectors(
-        enc, tok, essays, tiny_cfg(tiny_backbone, window=32, overlap=8), torch.device("cpu")
-    )
-    for e, a, b in zip(essays, long, short, strict=True):
-        assert a.shape == b.shape == (e.n_words, 32)
-        assert np.isfinite(b).all() and (np.abs(b).sum(1) > 0).all()
-        np.testing.assert_allclose(np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1), rtol=0.5)
-
-
-@pytest.mark.parametrize("kind", ["sentence", "gru", "mlp", "conv"])
-def test_head_ignores_padding(kind: str) -> None:
-    torch.manual_seed(0)
-    conv = 3 if kind == "conv" else 0
-    cfg = NerConfig(head="sentence" if conv else kind, head_hidden=6, dropout=0.0, word_conv=conv)
-    head = NerHead(8, cfg).eval()
-    vec = torch.randn(1, 7, 8)
-    feat = torch.zeros(1, 7, 6)
-    feat[0, [0, 3], 2] = 1  # two sentences
-    alone = head(vec[:, :5], feat[:, :5], torch.tensor([5]))
-    padded = head(torch.cat([vec[:, :5], torch.full((1, 2, 8), 9.0)], 1), feat, torch.tensor([5]))
-    assert alone.shape == (1, 5, NUM_LABELS)
-    torch.testing.assert_close(alone, padded[:, :5])
+from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer
+from discourse_rl.ner.model import NerModel
+from discourse_rl.ner.run import write_record
+from tests.tiny import tiny_cfg
 
 
 def test_frozen_training_oof_resume_and_predict(
     tiny_backbone: str, corpus_small, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     cfg = tiny_cfg(tiny_backbone, word_conv=3, class_balance=0.5)
-    reference = ner_train.train_ner(corpus_small, cfg, tmp_path / "a", seed=3)
+    reference = train_ner(corpus_small, cfg, tmp_path / "a", seed=3)
     oof = load_word_probs(reference.oof_path)
     assert set(oof) == set(corpus_small.essays)
     for i, p in oof.items():
         assert p.shape == (corpus_small.essays[i].n_words, NUM_LABELS)
         np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
-    assert (tmp_path / "a" / "ner" / "fold0" / "tensorboard").is_dir()
+    fold = RunLayout(tmp_path / "a").fold(0)
+    assert fold.tensorboard.is_dir() and fold.head.is_file() and fold.done.is_file()
     assert reference.test_path is not None
     assert set(load_word_probs(reference.test_path)) == set(corpus_small.test_essays)
 
     # Interrupt fold 0 after its first epoch's checkpoint; the rerun resumes and lands on the
     # same weights as the uninterrupted run.
     calls = {"n": 0}
-    real_val_loss = ner_train._val_loss
+    real_val_loss = frozen._val_loss
 
     def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
@@ -206,13 +56,13 @@ def test_frozen_training_oof_resume_and_predict(
             raise KeyboardInterrupt
         return real_val_loss(*args, **kwargs)
 
-    monkeypatch.setattr(ner_train, "_val_loss", flaky)
+    monkeypatch.setattr(frozen, "_val_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
-        ner_train.train_ner(corpus_small, cfg, tmp_path / "b", seed=3)
-    state = torch.load(tmp_path / "b" / "ner" / "fold0" / "checkpoint.pt", weights_only=False)
+        train_ner(corpus_small, cfg, tmp_path / "b", seed=3)
+    state = torch.load(RunLayout(tmp_path / "b").fold(0).checkpoint, weights_only=False)
     assert state["epoch"] == 1
-    monkeypatch.setattr(ner_train, "_val_loss", real_val_loss)
-    resumed = ner_train.train_ner(corpus_small, cfg, tmp_path / "b", seed=3)
+    monkeypatch.setattr(frozen, "_val_loss", real_val_loss)
+    resumed = train_ner(corpus_small, cfg, tmp_path / "b", seed=3)
     for i, p in load_word_probs(resumed.oof_path).items():
         np.testing.assert_allclose(p, oof[i], atol=2e-3)
 
@@ -221,50 +71,62 @@ def test_frozen_training_oof_resume_and_predict(
     assert {i: p.shape for i, p in probs.items()} == {
         i: (e.n_words, NUM_LABELS) for i, e in essays.items()
     }
+    assert_predictor_matches(tmp_path / "a", essays, probs)
+
+
+def assert_predictor_matches(run: Path, essays: dict, probs: dict) -> None:  # type: ignore[type-arg]
+    """A predictor loaded once gives, call after call, what `predict_word_probs` gave."""
+    predictor = NerPredictor.load(run)
+    for _ in range(2):
+        again = predictor.predict(essays)
+        assert list(again) == list(probs)
+        for i, p in probs.items():
+            np.testing.assert_array_equal(again[i], p)
+    assert predictor.predict({}) == {}
 
 
 def test_finetune_mode_with_trainer(tiny_backbone: str, corpus_small, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     corpus = corpus_small.subset(sorted(corpus_small.essays)[:4])
     cfg = tiny_cfg(tiny_backbone, mode="finetune", epochs=1.0, save_every=2, lr=1e-3, head_lr=1e-2)
-    result = ner_train.train_ner(corpus, cfg, tmp_path, seed=0)
+    result = train_ner(corpus, cfg, tmp_path, seed=0)
     oof = load_word_probs(result.oof_path)
     assert {i: p.shape[0] for i, p in oof.items()} == {
         i: e.n_words for i, e in corpus.essays.items()
     }
-    fold = tmp_path / "ner" / "fold0"
-    assert (fold / "model.safetensors").is_file()
-    assert any((fold / "checkpoints").glob("checkpoint-*"))
-    essays = dict(list(corpus.test_essays.items())[:1])
-    (p,) = predict_word_probs(tmp_path, essays).values()
-    np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
+    fold = RunLayout(tmp_path).fold(0)
+    assert fold.model.is_file()
+    assert any(fold.checkpoints.glob("checkpoint-*"))
+    essays = dict(list(corpus.test_essays.items())[:2])
+    probs = predict_word_probs(tmp_path, essays)
+    for p in probs.values():
+        np.testing.assert_allclose(p.sum(1), 1, atol=2e-3)
+    assert_predictor_matches(tmp_path, essays, probs)
 
 
-def test_bf16_inference_copy_leaves_the_model_alone(tiny_backbone: str) -> None:
-    model = NerModel(load_encoder(tiny_backbone), NerConfig(head_hidden=8)).train()
-    fast = bf16_encoder_copy(model)
-    assert all(p.dtype == torch.float32 for p in model.parameters()) and model.training
-    assert all(p.dtype == torch.bfloat16 for p in fast.encoder.parameters())
-    assert all(p.dtype == torch.float32 for p in fast.head.parameters()) and not fast.training
-    ids = torch.tensor([[101, 2000, 2001, 2002, 102]])
-    args = (torch.ones_like(ids, dtype=torch.bool), torch.tensor([[-1, 0, 1, 2, -1]]))
-    rest = (torch.zeros(1, 3, 6), torch.tensor([3]))
-    with torch.inference_mode():
-        ref = torch.softmax(model.eval()(ids, *args, *rest)["logits"], -1)
-        out = torch.softmax(fast(ids, *args, *rest)["logits"], -1)
-    assert out.dtype == torch.float32
-    torch.testing.assert_close(out, ref, atol=0.02, rtol=0)
+def test_trainer_arguments_fit_the_installed_transformers(
+    tiny_backbone: str, tmp_path: Path
+) -> None:
+    """Warm-up is a fraction of the steps and windows are grouped by length, whichever way the
+    installed transformers spells them (4.x: warmup_ratio, group_by_length; 5.x: warmup_steps
+    below 1, train_sampling_strategy)."""
+    cfg = tiny_cfg(tiny_backbone, mode="finetune", warmup=0.1)
+    args = finetune.training_arguments(cfg, FoldLayout(tmp_path), torch.device("cpu"), 0)
+    assert args.get_warmup_steps(1000) == math.ceil(0.1 * 1000)
+    strategy = getattr(args, "train_sampling_strategy", None)
+    assert strategy == "group_by_length" or getattr(args, "group_by_length", False) is True
+    assert args.output_dir == str(FoldLayout(tmp_path).checkpoints)
 
 
 def test_finetune_optimizer_gives_the_head_its_rate(tiny_backbone: str) -> None:
     model = NerModel(load_encoder(tiny_backbone), NerConfig(head_hidden=8))
     freeze_lower(model, 1)
-    assert ner_train._optimizer(model, NerConfig(head_lr=0.0)) is None
-    opt = ner_train._optimizer(model, NerConfig(lr=1e-4, head_lr=1e-2))
+    assert finetune._optimizer(model, NerConfig(head_lr=0.0)) is None
+    opt = finetune._optimizer(model, NerConfig(lr=1e-4, head_lr=1e-2))
     assert opt is not None
     encoder_group, head_group = opt.param_groups
     assert (encoder_group["lr"], head_group["lr"]) == (1e-4, 1e-2)
-    frozen = sum(1 for p in model.encoder.parameters() if not p.requires_grad)
-    assert frozen and len(encoder_group["params"]) == sum(
+    n_frozen = sum(1 for p in model.encoder.parameters() if not p.requires_grad)
+    assert n_frozen and len(encoder_group["params"]) == sum(
         1 for p in model.encoder.parameters() if p.requires_grad
     )
     assert len(head_group["params"]) == len(list(model.head.parameters()))
@@ -312,7 +174,7 @@ def test_class_weights_lift_rare_classes() -> None:
     labels = [
         np.array([0, 1, 2, 2, 2, 2, 2, 2, 3, 4, 0], dtype=np.int64)
     ]  # Lead 7 words, Position 2
-    w = ner_train.class_weights(labels, 0.5).numpy()
+    w = frozen.class_weights(labels, 0.5).numpy()
     assert w[0] == 1 and w[1] == w[2] == pytest.approx(1.0)
     assert w[3] == w[4] == pytest.approx((2 / 7) ** -0.5)
     assert w[5] > w[3]  # absent classes get the largest weight (count clamped to 1)
@@ -325,61 +187,32 @@ def test_cache_of_all_essays_serves_a_subset(
     enc_dir = tmp_path / "ner" / "encoder"
     load_encoder(tiny_backbone).save_pretrained(str(enc_dir))
     load_tokenizer(tiny_backbone).save_pretrained(str(enc_dir))
-    full = ner_train.build_cache(corpus_small, cfg, tmp_path)
+    full = frozen.build_cache(corpus_small, cfg, tmp_path)
     subset = corpus_small.subset(sorted(corpus_small.essays)[2:5])
 
     def no_encoding(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise AssertionError("the finished cache should have been reused")
 
-    monkeypatch.setattr(ner_train, "encode_word_vectors", no_encoding)
-    part = ner_train.build_cache(subset, cfg, tmp_path)
+    monkeypatch.setattr(frozen, "encode_word_vectors", no_encoding)
+    part = frozen.build_cache(subset, cfg, tmp_path)
     for i in subset.essays:
         np.testing.assert_array_equal(part.get(i), full.get(i))
     # Encoded differently (another window): not reused, so it must encode again.
     with pytest.raises(AssertionError, match="reused"):
-        ner_train.build_cache(subset, replace(cfg, overlap=8), tmp_path)
+        frozen.build_cache(subset, replace(cfg, overlap=8), tmp_path)
 
 
 def test_predict_without_models_is_one_clear_error(tiny_backbone: str, tmp_path: Path) -> None:
-    from discourse_rl.common import atomic_write_text, config_to_toml
-
     cfg = tiny_cfg(tiny_backbone, mode="finetune")
-    atomic_write_text(tmp_path / "ner" / "config.toml", config_to_toml(ner_train.NerRecord(0, cfg)))
+    write_record(RunLayout(tmp_path), NerRecord(0, cfg))
     essays = dict(list(load_corpus().essays.items())[:1])
+    with pytest.raises(DiscourseRLError, match="not a trained run folder"):
+        NerPredictor.load(tmp_path / "elsewhere")
     with pytest.raises(DiscourseRLError, match="no NER model"):
         predict_word_probs(tmp_path, essays)
+    with pytest.raises(DiscourseRLError, match="no NER model"):
+        NerPredictor.load(tmp_path)
     enc_dir = tmp_path / "ner" / "encoder"
     load_encoder(tiny_backbone).save_pretrained(str(enc_dir))
     with pytest.raises(DiscourseRLError, match=r"model\.safetensors: fold model missing"):
         predict_word_probs(tmp_path, essays)
-
-
-def test_fold_models_run_their_shared_frozen_layers_once(
-    tiny_backbone: str,
-    corpus_small,
-    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
-) -> None:
-    torch.manual_seed(0)
-    cfg = tiny_cfg(tiny_backbone, bf16=False)
-    a = NerModel(load_encoder(tiny_backbone), cfg).eval()
-    b = NerModel(load_encoder(tiny_backbone), cfg).eval()
-    with torch.no_grad():  # the upper of the two layers differs, as after fine-tuning it
-        for p in b.encoder.encoder.layer[1].parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    assert shared_depth([a, b]) == 1
-    assert shared_depth([a, NerModel(load_encoder(tiny_backbone), cfg)]) == 2
-    originals = list(b.encoder.encoder.layer)
-    with reuse_shared_layers([a, b]) as depth:
-        assert depth == 1 and b.encoder.encoder.layer[0] is not originals[0]
-    assert list(b.encoder.encoder.layer) == originals
-
-    tok = load_tokenizer(tiny_backbone)
-    essays = list(corpus_small.essays.values())[:4]
-    cpu = torch.device("cpu")
-    fast = window_probs([a, b], tok, essays, cfg, cpu)
-    monkeypatch.setattr("discourse_rl.ner.shared_depth", lambda models: 0)
-    plain = window_probs([a, b], tok, essays, cfg, cpu)
-    alone_b = window_probs([b], tok, essays, cfg, cpu)
-    for f, p, o in zip(fast, plain, alone_b, strict=True):
-        np.testing.assert_allclose(f, p, atol=1e-6)
-        assert not np.allclose(f, o, atol=1e-3)  # b really contributes its own upper layer

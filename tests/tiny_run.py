@@ -16,8 +16,7 @@ def make_tiny_run(folder: Path) -> Path:
     from discourse_rl.data import CLASSES, load_corpus, load_word_probs
     from discourse_rl.decode import DecodeConfig
     from discourse_rl.layout import RunLayout
-    from discourse_rl.ner import NerConfig
-    from discourse_rl.ner_train import NerStageConfig, train_ner_stage
+    from discourse_rl.ner import NerConfig, NerStageConfig, train_ner_stage
     from discourse_rl.segments import SegmentConfig, make_segments
 
     backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)

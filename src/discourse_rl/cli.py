@@ -180,7 +180,7 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 def _cmd_train_ner(args: argparse.Namespace) -> int:
     from discourse_rl.data import load_corpus
-    from discourse_rl.ner_train import stage_config, train_ner_stage
+    from discourse_rl.ner import stage_config, train_ner_stage
 
     cfg = stage_config(args.config, backbone=args.backbone, mode=args.mode, seed=args.seed)
     report = train_ner_stage(load_corpus(args.data), cfg, args.out)

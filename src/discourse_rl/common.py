@@ -149,3 +149,18 @@ def _toml_value(v: Any) -> str:
     if v is None:
         raise ValueError("TOML has no null; use an empty string for 'unset'")
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with `n` torch CPU threads (0 = leave torch's setting as it is), then restore
+    the previous setting. Every stage's thread setting means this."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

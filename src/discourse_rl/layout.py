@@ -93,6 +93,28 @@ class RunLayout:
     def ner_fold(self, k: int) -> Path:
         return self.ner / f"fold{k}"
 
+    def fold(self, k: int) -> FoldLayout:
+        """The files of NER fold `k`."""
+        return FoldLayout(self.ner_fold(k))
+
+    def folds(self, n: int) -> list[FoldLayout]:
+        return [self.fold(k) for k in range(n)]
+
+    @property
+    def ner_cache_vectors(self) -> Path:
+        """(total words, hidden) float16, the essays of the index back to back."""
+        return self.ner_cache / "vectors.npy"
+
+    @property
+    def ner_cache_index(self) -> Path:
+        """The cached essays, their lengths and the settings the vectors depend on."""
+        return self.ner_cache / "index.json"
+
+    @property
+    def ner_cache_progress(self) -> Path:
+        """How many essays of the index are encoded (the cache fills in resumable chunks)."""
+        return self.ner_cache / "progress.json"
+
     @property
     def decode(self) -> Path:
         """Fitted thresholds of the tuned decoding."""
@@ -130,3 +152,51 @@ class RunLayout:
 
     def history(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
         return self.trainer_dir(trainer, seed_index, seed) / "history.json"
+
+
+@dataclass(frozen=True)
+class FoldLayout:
+    """The files of one NER fold folder (`RUN/ner/fold<k>`, or any folder a study trains in)."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def head(self) -> Path:
+        """Frozen mode: the head's weights."""
+        return self.root / "head.safetensors"
+
+    @property
+    def model(self) -> Path:
+        """Finetune mode: encoder and head weights."""
+        return self.root / "model.safetensors"
+
+    @property
+    def oof(self) -> Path:
+        """Word probabilities of the essays this fold held out."""
+        return self.root / "oof.npz"
+
+    @property
+    def done(self) -> Path:
+        """Frozen mode: what the finished fold was trained with (a match skips it)."""
+        return self.root / "done.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Frozen mode: the head's training state after the last finished epoch."""
+        return self.root / "checkpoint.pt"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Finetune mode: the transformers Trainer's checkpoint folder."""
+        return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"

@@ -83,7 +83,7 @@ class Stage:
 
 
 def _run_ner(run: Path, corpus: Corpus, cfg: RunConfig) -> None:
-    from discourse_rl.ner_train import NerStageConfig, train_ner_stage
+    from discourse_rl.ner import NerStageConfig, train_ner_stage
 
     train_ner_stage(corpus, NerStageConfig(cfg.seed, cfg.ner, cfg.decode), run)
 

@@ -7,7 +7,6 @@ mask at segment s depends only on its action at s - 1, so masks follow from the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from discourse_rl.common import torch_threads as torch_threads  # its home is common
 from discourse_rl.segments import N_ACTIONS, EssaySegments, action_masks
 
 IntArray = npt.NDArray[np.int64]
@@ -93,19 +93,8 @@ class AgentConfig:
     progress_bar: bool = True
     """Show progress bars."""
     torch_threads: int = 1
-    """CPU threads for torch while training (tiny models: one thread is fastest, above all on a
-    shared machine, where more threads wait on each other)."""
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with `n` torch CPU threads, then restore the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    """CPU threads for torch while training (0 = leave torch's setting; tiny models: one thread
+    is fastest, above all on a shared machine, where more threads wait on each other)."""
 
 
 def tensorboard_writer(log_dir: str | Path | None) -> Any:

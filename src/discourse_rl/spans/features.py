@@ -80,7 +80,7 @@ class Layout:
 
 def essay_layout(essay: Essay) -> Layout:
     """The essay's paragraph and sentence starts (as the NER stage sees them)."""
-    from discourse_rl.ner import word_layout  # torch comes with it: import only when needed
+    from discourse_rl.ner.tokens import word_layout  # torch comes with it: import only when needed
 
     para, sent = word_layout(essay)
     return Layout(para, sent)

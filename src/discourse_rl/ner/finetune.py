@@ -1,0 +1,144 @@
+"""Finetune mode: encoder and head trained end to end on windows with the transformers Trainer.
+
+The path for GPUs and larger backbones. Trainer checkpoints let an interrupted fold resume; a
+fold with its model and out-of-fold probabilities written is skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discourse_rl.common import atomic_save
+from discourse_rl.data import Corpus, Essay, save_word_probs
+from discourse_rl.layout import FoldLayout, RunLayout
+from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
+from discourse_rl.ner.config import NerConfig
+from discourse_rl.ner.inference import bf16_available, default_device, window_probs
+from discourse_rl.ner.model import NerModel
+from discourse_rl.ner.run import fold_split
+from discourse_rl.ner.tokens import essay_windows, tokenize_essays, window_inputs, word_features
+
+
+class _WindowData(torch.utils.data.Dataset[dict[str, Any]]):
+    def __init__(self, windows: list[Any]) -> None:
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        # input_ids lets the Trainer's length-grouped sampler measure the window.
+        return {"window": self.windows[i], "input_ids": self.windows[i].input_ids}
+
+
+def train_finetune(
+    corpus: Corpus, cfg: NerConfig, layout: RunLayout, folds: dict[str, int], seed: int
+) -> None:
+    """Train each unfinished fold's model and predict its held-out essays."""
+    from safetensors.torch import save_file
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    tokenizer = load_tokenizer(layout.ner_encoder)
+    ids = sorted(corpus.essays)
+    essays: list[Essay] = [corpus.essays[i] for i in ids]
+    feats = [word_features(e) for e in essays]
+    labels = [corpus.word_labels(i) for i in ids]
+    tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
+    cls_id, sep_id, pad_id = special_ids(tokenizer)
+    position = {i: n for n, i in enumerate(ids)}
+    device = default_device()
+    for k, fold in enumerate(layout.folds(cfg.folds)):
+        if fold.oof.is_file() and fold.model.is_file():
+            continue
+        train_ids, val_ids = fold_split(folds, k)
+        windows = [
+            w
+            for i in train_ids
+            for w in essay_windows(
+                tokens[position[i]], position[i], cfg.window, cfg.overlap, cls_id, sep_id
+            )
+        ]
+        torch.manual_seed(seed + k)
+        encoder = load_encoder(layout.ner_encoder, cfg.attention_dropout, cfg.hidden_dropout)
+        model = NerModel(encoder, cfg)
+        freeze_lower(model, cfg.freeze_layers)
+
+        def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+            return window_inputs([it["window"] for it in items], feats, pad_id, labels)
+
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(cfg, fold, device, seed + k),
+            train_dataset=_WindowData(windows),
+            data_collator=collate,
+            optimizers=(_optimizer(model, cfg), None),
+        )
+        ckpt_dir = fold.checkpoints
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None  # type: ignore[no-untyped-call]
+        trainer.train(resume_from_checkpoint=last)
+        weights = {k2: v.detach().cpu().contiguous() for k2, v in model.state_dict().items()}
+
+        def write(path: Path, w: dict[str, torch.Tensor] = weights) -> None:
+            save_file(w, str(path))
+
+        atomic_save(fold.model, write)
+        val = [essays[position[i]] for i in val_ids]
+        probs = window_probs([model], tokenizer, val, cfg, device)
+        save_word_probs(fold.oof, dict(zip(val_ids, probs, strict=True)))
+
+
+def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, seed: int) -> Any:
+    """The Trainer's settings for one fold, spelled for the installed transformers: 5.x takes a
+    warm-up fraction as `warmup_steps` and a `train_sampling_strategy`; 4.x names them
+    `warmup_ratio` and `group_by_length`."""
+    from transformers import TrainingArguments
+
+    accepted = inspect.signature(TrainingArguments).parameters
+    version: dict[str, Any] = {}
+    if "warmup_ratio" in accepted:
+        version["warmup_ratio"] = cfg.warmup
+    else:
+        version["warmup_steps"] = cfg.warmup
+    if "train_sampling_strategy" in accepted:
+        version["train_sampling_strategy"] = "group_by_length"
+    else:
+        version["group_by_length"] = True
+    return TrainingArguments(
+        output_dir=str(fold.checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        bf16=cfg.bf16 and bf16_available(device),
+        use_cpu=device.type == "cpu",
+        save_strategy="steps",
+        save_steps=cfg.save_every,
+        save_total_limit=1,
+        logging_steps=10,
+        report_to=["tensorboard"],
+        remove_unused_columns=False,
+        label_names=["labels"],
+        seed=seed,
+        dataloader_num_workers=0,
+        **version,
+    )
+
+
+def _optimizer(model: NerModel, cfg: NerConfig) -> torch.optim.Optimizer | None:
+    """AdamW with the head at its own learning rate; None lets the Trainer build its default."""
+    if cfg.head_lr <= 0:
+        return None
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    head = list(model.head.parameters())
+    groups: list[dict[str, Any]] = [
+        {"params": encoder, "lr": cfg.lr},
+        {"params": head, "lr": cfg.head_lr},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

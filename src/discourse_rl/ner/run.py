@@ -1,0 +1,104 @@
+"""The NER stage's part of a run folder: its settings record, folds, encoder and fold models.
+
+Paths come from `RunLayout`; this module reads and writes what lives at them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from discourse_rl.common import (
+    DiscourseRLError,
+    atomic_write_text,
+    config_from_dict,
+    config_to_toml,
+    load_toml,
+)
+from discourse_rl.layout import RunLayout
+from discourse_rl.ner.backbone import encoder_from_config
+from discourse_rl.ner.config import NerConfig
+from discourse_rl.ner.model import NerHead, NerModel
+
+
+@dataclass(frozen=True)
+class NerRecord:
+    """What `RUN/ner/config.toml` holds: the resolved NER settings and the seed they ran with."""
+
+    seed: int
+    """Seed of folds, initialisation and shuffling."""
+    ner: NerConfig
+    """The NER settings."""
+
+
+def write_record(layout: RunLayout, record: NerRecord) -> None:
+    atomic_write_text(layout.ner_config, config_to_toml(record))
+
+
+def run_ner_config(run_dir: str | Path) -> NerConfig:
+    """The NER settings a run was trained with."""
+    layout = RunLayout(run_dir)
+    path = layout.ner_config
+    if not path.is_file():
+        raise DiscourseRLError(f"{layout.root}: not a trained run folder (no ner/config.toml)")
+    return config_from_dict(NerConfig, load_toml(path).get("ner", {}), where=f"{path}: ner")
+
+
+def write_folds(layout: RunLayout, folds: dict[str, int]) -> None:
+    write_json(layout.ner_folds, folds)
+
+
+def fold_split(folds: dict[str, int], k: int) -> tuple[list[str], list[str]]:
+    """(training essays, held-out essays) of fold `k`."""
+    train = [i for i, f in folds.items() if f != k]
+    return train, [i for i, f in folds.items() if f == k]
+
+
+def require_encoder(layout: RunLayout) -> Path:
+    """The run's saved backbone folder; a run may hold out-of-fold probabilities without models
+    (e.g. when the NER stage was trained on another machine), which cannot predict."""
+    if not (layout.ner_encoder / "config.json").is_file():
+        raise DiscourseRLError(f"{layout.ner_encoder}: missing (this run has no NER model)")
+    return layout.ner_encoder
+
+
+def _weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise DiscourseRLError(f"{path}: fold model missing (is the NER training finished?)")
+    return load_file(str(path))
+
+
+def load_heads(run_dir: str | Path, cfg: NerConfig, in_dim: int) -> list[NerHead]:
+    """Frozen mode: every fold's head."""
+    heads = []
+    for fold in RunLayout(run_dir).folds(cfg.folds):
+        weights = _weights(fold.head)
+        head = NerHead(in_dim, cfg)
+        head.load_state_dict(weights)
+        heads.append(head)
+    return heads
+
+
+def load_finetuned(run_dir: str | Path, cfg: NerConfig) -> list[NerModel]:
+    """Finetune mode: every fold's encoder and head."""
+    layout = RunLayout(run_dir)
+    models = []
+    for fold in layout.folds(cfg.folds):
+        weights = _weights(fold.model)
+        model = NerModel(encoder_from_config(layout.ner_encoder), cfg)
+        model.load_state_dict(weights)
+        models.append(model)
+    return models
+
+
+def write_json(path: Path, obj: object) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """The file's JSON, or None when it does not exist."""
+    return json.loads(path.read_text()) if path.is_file() else None
