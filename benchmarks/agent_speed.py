@@ -115,7 +115,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        bc = train_bc(segs, cfg, Path(tmp) / "bc")
+        bc = train_bc(segs, cfg, Path(tmp) / "bc").path
         out["bc_epoch_s"] = time.perf_counter() - t
         print(f"BC: {out['bc_epoch_s']:.1f} s per epoch over {len(segs)} essays")
         t = time.perf_counter()

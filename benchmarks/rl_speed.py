@@ -87,7 +87,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sb3_s = json.loads(earlier.read_text(encoding="utf-8"))["SB3 MaskablePPO"]["seconds"]
     else:
         t = time.perf_counter()
-        sb3_path = train_ppo(s.train, s.corpus, s.bc_path, acfg, args.out / "sb3", val_segs=s.val)
+        sb3_path = train_ppo(
+            s.train, s.corpus, s.bc_path, acfg, args.out / "sb3", val_segs=s.val
+        ).path
         sb3_s = time.perf_counter() - t
     sb3_hist = json.loads((args.out / "sb3" / "history.json").read_text(encoding="utf-8"))
     sb3_essays = sb3_hist["env_steps"] / seg_per_essay
@@ -96,7 +98,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     ep_path = train_episode(
         s.train, s.corpus, s.bc_path, ecfg, args.out / "episode", val_segs=s.val
-    )
+    ).path
     ep_s = time.perf_counter() - t
     ep_hist = json.loads((args.out / "episode" / "history.json").read_text(encoding="utf-8"))
 

@@ -51,7 +51,7 @@ def main() -> None:
         )
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            path = train_bc(train, cfg, Path(tmp), val_segs=val, corpus=corpus)
+            path = train_bc(train, cfg, Path(tmp), val_segs=val, corpus=corpus).path
             dt = time.perf_counter() - t
             s = metric.score(predict_spans(path, test), gt)
         per = "  ".join(f"{s.per_class[c].f1:8.3f}" for c in CLASSES)

@@ -73,7 +73,7 @@ def main() -> None:
                 **{**VARIANTS[name], **overrides},
             )
             out = args.out / f"{name}_s{seed}"
-            path = train_episode(s.train, s.corpus, s.bc_path, cfg, out, val_segs=s.val)
+            path = train_episode(s.train, s.corpus, s.bc_path, cfg, out, val_segs=s.val).path
             best, last = (
                 metric.score(predict(p, s.test), gt) for p in (path, last_checkpoint(path))
             )

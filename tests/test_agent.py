@@ -18,7 +18,6 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from discourse_rl.agent import AgentConfig, predict_spans, train_bc, train_ppo
 from discourse_rl.agent.common import pad_batch, split_validation
-from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.agent.policy import (
     AttentionPolicy,
     PolicyConfig,
@@ -30,7 +29,6 @@ from discourse_rl.agent.policy import (
 )
 from discourse_rl.agent.ppo import SB3Policy, make_env, policy_kl
 from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table
-from discourse_rl.agent.stage import predict_stage, train_agent_stage
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import Corpus, load_corpus
 from discourse_rl.env import SegmentLabelEnv, observation_space
@@ -209,8 +207,10 @@ def test_ppo_takes_only_allowed_actions() -> None:
 def test_bc_then_ppo_beat_a_random_policy(tmp_path: Path) -> None:
     train, val = split_validation(essays()[:40], 0.2, 0)
     test = essays()[40:]
-    bc = train_bc(train, TINY, tmp_path / "bc", val_segs=val, corpus=corpus())
-    rl = train_ppo(train, corpus(), bc, TINY, tmp_path / "rl", val_segs=val, tb_dir=tmp_path / "tb")
+    bc = train_bc(train, TINY, tmp_path / "bc", val_segs=val, corpus=corpus()).path
+    rl = train_ppo(
+        train, corpus(), bc, TINY, tmp_path / "rl", val_segs=val, tb_dir=tmp_path / "tb"
+    ).path
     history = json.loads((tmp_path / "rl" / "history.json").read_text())
     assert history["env_steps"] >= TINY.ppo_timesteps + TINY.value_warmup_steps
     assert history["history"][0]["step"] == 0  # the BC policy scored as the first checkpoint
@@ -227,8 +227,8 @@ def test_bc_then_ppo_beat_a_random_policy(tmp_path: Path) -> None:
 def test_same_seed_same_policy(tmp_path: Path) -> None:
     cfg = dataclasses.replace(TINY, bc_epochs=2)
     segs = essays()[:10]
-    a = train_bc(segs, cfg, tmp_path / "a")
-    b = train_bc(segs, cfg, tmp_path / "b")
+    a = train_bc(segs, cfg, tmp_path / "a").path
+    b = train_bc(segs, cfg, tmp_path / "b").path
     sa, sb = load_policy(a).state_dict(), load_policy(b).state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
@@ -268,32 +268,3 @@ def test_load_rejects_missing_foreign_and_old_files(tmp_path: Path) -> None:
     torch.save(old, tmp_path / "old.pt")
     with pytest.raises(DiscourseRLError, match=r"older discourse-rl.*re-run"):
         load_policy(tmp_path / "old.pt")
-
-
-def test_agent_stage_end_to_end(tmp_path: Path) -> None:
-    c = corpus()
-    ids = sorted(c.essays)[:40]
-    probs = simulate_word_probs(c, 0.5, 0, ids)
-    cfg = dataclasses.replace(
-        TINY, bc_epochs=2, ppo_timesteps=512, value_warmup_steps=0, kl_target=1e-4
-    )
-    episode = EpisodeConfig(
-        autoregressive=True, passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False
-    )
-    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, (0,), episode)
-    assert set(result["summary"]) == {"ner_naive", "ner_tuned", "oracle", "bc", "rl", "episode"}
-    assert (tmp_path / "agent" / "rl" / "policy.pt").is_file()
-    assert (tmp_path / "segments.npz").is_file()
-    assert "| RL |" in (tmp_path / "agent" / "results.md").read_text()
-    assert 0.0 <= result["summary"]["rl"]["essay_jaccard"]["mean"] <= 1.0
-    assert result["summary"]["oracle"]["essay_f1"]["mean"] > 0.9
-    ppo = json.loads((tmp_path / "agent" / "rl" / "history.json").read_text())
-    assert ppo["final_beta"] != cfg.kl_beta  # the adaptive beta moved towards its target
-    table = predict_stage(tmp_path, "bc", {i: probs[i] for i in ids[:3]})
-    assert set(table["id"]) <= set(ids[:3])
-    # The autoregressive episode policy is saved where prediction looks, and keeps its head.
-    assert load_policy(tmp_path / "agent" / "episode" / "policy.pt").head is not None
-    table = predict_stage(tmp_path, "episode", {i: probs[i] for i in ids[:3]})
-    assert set(table["id"]) <= set(ids[:3])
-    with pytest.raises(Exception, match="stage"):
-        predict_stage(tmp_path, "ner", probs)

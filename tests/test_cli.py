@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 from discourse_rl.cli import main
-from discourse_rl.data import load_corpus
+from discourse_rl.data import CLASSES, load_corpus
+from discourse_rl.layout import RunLayout
+from discourse_rl.records import RunFormat, StageRecord, write_stages
 
 
 def test_score_prints_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,8 +44,57 @@ def test_help_imports_nothing_heavy() -> None:
     code = (
         "import sys, discourse_rl.cli as c\n"
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]\n"
+        "try:\n    c.main(['info', '--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'pandas', 'numpy') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout
+
+
+def test_predict_stage_rl_points_to_ppo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["predict", "--model", str(tmp_path), "--essays", str(tmp_path), "--out", "x.csv"]
+    assert main([*args, "--stage", "rl"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "now called 'ppo'" in err and "--stage ppo" in err
+    assert main(["label", str(tmp_path / "essay.txt"), "--stage", "rl"]) == 2
+    assert "now called 'ppo'" in capsys.readouterr().err
+
+
+def _ner_only_run(run: Path) -> None:
+    """What the NER stage leaves: its config, metrics, thresholds and records (no models)."""
+    lay = RunLayout(run)
+    lay.ner.mkdir(parents=True)
+    RunFormat.current().write(lay.format)
+    lay.ner_config.write_text("seed = 0\n")
+    lay.decode.write_text("{}")
+    per = {c: {"f1": 0.25, "tp": 1, "fp": 1, "fn": 1} for c in CLASSES}
+    score = {"macro_f1": 0.25, "per_class": per}
+    metrics = {"naive": score, "tuned_cross_fitted": {**score, "macro_f1": 0.5}, "essays": 300}
+    lay.ner_metrics.write_text(json.dumps(metrics))
+    write_stages(lay.stages, {"ner": StageRecord("k", 43.0, "/data", "/demo.toml", 300)})
+
+
+def test_info_on_a_run_with_only_the_ner_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _ner_only_run(tmp_path / "run")
+    assert main(["info", "--model", str(tmp_path / "run"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in rows] == ["ner-naive", "ner-tuned"]
+    assert [r["macro_f1"] for r in rows] == [0.25, 0.5]
+    keys = {"stage", "macro_f1", "sd", "seeds", "n_heldout", "n_train", "heldout", "seconds"}
+    assert all(keys <= set(r) for r in rows)
+    assert rows[0]["n_heldout"] == 300 and rows[0]["sd"] is None and rows[0]["seeds"] == []
+    assert rows[0]["data"] == "/data" and rows[0]["config"] == "/demo.toml"
+    assert rows[0]["seconds"] == 43.0 and "out of fold" in rows[0]["heldout"]
+    assert main(["info", "--model", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "ner-tuned" in text and "predict's default stage: ner-tuned" in text
+
+
+def test_info_on_a_folder_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--model", str(tmp_path / "nothing")]) == 2
+    assert "no such run folder" in capsys.readouterr().err
+    assert main(["info", "--model", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err

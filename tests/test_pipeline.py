@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +11,11 @@ import pandas as pd
 import pytest
 
 from discourse_rl.cli import main
+from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import load_corpus, sample_dir
-from discourse_rl.pipeline import load_run_config
+from discourse_rl.layout import FORMAT_VERSION, RunLayout
+from discourse_rl.pipeline import load_run_config, run_pipeline, write_run_config
+from discourse_rl.records import PREDICT_STAGES, AgentResults
 from tests.tiny import save_tiny_bert
 
 N_ESSAYS = 30
@@ -37,10 +41,11 @@ def few_essays(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dst
 
 
-def _config(path: Path, backbone: Path, bc_epochs: int = 2) -> Path:
+def _config(path: Path, backbone: Path, bc_epochs: int = 2, episode_trainer: bool = True) -> Path:
     path.write_text(
         f"""seed = 0
 agent_seeds = [0]
+episode_trainer = {str(episode_trainer).lower()}
 
 [ner]
 backbone = "{backbone}"
@@ -82,52 +87,79 @@ progress_bar = false
 
 
 def test_run_writes_every_artefact_resumes_and_predicts(
-    tmp_path: Path, tiny_backbone: Path, few_essays: Path
+    tmp_path: Path, tiny_backbone: Path, few_essays: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
+    lay = RunLayout(run)
     config = _config(tmp_path / "tiny.toml", tiny_backbone)
     assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
 
     for artefact in (
-        "config.toml",
-        "stages.json",
-        "results.md",
-        "f1_per_class.png",
-        "segmentation_tradeoff.png",
-        "ner/oof.npz",
-        "ner/folds.json",
-        "ner/metrics.json",
-        "decode.json",
-        "segments.npz",
-        "agent/bc/policy.pt",
-        "agent/rl/policy.pt",
-        "agent/episode/policy.pt",
-        "agent/results.json",
+        lay.config,
+        lay.format,
+        lay.stages,
+        lay.report,
+        lay.plot("f1_per_class"),
+        lay.plot("segmentation_tradeoff"),
+        lay.oof,
+        lay.ner_folds,
+        lay.ner_metrics,
+        lay.decode,
+        lay.segments,
+        lay.policy("bc"),
+        lay.policy("ppo"),
+        lay.policy("episode"),
+        lay.agent_results,
     ):
-        assert (run / artefact).is_file(), artefact
-    results = (run / "results.md").read_text()
-    for row in (
-        "| NER naive |",
-        "| NER tuned |",
-        "| BC |",
-        "| RL (PPO) |",
-        "| RL (episode",
-        "0.42",
-    ):
-        assert row in results
-    assert "seed = 0" in (run / "config.toml").read_text()
+        assert artefact.is_file(), artefact
+    assert not (lay.agent / "rl").exists()
+    results = AgentResults.read(lay.agent_results)
+    assert [s.stage for s in results.stages] == [
+        "ner-naive",
+        "ner-tuned",
+        "oracle",
+        "bc",
+        "ppo",
+        "episode",
+    ]
+    # The report shows each stage's held-out macro F1 as results.json holds it.
+    report = lay.report.read_text()
+    for s in results.stages:
+        assert f"| {s.stage} | {s.macro_f1.mean:.3f} |" in report
+    assert f"({results.n_heldout:,}: NER fold 0 of 2" in report
+    # RUN/config.toml is the resolved config and loads back as the same config.
+    assert "seed = 0" in lay.config.read_text()
+    assert load_run_config(lay.config) == load_run_config(config)
+    fmt = json.loads(lay.format.read_text())
+    assert fmt["format"] == FORMAT_VERSION and fmt["torch"] and fmt["transformers"]
+
+    # info: every stage with its held-out score, as a stable JSON list.
+    capsys.readouterr()
+    assert main(["info", "--model", str(run), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["stage"] for r in rows] == list(PREDICT_STAGES)
+    for r in rows:
+        scores = results.stage(r["stage"])
+        assert scores is not None
+        assert r["macro_f1"] == scores.macro_f1.mean and r["n_heldout"] == results.n_heldout
+        assert r["n_train"] == results.n_train and r["data"] == str(few_essays.resolve())
+        assert r["config"] == str(config.resolve()) and r["seconds"] > 0
+    assert rows[3]["seeds"] == [0] and rows[0]["seeds"] == []
+    assert main(["info", "--model", str(run)]) == 0
+    text = capsys.readouterr().out
+    assert "NER fold 0 of 2" in text and "predict's default stage:" in text
 
     # Unchanged config: everything is reused. A changed agent config re-runs the agent only.
-    stamp = (run / "ner" / "oof.npz").stat().st_mtime_ns
+    stamp = lay.oof.stat().st_mtime_ns
     assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
-    state = json.loads((run / "stages.json").read_text())
+    state = json.loads(lay.stages.read_text())
     _config(config, tiny_backbone, bc_epochs=1)
     assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
-    assert (run / "ner" / "oof.npz").stat().st_mtime_ns == stamp
-    assert json.loads((run / "stages.json").read_text())["agent"]["key"] != state["agent"]["key"]
+    assert lay.oof.stat().st_mtime_ns == stamp
+    assert json.loads(lay.stages.read_text())["agent"]["key"] != state["agent"]["key"]
 
     out = tmp_path / "submission.csv"
-    for stage in ("ner-naive", "ner-tuned", "bc", "rl", "episode"):
+    for stage in PREDICT_STAGES:
         args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
         assert main([*args, "--out", str(out), "--stage", stage]) == 0
         sub = pd.read_csv(out)
@@ -136,6 +168,63 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     one = next((few_essays / "test").glob("*.txt"))
     assert main(["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]) == 0
     assert set(pd.read_csv(out)["id"]) <= {one.stem}
+
+    # train-agent follows the config (no episode trainer here): no stale episode policy is left
+    # to predict with, and `run` with that config finds the run up to date.
+    off = _config(tmp_path / "off.toml", tiny_backbone, bc_epochs=1, episode_trainer=False)
+    args = ["train-agent", "--run", str(run), "--data", str(few_essays), "--config", str(off)]
+    assert main(args) == 0
+    assert not lay.trainer_dir("episode").exists()
+    assert AgentResults.read(lay.agent_results).stage("episode") is None
+    capsys.readouterr()
+    args = ["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]
+    assert main([*args, "--stage", "episode"]) == 2
+    assert "no episode policy" in capsys.readouterr().err
+    assert load_run_config(lay.config) == load_run_config(off)
+    summary = run_pipeline(few_essays, run, off, log=lambda _: None)
+    assert summary.ran == ()
+
+
+def test_older_run_folder_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = tmp_path / "old"
+    (old / "agent" / "rl").mkdir(parents=True)
+    (old / "stages.json").write_text("{}")
+    capsys.readouterr()
+    for argv in (
+        ["info", "--model", str(old)],
+        ["predict", "--model", str(old), "--essays", str(old), "--out", str(tmp_path / "x.csv")],
+        ["run", "--out", str(old)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "older discourse-rl (format 1" in err, argv
+        assert "re-run `discourse-rl run" in err
+
+
+def test_run_config_checks_stop_before_any_work(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[segments]\nmax_segments = 120\n\n[agent]\nmax_segments = 96\n")
+    with pytest.raises(
+        DiscourseRLError,
+        match=r"bad.toml: segments.max_segments \(120\) exceeds agent.max_segments \(96\)",
+    ):
+        run_pipeline(None, tmp_path / "run", bad)
+    assert not (tmp_path / "run").exists()
+    for table in ("agent", "episode"):
+        bad.write_text(f"agent_seeds = [1, 2]\n\n[{table}]\nseed = 3\n")
+        with pytest.raises(
+            DiscourseRLError, match=rf"bad.toml: {table}.seed is set by the run from agent_seeds"
+        ):
+            load_run_config(bad)
+
+
+def test_run_config_file_round_trips(tmp_path: Path) -> None:
+    cfg = load_run_config(None)
+    cfg = dataclasses.replace(cfg, agent_seeds=(3, 4))
+    write_run_config(tmp_path, cfg)
+    assert load_run_config(RunLayout(tmp_path).config) == cfg
 
 
 def test_shipped_configs_load() -> None:

@@ -3,7 +3,6 @@ random BERT), and untrained agent policies (the labelling path, not their qualit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tests.tiny import save_tiny_bert
@@ -17,6 +16,13 @@ def make_tiny_run(folder: Path) -> Path:
     from discourse_rl.decode import DecodeConfig
     from discourse_rl.layout import RunLayout
     from discourse_rl.ner import NerConfig, NerStageConfig, train_ner_stage
+    from discourse_rl.records import (
+        AgentResults,
+        HeldOutEssays,
+        HeldOutScore,
+        RunFormat,
+        StageScores,
+    )
     from discourse_rl.segments import SegmentConfig, make_segments
 
     backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)
@@ -42,14 +48,13 @@ def make_tiny_run(folder: Path) -> Path:
     agent = AgentConfig(max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16)
     for k, trainer in enumerate(("bc", "ppo")):
         cfg = AgentConfig(**{**agent.__dict__, "seed": k})
-        save_policy(make_policy(cfg, n_features), layout.policy(trainer))
-    row = {c: {"mean": 0.1 * (i + 1), "std": 0.0} for i, c in enumerate(CLASSES)}
-    summary = {
-        "ner_naive": {**row, "macro": {"mean": 0.2, "std": 0.0}},
-        "ner_tuned": {**row, "macro": {"mean": 0.3, "std": 0.0}},
-        "bc": {**row, "macro": {"mean": 0.25, "std": 0.0}},
-        "ppo": {**row, "macro": {"mean": 0.1, "std": 0.0}},
-    }
-    results = {"heldout_essays": 3, "train_essays": 3, "summary": summary}
-    atomic_write_text(layout.agent_results, json.dumps(results))
+        save_policy(make_policy(cfg, n_features), layout.policy(trainer), cfg)
+    per_type = {c: 0.1 * (i + 1) for i, c in enumerate(CLASSES)}
+    rows = (("ner-naive", 0.2, ()), ("ner-tuned", 0.3, ()), ("bc", 0.25, (0,)), ("ppo", 0.1, (0,)))
+    stages = tuple(
+        StageScores.combine(name, [HeldOutScore(macro, per_type, macro, macro)], seeds, 3, 3)
+        for name, macro, seeds in rows
+    )
+    AgentResults(3, 3, HeldOutEssays(0, 2, "ner", 0, 6), stages).write(layout.agent_results)
+    RunFormat.current().write(layout.format)
     return run

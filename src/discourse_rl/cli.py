@@ -146,9 +146,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _cmd_run(args: argparse.Namespace) -> int:
     from discourse_rl.pipeline import run_pipeline
 
+    from discourse_rl.layout import RunLayout
+
     summary = run_pipeline(args.data, args.out, args.config)
-    print((summary.run_dir / "results.md").read_text(encoding="utf-8"), end="")
-    print(f"wrote {summary.run_dir}/results.md (stages run: {', '.join(summary.ran) or 'none'})")
+    report = RunLayout(summary.run_dir).report
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"wrote {report} (stages run: {', '.join(summary.ran) or 'none'})")
     return 0
 
 
@@ -171,7 +174,12 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     )
     p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
-    p.add_argument("--config", type=Path, default=None, help="TOML with seed, [ner], [decode]")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="run config TOML; its seed, [ner] and [decode] (default: RUN/config.toml, else demo)",
+    )
     p.add_argument("--backbone", default=None, help="Hugging Face model name or folder")
     p.add_argument("--mode", choices=("frozen", "finetune"), default=None, help="training mode")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
@@ -179,23 +187,22 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_train_ner(args: argparse.Namespace) -> int:
-    from discourse_rl.data import load_corpus
-    from discourse_rl.ner import stage_config, train_ner_stage
+    from discourse_rl.layout import RunLayout
+    from discourse_rl.pipeline import train_ner
 
-    cfg = stage_config(args.config, backbone=args.backbone, mode=args.mode, seed=args.seed)
-    report = train_ner_stage(load_corpus(args.data), cfg, args.out)
-    for name, result in (("NER naive", report.naive), ("NER tuned", report.tuned_cross_fitted)):
-        print(f"{name} (out-of-fold)")
+    report = train_ner(
+        args.out, args.data, args.config, seed=args.seed, backbone=args.backbone, mode=args.mode
+    )
+    for name, result in (("ner-naive", report.naive), ("ner-tuned", report.tuned_cross_fitted)):
+        print(f"{name} (out of fold)")
         print(format_score_table(result))
-    print(f"wrote {args.out}/ner/oof.npz, {args.out}/decode.json, {args.out}/ner/metrics.json")
+    lay = RunLayout(args.out)
+    print(f"wrote {lay.oof}, {lay.decode}, {lay.ner_metrics}, {lay.report}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
 # predict
-
-PREDICT_STAGES = ("ner-naive", "ner-tuned", "bc", "rl", "episode")
-
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from discourse_rl.labeller import STAGES
@@ -231,7 +238,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _stage_name(name: str) -> str:
-    return "ppo" if name == "rl" else name  # the PPO stage's name before run-folder format 2
+    from discourse_rl.common import DiscourseRLError
+
+    if name == "rl":  # the PPO stage's name before run-folder format 2
+        raise DiscourseRLError("--stage rl: the PPO stage is now called 'ppo' (use --stage ppo)")
+    return name
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -281,7 +292,9 @@ def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--model", type=Path, default=Path("runs/demo"), help="run folder or model .zip (runs/demo)"
     )
-    p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    p.add_argument(
+        "--stage", choices=STAGES, type=_stage_name, default=None, help="default: the run's best"
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(handler=_cmd_label)
 
@@ -331,7 +344,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--model", type=Path, default=Path("runs/demo"), help="run folder or model .zip (runs/demo)"
     )
-    p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    p.add_argument(
+        "--stage", choices=STAGES, type=_stage_name, default=None, help="default: the run's best"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
     p.set_defaults(handler=_cmd_serve)
@@ -393,7 +408,8 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "      --data ../shared/data/feedback-prize-2021 --config configs/reference.toml \\\n"
         "      --seeds 0 1 2\n"
         "Reads RUN/ner/oof.npz (out-of-fold word probabilities) unless --simulate is given.\n"
-        "Writes RUN/segments.npz, RUN/agent/{bc,rl}/, RUN/agent/results.md, RUN/tb/.",
+        "Writes RUN/segments.npz, RUN/agent/ (bc/, ppo/, episode/, results.json), RUN/tb/,\n"
+        "and updates RUN/config.toml, RUN/stages.json and RUN/results.md as `run` would.",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder")
     p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
@@ -401,40 +417,59 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "--config",
         type=Path,
         default=None,
-        help="TOML with [segments], [agent] (default: RUN/config.toml)",
+        help="run config TOML (default: RUN/config.toml, else the demo config)",
     )
     p.add_argument("--simulate", action="store_true", help="simulated word probabilities")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="agent seeds (default: 0)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="agent seeds (default: agent_seeds)"
+    )
     p.add_argument("--max-essays", type=int, default=None, help="use a random subset of essays")
     p.set_defaults(handler=_cmd_train_agent)
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
-    import dataclasses
+    from discourse_rl.layout import RunLayout
+    from discourse_rl.pipeline import train_agent
 
-    from discourse_rl.agent.stage import stage_configs, train_agent_stage
-    from discourse_rl.common import load_toml
-    from discourse_rl.data import load_corpus, load_word_probs
-    from discourse_rl.segments import simulate_word_probs
+    train_agent(
+        args.run,
+        args.data,
+        args.config,
+        seeds=args.seeds,
+        max_essays=args.max_essays,
+        simulate=args.simulate,
+    )
+    report = RunLayout(args.run).report
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"wrote {report}")
+    return 0
 
-    config = args.config
-    if config is None and (args.run / "config.toml").is_file():
-        config = args.run / "config.toml"
-    seg_cfg, cfg = stage_configs(config)
-    if args.max_essays is not None:
-        cfg = dataclasses.replace(cfg, max_essays=args.max_essays)
-    seeds = args.seeds
-    if seeds is None:
-        table = load_toml(config) if config is not None else {}
-        seeds = list(table.get("agent_seeds", [table.get("seed", 0)]))
-    corpus = load_corpus(args.data)
-    if args.simulate:
-        probs = simulate_word_probs(corpus, cfg.sim_noise, seed=0)
-    else:
-        probs = load_word_probs(args.run / "ner" / "oof.npz")
-    result = train_agent_stage(args.run, corpus, probs, seg_cfg, cfg, seeds)
-    print((args.run / "agent" / "results.md").read_text(encoding="utf-8"), end="")
-    print(f"macro F1 (held out): RL {result['summary']['rl']['macro']['mean']:.4f}")
+
+# ---------------------------------------------------------------------------------------------
+# info
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "info",
+        help="list the stages a trained run can predict with and their held-out scores",
+        formatter_class=_formatter,
+        epilog="examples:\n"
+        "  discourse-rl info --model runs/demo\n"
+        "  discourse-rl info --model runs/reference --json\n"
+        "--json prints a list of rows with the keys stage, macro_f1, sd, seeds, n_heldout,\n"
+        "n_train, heldout, essay_f1, essay_jaccard, seconds, data, config, model.",
+    )
+    p.add_argument("--model", required=True, type=Path, help="trained run folder")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(handler=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from discourse_rl.info import format_info, info_json, run_info
+
+    info = run_info(args.model)
+    print(json.dumps(info_json(info), indent=2) if args.json else format_info(info))
     return 0
 
 
@@ -443,6 +478,7 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
 
 COMMANDS = (
     _add_run,
+    _add_info,
     _add_score,
     _add_data_report,
     _add_train_ner,
@@ -472,15 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 0
     from discourse_rl.common import DiscourseRLError
 
+    parser = build_parser()
     try:
+        # Inside the try: an argument's own check may raise the one-line error too.
+        args = parser.parse_args(argv)
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 0
         status = handler(args)
         # Flushed here so that a closed pipe surfaces below, not at interpreter exit.
         sys.stdout.flush()

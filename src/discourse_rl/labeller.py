@@ -38,15 +38,6 @@ if TYPE_CHECKING:
 STAGES = ("ner-naive", "ner-tuned", "bc", "ppo", "episode")
 """Every stage a run may offer for labelling, in pipeline order."""
 AGENT_STAGES = ("bc", "ppo", "episode")
-_ALIASES = {"rl": "ppo"}  # the PPO stage's name before run-folder format 2
-# Keys of each stage's row in agent/results.json (format 1 wrote PPO's row as "rl").
-_RESULT_KEYS = {
-    "ner-naive": ("ner_naive",),
-    "ner-tuned": ("ner_tuned",),
-    "bc": ("bc",),
-    "ppo": ("ppo", "rl"),
-    "episode": ("episode",),
-}
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,11 @@ def word_char_spans(text: str) -> list[tuple[int, int]]:
 
 
 def canonical_stage(stage: str) -> str:
-    stage = _ALIASES.get(stage, stage)
+    from discourse_rl.records import RENAMED_STAGES
+
+    if stage in RENAMED_STAGES:
+        new = RENAMED_STAGES[stage]
+        raise DiscourseRLError(f"stage {stage!r} is now called {new!r} (use --stage {new})")
     if stage not in STAGES:
         raise DiscourseRLError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
     return stage
@@ -131,11 +126,7 @@ def _load_ner(run: Path) -> WordProbs:
 
 
 def _policy_path(layout: RunLayout, stage: str) -> Path:
-    path = layout.policy(stage)
-    legacy = layout.agent / "rl" / "policy.pt"
-    if stage == "ppo" and not path.is_file() and legacy.is_file():
-        return legacy
-    return path
+    return layout.policy(stage)
 
 
 def offered_stages(run: str | Path) -> tuple[str, ...]:
@@ -166,19 +157,19 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
     The agent stage's table (held-out essays, mean over seeds) where it exists; else the NER
     stage's out-of-fold scores."""
     from discourse_rl.data import CLASSES
+    from discourse_rl.records import AgentResults
 
     layout = RunLayout(run)
     out: dict[str, StageScores] = {}
-    agent = _read_json(layout.agent_results)
-    if isinstance(agent, dict) and isinstance(agent.get("summary"), dict):
-        n = agent.get("heldout_essays")
-        source = f"{n} held-out essays" if n else "held-out essays"
-        for stage, keys in _RESULT_KEYS.items():
-            row = next((agent["summary"][k] for k in keys if k in agent["summary"]), None)
-            if row is None:
-                continue
-            per_type = {c: float(row[c]["mean"]) for c in CLASSES if c in row}
-            out[stage] = StageScores(float(row["macro"]["mean"]), per_type, source)
+    if layout.agent_results.is_file():
+        agent = AgentResults.read(layout.agent_results)
+        source = f"{agent.n_heldout} held-out essays"
+        for row in agent.stages:
+            if row.stage in STAGES:
+                per_type = {
+                    c: s.mean for c, s in row.per_class.items() if c in CLASSES and s.mean == s.mean
+                }
+                out[row.stage] = StageScores(row.macro_f1.mean, per_type, source)
     ner = _read_json(layout.ner_metrics)
     if isinstance(ner, dict):
         n = ner.get("essays")
@@ -208,7 +199,7 @@ def default_stage(run: str | Path) -> str:
         return str(exported["stage"])  # an exported model: the stage it was exported for
     from discourse_rl.pipeline import best_stage
 
-    return canonical_stage(best_stage(run, (*offered, "rl")))
+    return canonical_stage(best_stage(run, offered))
 
 
 class Labeller:
@@ -228,8 +219,10 @@ class Labeller:
     def load(cls, run: str | Path, stage: str | None = None) -> Labeller:
         """Load a run folder (or an exported model .zip); `stage` None = the run's best."""
         from discourse_rl.export import open_model
+        from discourse_rl.records import check_format
 
         run = open_model(run)
+        check_format(run)  # a folder an older version wrote: one clear line, not a KeyError
         offered = offered_stages(run)
         stage = default_stage(run) if stage is None else canonical_stage(stage)
         if stage not in offered:

@@ -3,20 +3,25 @@
 A stage is skipped when its recorded key (a hash of its own config, of the data and of the keys
 of the stages it reads) matches and its outputs exist; a changed config therefore re-runs that
 stage and everything downstream of it, and nothing else. Keys live in ``RUN/stages.json``.
+`train-agent` runs the agent stage through the same records, so a run stays consistent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
@@ -28,9 +33,24 @@ from discourse_rl.common import (
     load_toml,
 )
 from discourse_rl.data import Corpus, load_corpus, load_word_probs
-from discourse_rl.decode import DecodeConfig
+from discourse_rl.decode import DecodeConfig, DecodeReport
+from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerConfig
+from discourse_rl.records import (
+    PREDICT_STAGES,
+    AgentResults,
+    RunFormat,
+    StageRecord,
+    check_format,
+    read_stages,
+    write_stages,
+)
 from discourse_rl.segments import SegmentConfig
+
+Probs = Mapping[str, npt.NDArray[np.float32]]
+
+SEEDED_BY_RUN = ("agent", "episode")
+"""Tables whose `seed` a run sets from `agent_seeds` (a config may not set it itself)."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +60,7 @@ class RunConfig:
     seed: int = 0
     """Seed of folds, NER initialisation and shuffling."""
     agent_seeds: tuple[int, ...] = (0,)
-    """Seeds of the agent stage: its table reports mean and spread over them."""
+    """Seeds of the agent stage (its trainers' only seeds): the table reports mean and spread."""
     sure_only: bool = True
     """Train and score on the essays whose annotations surely belong to them."""
     ner: NerConfig = field(default_factory=NerConfig)
@@ -56,6 +76,16 @@ class RunConfig:
     episode: EpisodeConfig = field(default_factory=EpisodeConfig)
     """The episode-level trainer."""
 
+    def __post_init__(self) -> None:
+        # Checks across tables, so that a bad combination stops the run before any work.
+        if self.segments.max_segments > self.agent.max_segments:
+            raise ValueError(
+                f"segments.max_segments ({self.segments.max_segments}) exceeds "
+                f"agent.max_segments ({self.agent.max_segments})"
+            )
+        if not self.agent_seeds:
+            raise ValueError("agent_seeds: at least one seed")
+
 
 def packaged_config(name: str) -> Path:
     """A config shipped with the package (`demo` or `reference`)."""
@@ -68,7 +98,39 @@ def packaged_config(name: str) -> Path:
 
 def load_run_config(path: str | Path | None) -> RunConfig:
     path = packaged_config("demo") if path is None else Path(path)
-    return config_from_dict(RunConfig, load_toml(path), where=str(path))
+    raw = load_toml(path)
+    for table in SEEDED_BY_RUN:
+        if "seed" in raw.get(table, {}):
+            raise DiscourseRLError(
+                f"{path}: {table}.seed is set by the run from agent_seeds; "
+                f"remove it and list the seeds in agent_seeds"
+            )
+    try:
+        return config_from_dict(RunConfig, raw, where=str(path))
+    except ValueError as exc:
+        raise DiscourseRLError(f"{path}: {exc}") from None
+
+
+def write_run_config(run: str | Path, cfg: RunConfig) -> None:
+    """RUN/config.toml, the resolved config (this is its only writer)."""
+    text = config_to_toml(cfg)
+    # The trainers' own seeds come from agent_seeds: leave them out so the file loads back.
+    lines, table = [], ""
+    for line in text.splitlines():
+        if line.startswith("["):
+            table = line.strip("[]")
+        if not (table in SEEDED_BY_RUN and line.startswith("seed = ")):
+            lines.append(line)
+    atomic_write_text(RunLayout(run).config, "\n".join(lines) + "\n")
+
+
+def start_run(run: str | Path) -> RunLayout:
+    """The run folder, checked (a folder an older version wrote stops here) and stamped."""
+    lay = RunLayout(run)
+    check_format(lay.root)
+    lay.root.mkdir(parents=True, exist_ok=True)
+    RunFormat.current().write(lay.format)
+    return lay
 
 
 @dataclass(frozen=True)
@@ -77,23 +139,35 @@ class Stage:
     reads: tuple[str, ...]
     """Stages whose outputs this one reads (their keys enter its key)."""
     config: Callable[[RunConfig], Any]
-    done_marker: str
-    """A file, relative to the run folder, that exists once the stage has finished."""
-    run: Callable[[Path, Corpus, RunConfig], None]
+    done_marker: Callable[[RunLayout], Path]
+    """A file that exists once the stage has finished."""
+    run: Callable[[RunLayout, Corpus, RunConfig], Any]
 
 
-def _run_ner(run: Path, corpus: Corpus, cfg: RunConfig) -> None:
+def _run_ner(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> DecodeReport:
     from discourse_rl.ner import NerStageConfig, train_ner_stage
 
-    train_ner_stage(corpus, NerStageConfig(cfg.seed, cfg.ner, cfg.decode), run)
+    return train_ner_stage(corpus, NerStageConfig(cfg.seed, cfg.ner, cfg.decode), lay.root)
 
 
-def _run_agent(run: Path, corpus: Corpus, cfg: RunConfig) -> None:
+def _run_agent(
+    lay: RunLayout, corpus: Corpus, cfg: RunConfig, probs: Probs | None = None
+) -> AgentResults:
     from discourse_rl.agent.stage import train_agent_stage
 
-    probs = load_word_probs(run / "ner" / "oof.npz")
+    simulated = probs is not None
+    probs = load_word_probs(lay.oof) if probs is None else probs
     episode = cfg.episode if cfg.episode_trainer else None
-    train_agent_stage(run, corpus, probs, cfg.segments, cfg.agent, cfg.agent_seeds, episode)
+    return train_agent_stage(
+        lay.root,
+        corpus,
+        probs,
+        cfg.segments,
+        cfg.agent,
+        cfg.agent_seeds,
+        episode,
+        simulated=simulated,
+    )
 
 
 STAGES: tuple[Stage, ...] = (
@@ -101,14 +175,14 @@ STAGES: tuple[Stage, ...] = (
         "ner",
         (),
         lambda c: (c.seed, c.ner, c.decode),
-        "ner/metrics.json",
+        lambda lay: lay.ner_metrics,
         _run_ner,
     ),
     Stage(
         "agent",
         ("ner",),
         lambda c: (c.segments, c.agent, c.agent_seeds, c.episode_trainer, c.episode),
-        "agent/results.json",
+        lambda lay: lay.agent_results,
         _run_agent,
     ),
 )
@@ -152,6 +226,40 @@ class RunSummary:
     """Wall time of each stage, from the run that computed it."""
 
 
+@dataclass(frozen=True)
+class _Source:
+    """Where a run's inputs came from, recorded with each stage."""
+
+    data: str
+    config: str
+    essays: int
+
+    @classmethod
+    def of(cls, data: str | Path | None, config: str | Path | None, corpus: Corpus) -> _Source:
+        d = str(Path(data).resolve()) if data is not None else "the embedded sample"
+        c = str(Path(config).resolve()) if config is not None else "the packaged demo config"
+        return cls(d, c, len(corpus.essays))
+
+    def record(self, key: str, seconds: float) -> StageRecord:
+        return StageRecord(key, round(seconds, 1), self.data, self.config, self.essays)
+
+
+def _corpus(
+    data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print
+) -> Corpus:
+    corpus = load_corpus(data)
+    log(corpus.repairs_summary())
+    return corpus.sure_subset() if cfg.sure_only else corpus
+
+
+def _finish(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, float]:
+    write_run_config(lay.root, cfg)
+    from discourse_rl.results import write_report
+
+    write_report(lay.root, corpus, machine_description())
+    return {k: v.seconds for k, v in read_stages(lay.stages).items()}
+
+
 def run_pipeline(
     data: str | Path | None,
     out: str | Path,
@@ -161,43 +269,118 @@ def run_pipeline(
 ) -> RunSummary:
     """Run every stage into `out` (reusing valid earlier outputs), then write the report."""
     cfg = load_run_config(config)
-    run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
-    corpus = load_corpus(data)
-    log(corpus.repairs_summary())
-    if cfg.sure_only:
-        corpus = corpus.sure_subset()
+    lay = start_run(out)
+    corpus = _corpus(data, cfg, log)
+    source = _Source.of(data, config, corpus)
     keys = stage_keys(corpus, cfg)
-    state_path = run / "stages.json"
-    state: dict[str, Any] = (
-        json.loads(state_path.read_text(encoding="utf-8")) if state_path.is_file() else {}
-    )
+    state = read_stages(lay.stages)
     ran: list[str] = []
     reused: list[str] = []
     for st in STAGES:
-        prev = state.get(st.name, {})
-        if prev.get("key") == keys[st.name] and (run / st.done_marker).is_file():
-            log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {run / st.done_marker}")
+        prev = state.get(st.name)
+        marker = st.done_marker(lay)
+        if prev is not None and prev.key == keys[st.name] and marker.is_file():
+            log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {marker}")
             reused.append(st.name)
             continue
         log(f"[{st.name}] running (key {keys[st.name]})")
         t0 = time.perf_counter()
-        st.run(run, corpus, cfg)
+        st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
-        state[st.name] = {"key": keys[st.name], "seconds": round(seconds, 1)}
-        # Later stages were built on the old outputs: forget them so they re-run.
-        for later in STAGES[STAGES.index(st) + 1 :]:
-            state.pop(later.name, None)
-        atomic_write_text(state_path, json.dumps(state, indent=2) + "\n")
+        _record(lay, state, st.name, source.record(keys[st.name], seconds))
         log(f"[{st.name}] done in {seconds:.0f} s")
         ran.append(st.name)
-    # Written last: stage helpers may write their own partial config files on the way.
-    atomic_write_text(run / "config.toml", config_to_toml(cfg))
-    from discourse_rl.results import write_report
+    return RunSummary(lay.root, tuple(ran), tuple(reused), _finish(lay, cfg, corpus))
 
-    write_report(run, corpus, machine_description())
-    stage_seconds = {k: float(v["seconds"]) for k, v in state.items()}
-    return RunSummary(run, tuple(ran), tuple(reused), stage_seconds)
+
+def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
+    state[name] = rec
+    # Later stages were built on the old outputs: forget them so they re-run.
+    for later in STAGES[[s.name for s in STAGES].index(name) + 1 :]:
+        state.pop(later.name, None)
+    write_stages(lay.stages, state)
+
+
+def _stage_config(run: str | Path, config: str | Path | None) -> tuple[RunConfig, Path | None]:
+    """The config of a stage run alone: `config`, else the run's own, else the demo config."""
+    lay = RunLayout(run)
+    path = Path(config) if config is not None else lay.config if lay.config.is_file() else None
+    return load_run_config(path), path
+
+
+def train_ner(
+    run: str | Path,
+    data: str | Path | None = None,
+    config: str | Path | None = None,
+    *,
+    seed: int | None = None,
+    log: Callable[[str], None] = print,
+    **ner_overrides: Any,
+) -> DecodeReport:
+    """The NER stage alone (`train-ner`), recorded as `run` would record it; `seed` and
+    `ner_overrides` (fields of [ner], None = keep) override the config."""
+    cfg, path = _stage_config(run, config)
+    over = {k: v for k, v in ner_overrides.items() if v is not None}
+    if over:
+        cfg = dataclasses.replace(cfg, ner=dataclasses.replace(cfg.ner, **over))
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    lay = start_run(run)
+    corpus = _corpus(data, cfg, log)
+    log("[ner] running")
+    t0 = time.perf_counter()
+    report = _run_ner(lay, corpus, cfg)
+    key = stage_keys(corpus, cfg)["ner"]
+    _record(
+        lay,
+        read_stages(lay.stages),
+        "ner",
+        _Source.of(data, path, corpus).record(key, time.perf_counter() - t0),
+    )
+    _finish(lay, cfg, corpus)
+    return report
+
+
+def train_agent(
+    run: str | Path,
+    data: str | Path | None = None,
+    config: str | Path | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    max_essays: int | None = None,
+    simulate: bool = False,
+    log: Callable[[str], None] = print,
+) -> AgentResults:
+    """The agent stage alone (`train-agent`), recorded as `run` would record it.
+
+    The config is `config`, else the run's own RUN/config.toml; `seeds` and `max_essays`
+    override it, and RUN/config.toml, stages.json and the report then say what ran.
+    """
+    cfg, path = _stage_config(run, config)
+    if seeds:
+        cfg = dataclasses.replace(cfg, agent_seeds=tuple(int(s) for s in seeds))
+    if max_essays is not None:
+        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_essays=max_essays))
+    lay = start_run(run)
+    corpus = _corpus(data, cfg, log)
+    probs: Probs | None = None
+    if simulate:
+        from discourse_rl.segments import simulate_word_probs
+
+        probs = simulate_word_probs(corpus, cfg.agent.sim_noise, seed=0)
+    elif not lay.oof.is_file():
+        raise DiscourseRLError(f"{lay.oof}: missing (train-ner first, or --simulate)")
+    log(f"[agent] running ({'simulated probabilities' if simulate else lay.oof})")
+    t0 = time.perf_counter()
+    result = _run_agent(lay, corpus, cfg, probs)
+    key = stage_keys(corpus, cfg)["agent"]
+    # Simulated probabilities are not the NER stage's: `run` must not reuse these outputs.
+    rec = _Source.of(data, path, corpus).record(
+        "simulated" if simulate else key, time.perf_counter() - t0
+    )
+    _record(lay, read_stages(lay.stages), "agent", rec)
+    _finish(lay, cfg, corpus)
+    return result
 
 
 def machine_description() -> str:
@@ -215,29 +398,24 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
-def require_run(run: str | Path) -> Path:
-    run = Path(run)
-    if not (run / "stages.json").is_file():
-        raise DiscourseRLError(f"{run}: not a run folder (no stages.json; see `discourse-rl run`)")
-    return run
+def read_agent_results(run: str | Path) -> AgentResults | None:
+    """The run's agent results, or None before the agent stage."""
+    path = RunLayout(run).agent_results
+    return AgentResults.read(path) if path.is_file() else None
 
 
-def best_stage(run: str | Path, choices: tuple[str, ...]) -> str:
+def best_stage(run: str | Path, choices: Sequence[str] = PREDICT_STAGES) -> str:
     """The stage with the highest held-out macro F1 in the run's agent results.
 
     Without agent results: the tuned NER decoding if it was fitted, else the naive one.
     """
-    run = Path(run)
-    path = run / "agent" / "results.json"
-    if path.is_file():
-        summary = json.loads(path.read_text(encoding="utf-8"))["summary"]
-        scored = {
-            key.replace("_", "-"): row["macro"]["mean"]
-            for key, row in summary.items()
-            if key.replace("_", "-") in choices
-        }
+    lay = RunLayout(run)
+    check_format(lay.root)
+    results = read_agent_results(lay.root)
+    if results is not None:
+        scored = {s.stage: s.macro_f1.mean for s in results.stages if s.stage in choices}
         if scored:
-            return str(max(scored, key=lambda k: scored[k]))
-    if not (run / "ner").is_dir():
-        raise DiscourseRLError(f"{run}: not a trained run (no ner/ folder)")
-    return "ner-tuned" if (run / "decode.json").is_file() else "ner-naive"
+            return max(scored, key=lambda k: scored[k])
+    if not lay.ner.is_dir():
+        raise DiscourseRLError(f"{lay.root}: not a trained run (no ner/ folder)")
+    return "ner-tuned" if lay.decode.is_file() else "ner-naive"

@@ -1,138 +1,166 @@
-"""RUN/results.md and the PNG plots, from what the stages wrote."""
+"""RUN/results.md and the PNG plots, read through the typed records of `discourse_rl.records`."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from discourse_rl.common import atomic_save, atomic_write_text
 from discourse_rl.data import CLASSES, Corpus
+from discourse_rl.layout import RunLayout
+from discourse_rl.records import (
+    AgentResults,
+    DecodingScore,
+    NerMetrics,
+    StageScores,
+    Stat,
+    TrainedPolicy,
+    read_stages,
+)
 
-SEED_TABLE = {"NER naive": 0.42, "BC": 0.39, "RL fine-tuning": 0.51}
-STAGE_NAMES = {
-    "ner_naive": "NER naive",
-    "ner_tuned": "NER tuned",
-    "bc": "BC",
-    "rl": "RL (PPO)",
-    "episode": "RL (episode trainer)",
-    "oracle": "segment oracle",
+SEED_TABLE = {"ner-naive": 0.42, "bc": 0.39, "ppo": 0.51}
+"""The seed's published table (its RL fine-tuning row is PPO's)."""
+STAGE_TITLES = {
+    "ner-naive": "the NER tagger's most likely label per word",
+    "ner-tuned": "the NER tagger with per-class minima fitted on the training essays",
+    "oracle": "segment oracle: the best labelling of the segments (a ceiling, not a stage)",
+    "bc": "attention policy over segments, cloned from the gold actions",
+    "ppo": "RL: PPO + KL to the BC policy (SB3)",
+    "episode": "RL: episode-level trainer (RLOO + KL to the BC policy)",
 }
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def _fmt(mean: float, std: float | None = None) -> str:
-    if mean != mean:
+def _fmt(stat: Stat | float | None) -> str:
+    if stat is None:
         return "-"
-    return f"{mean:.3f}" if not std else f"{mean:.3f} ± {std:.3f}"
+    if isinstance(stat, float):
+        return "-" if stat != stat else f"{stat:.3f}"
+    if stat.mean != stat.mean:
+        return "-"
+    return f"{stat.mean:.3f}" if stat.sd is None else f"{stat.mean:.3f} ± {stat.sd:.3f}"
 
 
-def write_report(run: Path, corpus: Corpus, machine: str) -> Path:
-    ner = _read(run / "ner" / "metrics.json")
-    agent = _read(run / "agent" / "results.json")
-    stages = _read(run / "stages.json") or {}
-    cols = [*CLASSES, "macro", "essay_f1", "essay_jaccard"]
+def stage_table(stages: Sequence[StageScores]) -> str:
+    """The one markdown table of held-out scores, a row per stage (mean ± sd over seeds)."""
+    head = ["stage", "macro F1", "mean essay F1", "essay TP/(TP+FP+FN)", "seed's table", *CLASSES]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for s in stages:
+        seed = SEED_TABLE.get(s.stage)
+        cells = [
+            s.stage,
+            _fmt(s.macro_f1),
+            _fmt(s.essay_f1),
+            _fmt(s.essay_jaccard),
+            "-" if seed is None else f"{seed:.2f}",
+            *(_fmt(s.per_class[c]) for c in CLASSES),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"- `{s.stage}`: {STAGE_TITLES.get(s.stage, s.stage)}" for s in stages]
+    return "\n".join(lines)
+
+
+def _decoding_row(name: str, s: DecodingScore) -> str:
+    cells = [f"{s.macro_f1:.3f}", *(_fmt(s.per_class.get(c)) for c in CLASSES)]
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def write_report(run: str | Path, corpus: Corpus, machine: str) -> Path:
+    lay = RunLayout(run)
+    agent = AgentResults.read(lay.agent_results) if lay.agent_results.is_file() else None
+    ner = NerMetrics.read(lay.ner_metrics) if lay.ner_metrics.is_file() else None
+    stages = read_stages(lay.stages)
     lines = [
-        f"# Results of `{run}`",
+        f"# Results of `{lay.root}`",
         "",
         f"Data: {len(corpus.essays):,} essays, {len(corpus.elements):,} elements. "
         f"Machine: {machine}.",
         "",
     ]
     if agent is not None:
-        n_seeds = len(agent.get("runs", [])) or 1
+        n_seeds = len(agent.seeds) or 1
         lines += [
-            f"## Held-out essays ({agent['heldout_essays']:,}; agent trained on "
-            f"{agent['train_essays']:,})",
+            f"## Held-out essays ({agent.n_heldout:,}: {agent.heldout.describe()}; "
+            f"the agents trained on {agent.n_train:,})",
             "",
-            f"Per-class F1 and macro F1 (competition metric, one-to-one matching); essay_f1 is "
-            "the mean per-essay F-score (the RL reward), essay_jaccard the seed's per-essay "
-            f"TP / (TP + FP + FN). Agent rows: mean ± sd over {n_seeds} seed(s).",
+            "Macro F1 and per-class F1: the competition metric (one-to-one matching). Mean essay "
+            "F1 is the per-essay F-score (the RL reward); essay TP/(TP+FP+FN) the seed's "
+            f"per-essay score. Agent rows: mean ± sd over {n_seeds} seed(s).",
             "",
-            "| stage | " + " | ".join(cols) + " |",
-            "|---" * (len(cols) + 1) + "|",
+            stage_table(agent.stages),
         ]
-        for key, name in STAGE_NAMES.items():
-            row = agent["summary"].get(key)
-            if row is None:
-                continue
-            cells = [_fmt(row[c]["mean"], row[c].get("std")) if c in row else "-" for c in cols]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if ner is not None:
+        essays = ner.essays if ner.essays is not None else len(corpus.essays)
         lines += [
             "",
-            f"## NER stage, out-of-fold over all {ner.get('essays', len(corpus.essays)):,} essays",
+            f"## NER stage, out of fold over all {essays:,} essays",
             "",
-            "| decoding | " + " | ".join(cols) + " |",
-            "|---" * (len(cols) + 1) + "|",
+            "| decoding | macro F1 | " + " | ".join(CLASSES) + " |",
+            "|---" * (len(CLASSES) + 2) + "|",
+            _decoding_row("ner-naive (argmax)", ner.naive),
         ]
-        for key, name in (
-            ("naive", "naive (argmax)"),
-            ("public_thresholds", "public thresholds"),
-            ("tuned", "tuned (fitted on all folds)"),
-            ("tuned_cross_fitted", "tuned (cross-fitted)"),
+        for name, score in (
+            ("public thresholds", ner.public_thresholds),
+            ("ner-tuned (minima fitted on all folds)", ner.tuned),
+            ("ner-tuned (cross-fitted: minima from the other folds)", ner.tuned_cross_fitted),
         ):
-            if key in ner:
-                s = ner[key]
-                cells = [_fmt(s["per_class"][c]["f1"] or float("nan")) for c in CLASSES]
-                lines.append(f"| {name} | " + " | ".join(cells) + f" | {s['macro_f1']:.3f} | | |")
+            if score is not None:
+                lines.append(_decoding_row(name, score))
     lines += [
         "",
         "## Reference points",
         "",
-        "The seed's published table: "
-        + ", ".join(f"{k} {v:.2f}" for k, v in SEED_TABLE.items())
-        + ". Public anchors: a Longformer-base NER baseline scored about 0.62; the "
-        "competition's winners about 0.74 with GPU ensembles of large models.",
+        "The seed's published table: NER naive 0.42, BC 0.39, RL fine-tuning 0.51. Public "
+        "anchors: a Longformer-base NER baseline scored about 0.62; the competition's winners "
+        "about 0.74 with GPU ensembles of large models.",
         "",
         "## Wall time per stage",
         "",
         "| stage | seconds |",
         "|---|---|",
     ]
-    lines += [f"| {k} | {v['seconds']:.0f} |" for k, v in stages.items()]
-    if agent is not None and agent.get("runs"):
+    lines += [f"| {k} | {v.seconds:.0f} |" for k, v in stages.items()]
+    if agent is not None and agent.seeds:
         lines += [
             "",
             "## Agent seeds (wall time on this machine, held-out macro F1)",
             "",
-            "| seed | BC s | PPO s | PPO env steps/s | episode trainer s | BC | RL (PPO) | "
-            "RL (episode trainer) |",
+            "| seed | bc s | ppo s | ppo env steps/s | episode s | bc | ppo | episode |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for r in agent["runs"]:
-            cells = [
-                f"{r.get(k, float('nan')):.0f}"
-                for k in ("bc_seconds", "ppo_seconds", "steps_per_second", "episode_seconds")
-            ] + [f"{r.get(k, float('nan')):.4f}" for k in ("bc", "rl", "episode")]
-            lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
-    if agent is not None and agent.get("tradeoff"):
+        for k, r in enumerate(agent.seeds):
+            macro = []
+            for name in ("bc", "ppo", "episode"):
+                row = agent.stage(name)
+                ok = row is not None and k < len(row.macro_f1.values)
+                macro.append(f"{row.macro_f1.values[k]:.4f}" if row is not None and ok else "-")
+            secs = [r.bc_seconds, r.ppo_seconds, r.ppo_steps_per_second, r.episode_seconds]
+            cells = ["-" if v is None else f"{v:.0f}" for v in secs] + macro
+            lines.append(f"| {r.seed} | " + " | ".join(cells) + " |")
+    if agent is not None and agent.tradeoff:
         lines += [
             "",
-            "## Segmentation trade-off (training essays)",
+            f"## Segmentation trade-off (training essays; the run cut "
+            f"{agent.segments_per_essay:.1f} segments per essay)",
             "",
             "| punctuation cuts | start threshold | segments/essay | segments/element | "
             "oracle macro F1 |",
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {t.get('punctuation', '-')} | {t['start_threshold']:.2f} | "
-            f"{t['segments_per_essay']:.1f} | {t['segments_per_element']:.2f} | "
-            f"{t['oracle_macro_f1']:.4f} |"
-            for t in agent["tradeoff"]
+            f"| {t.punctuation} | {t.start_threshold:.2f} | {t.segments_per_essay:.1f} | "
+            f"{t.segments_per_element:.2f} | {t.oracle_macro_f1:.4f} |"
+            for t in agent.tradeoff
         ]
-    plots = write_plots(run, agent)
+    plots = write_plots(lay, agent)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    path = run / "results.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    atomic_write_text(lay.report, "\n".join(lines) + "\n")
+    return lay.report
 
 
-def write_plots(run: Path, agent: dict[str, Any] | None) -> list[Path]:
+def write_plots(lay: RunLayout, agent: AgentResults | None) -> list[Path]:
     """Per-class F1 bars per stage, the segmentation trade-off, and the agents' curves."""
     import matplotlib
 
@@ -145,52 +173,45 @@ def write_plots(run: Path, agent: dict[str, Any] | None) -> list[Path]:
         return written
 
     def save(fig: Any, name: str) -> None:
-        path = run / name
+        path = lay.plot(name)
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
         plt.close(fig)
         written.append(path)
 
-    rows = [(STAGE_NAMES[k], agent["summary"][k]) for k in STAGE_NAMES if k in agent["summary"]]
     fig, ax = plt.subplots(figsize=(11, 4))
     cols = [*CLASSES, "macro"]
-    width = 0.8 / max(len(rows), 1)
+    width = 0.8 / max(len(agent.stages), 1)
     x = np.arange(len(cols))
-    for i, (name, row) in enumerate(rows):
-        means = [row[c]["mean"] for c in cols]
-        errs = [row[c].get("std", 0.0) for c in cols]
-        ax.bar(x + i * width, means, width, yerr=errs, label=name)
-    ax.set_xticks(x + width * (len(rows) - 1) / 2, [c.replace(" ", "\n") for c in cols])
+    for i, s in enumerate(agent.stages):
+        stats = [*(s.per_class[c] for c in CLASSES), s.macro_f1]
+        errs = [st.sd or 0.0 for st in stats]
+        ax.bar(x + i * width, [st.mean for st in stats], width, yerr=errs, label=s.stage)
+    ax.set_xticks(x + width * (len(agent.stages) - 1) / 2, [c.replace(" ", "\n") for c in cols])
     ax.set_ylabel("F1 (held-out essays)")
     ax.set_ylim(0, 1)
     ax.legend(ncol=3, fontsize=8)
-    save(fig, "f1_per_class.png")
+    save(fig, "f1_per_class")
 
-    if agent.get("tradeoff"):
-        t = agent["tradeoff"]
+    if agent.tradeoff:
         fig, ax = plt.subplots(figsize=(5, 4))
-        for punct in dict.fromkeys(r.get("punctuation", "-") for r in t):
-            rs = [r for r in t if r.get("punctuation", "-") == punct]
-            xs, ys = [r["segments_per_element"] for r in rs], [r["oracle_macro_f1"] for r in rs]
+        for punct in dict.fromkeys(t.punctuation for t in agent.tradeoff):
+            rs = [t for t in agent.tradeoff if t.punctuation == punct]
+            xs, ys = [t.segments_per_element for t in rs], [t.oracle_macro_f1 for t in rs]
             ax.plot(xs, ys, "o-", label=f"cuts after: {punct}")
-            for r in rs:
-                ax.annotate(
-                    f"{r['start_threshold']:.2f}", (r["segments_per_element"], r["oracle_macro_f1"])
-                )
+            for t in rs:
+                ax.annotate(f"{t.start_threshold:.2f}", (t.segments_per_element, t.oracle_macro_f1))
         ax.legend(fontsize=8)
         ax.set_xlabel("segments per true element")
         ax.set_ylabel("oracle macro F1")
         ax.set_title("segmentation: recall vs segments (labels: start threshold)")
-        save(fig, "segmentation_tradeoff.png")
+        save(fig, "segmentation_tradeoff")
 
     curves = []
-    for name, path in (
-        ("BC", run / "agent" / "bc" / "history.json"),
-        ("PPO", run / "agent" / "rl" / "history.json"),
-        ("episode", run / "agent" / "episode" / "history.json"),
-    ):
-        hist = _read(path)
-        if hist and hist.get("history"):
-            curves.append((name, hist["history"]))
+    for name in ("bc", "ppo", "episode"):
+        if lay.history(name).is_file():
+            trained = TrainedPolicy.read(name, lay.policy(name), lay.history(name))
+            if trained.history:
+                curves.append((name, trained.history))
     if curves:
         fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
         for ax, (name, hist) in zip(axes[0], curves, strict=True):
@@ -204,5 +225,5 @@ def write_plots(run: Path, agent: dict[str, Any] | None) -> list[Path]:
             ax.set_title(name)
             ax.set_xlabel(xkey or "evaluation")
             ax.legend(fontsize=7)
-        save(fig, "training_curves.png")
+        save(fig, "training_curves")
     return written

@@ -17,6 +17,7 @@ from discourse_rl.agent.common import AgentConfig, pad_batch, tensorboard_writer
 from discourse_rl.agent.policy import AttentionPolicy, make_policy, save_policy, score_policy
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
+from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import N_ACTIONS, EssaySegments
 
 
@@ -50,8 +51,8 @@ def train_bc(
     val_segs: Sequence[EssaySegments] = (),
     corpus: Corpus | None = None,
     log_dir: str | Path | None = None,
-) -> Path:
-    """Clone the gold actions of `train_segs`; returns the path of the saved policy.
+) -> TrainedPolicy:
+    """Clone the gold actions of `train_segs`; returns the saved policy and its history.
 
     With `val_segs` and `corpus`, the epoch with the best validation macro F1 is kept;
     otherwise the last one.
@@ -67,7 +68,7 @@ def _train_bc(
     val_segs: Sequence[EssaySegments],
     corpus: Corpus | None,
     log_dir: str | Path | None,
-) -> Path:
+) -> TrainedPolicy:
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     policy = make_policy(cfg, int(train_segs[0].features.shape[1]), dropout=cfg.dropout)
@@ -115,4 +116,4 @@ def _train_bc(
         "history": history,
     }
     atomic_write_text(out_dir / "history.json", json.dumps(summary, indent=2))
-    return path
+    return TrainedPolicy.from_summary("bc", path, summary)

@@ -27,7 +27,8 @@ class AgentConfig:
     """The attention policy, its behavioural cloning and its PPO fine-tuning."""
 
     seed: int = 0
-    """Seed for weights, essay order and action sampling (same seed, same result on CPU)."""
+    """Seed for weights, essay order and action sampling (same seed, same result on CPU); a
+    run sets it from `agent_seeds`, and a run config may not set it."""
     holdout_fold: int = 0
     """Fold (of RUN/ner/folds.json, else 5 balanced folds) scored at the end, never trained on."""
     max_essays: int = 0

@@ -62,6 +62,7 @@ from discourse_rl.agent.reward import (
 )
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
+from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import EssaySegments
 
 ESTIMATORS = ("rloo", "self_critical", "ppo")
@@ -73,7 +74,8 @@ class EpisodeConfig:
     """Episode-level fine-tuning of the BC policy (one update per batch of whole essays)."""
 
     seed: int = 0
-    """Seed for essay order and sampling (same seed, same result on CPU)."""
+    """Seed for essay order and sampling (same seed, same result on CPU); a run sets it from
+    `agent_seeds`, and a run config may not set it."""
     estimator: str = "rloo"
     """Gradient estimator: 'rloo', 'self_critical' or 'ppo'."""
     reward: str = "macro"
@@ -157,8 +159,8 @@ def train_episode(
     tb_dir: str | Path | None = None,
     agent_cfg: AgentConfig | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
-) -> Path:
-    """Fine-tune the BC policy at `bc_path` essay by essay; returns the saved policy's path.
+) -> TrainedPolicy:
+    """Fine-tune the BC policy at `bc_path` essay by essay; returns what it saved.
 
     The saved policy is the checkpoint with the best validation macro F1 (the BC policy itself
     counts as the first), or the last one without `val_segs`. `agent_cfg` is not needed any
@@ -179,7 +181,7 @@ def _train(
     val_segs: Sequence[EssaySegments],
     tb_dir: str | Path | None,
     callback: Callable[[dict[str, float]], None] | None,
-) -> Path:
+) -> TrainedPolicy:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -265,7 +267,7 @@ def _train(
         "history": history,
     }
     atomic_write_text(out / "history.json", json.dumps(summary, indent=2))
-    return final
+    return TrainedPolicy.from_summary("episode", final, summary)
 
 
 def _update(

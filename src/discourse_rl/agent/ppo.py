@@ -45,6 +45,7 @@ from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table, kl
 from discourse_rl.common import atomic_write_text, config_to_toml
 from discourse_rl.data import Corpus
 from discourse_rl.env import SegmentLabelEnv
+from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import N_ACTIONS, EssaySegments
 
 
@@ -233,8 +234,8 @@ def train_ppo(
     *,
     val_segs: Sequence[EssaySegments] = (),
     tb_dir: str | Path | None = None,
-) -> Path:
-    """Fine-tune the BC policy at `bc_path` on the training essays; returns the policy path.
+) -> TrainedPolicy:
+    """Fine-tune the BC policy at `bc_path` on the training essays; returns what it saved.
 
     The returned policy is the checkpoint with the best validation macro F1 (the BC policy
     itself counts as the first checkpoint), or the last one without `val_segs`.
@@ -251,7 +252,7 @@ def _train_ppo(
     out_dir: Path,
     val_segs: Sequence[EssaySegments],
     tb_dir: str | Path | None,
-) -> Path:
+) -> TrainedPolicy:
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     env = make_env(train_segs, corpus, cfg)
@@ -328,4 +329,4 @@ def _train_ppo(
         "history": eval_cb.history,
     }
     atomic_write_text(out_dir / "history.json", json.dumps(summary, indent=2))
-    return final
+    return TrainedPolicy.from_summary("ppo", final, summary)

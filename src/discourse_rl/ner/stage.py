@@ -17,9 +17,7 @@ import torch
 
 from discourse_rl.common import (
     DiscourseRLError,
-    atomic_write_text,
     config_from_dict,
-    config_to_toml,
     load_toml,
     torch_threads,
 )
@@ -114,7 +112,6 @@ def stage_config(path: str | Path | None, **overrides: Any) -> NerStageConfig:
 def train_ner_stage(corpus: Corpus, cfg: NerStageConfig, out_dir: str | Path) -> DecodeReport:
     """Train the fold models, then fit and score the decodings on the out-of-fold probabilities."""
     layout = RunLayout(out_dir)
-    atomic_write_text(layout.config, config_to_toml(cfg))
     result = train_ner(corpus, cfg.ner, layout.root, cfg.seed)
     oof = load_word_probs(result.oof_path)
     report = evaluate_decoding(oof, corpus, result.folds, cfg.decode)

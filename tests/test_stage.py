@@ -1,0 +1,89 @@
+"""The agent stage: typed results on disk, the trainers' folders, no stale policy, predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from discourse_rl.agent import AgentConfig
+from discourse_rl.agent.stage import predict_stage, train_agent_stage
+from discourse_rl.common import DiscourseRLError
+from discourse_rl.data import load_corpus
+from discourse_rl.layout import RunLayout
+from discourse_rl.records import AgentResults
+from discourse_rl.segments import SegmentConfig, simulate_word_probs
+
+TINY = AgentConfig(
+    max_segments=64,
+    d_model=16,
+    n_heads=2,
+    n_layers=1,
+    dim_feedforward=32,
+    bc_epochs=2,
+    bc_batch_essays=8,
+    ppo_timesteps=512,
+    value_warmup_steps=0,
+    kl_target=1e-4,
+    n_envs=4,
+    n_steps=64,
+    batch_size=64,
+    n_epochs=2,
+    eval_every=2,
+    progress_bar=False,
+)
+SEG = SegmentConfig(max_segments=64)
+
+
+def test_agent_stage_end_to_end(tmp_path: Path) -> None:
+    c = load_corpus()
+    ids = sorted(c.essays)[:40]
+    probs = simulate_word_probs(c, 0.5, 0, ids)
+    lay = RunLayout(tmp_path)
+    # A policy an earlier configuration left behind must not survive to be served.
+    stale = lay.policy("episode")
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, TINY, seeds=(0,))
+
+    assert [s.stage for s in result.stages] == ["ner-naive", "ner-tuned", "oracle", "bc", "ppo"]
+    assert AgentResults.read(lay.agent_results) == result
+    assert not lay.trainer_dir("episode").exists()
+    assert lay.policy("ppo").is_file() and lay.segments.is_file()
+    assert not (lay.agent / "rl").exists() and not (lay.agent / "results.md").exists()
+    ppo = result.stage("ppo")
+    assert ppo is not None and ppo.seeds == (0,) and ppo.macro_f1.values == (ppo.macro_f1.mean,)
+    assert 0.0 <= ppo.essay_jaccard.mean <= 1.0
+    oracle = result.stage("oracle")
+    assert oracle is not None and oracle.essay_f1.mean > 0.9 and oracle.seeds == ()
+    assert result.n_train + result.n_heldout == len(ids) == result.heldout.candidates
+    assert result.heldout.folds_from == "fresh" and result.heldout.n_folds == 5
+    history = json.loads(lay.history("ppo").read_text())
+    assert history["final_beta"] != TINY.kl_beta  # the adaptive beta moved towards its target
+    (record,) = result.seeds
+    assert record.ppo_env_steps == history["env_steps"] and record.episode_seconds is None
+
+    table = predict_stage(tmp_path, "bc", {i: probs[i] for i in ids[:3]})
+    assert set(table["id"]) <= set(ids[:3])
+    with pytest.raises(DiscourseRLError, match="now called 'ppo'"):
+        predict_stage(tmp_path, "rl", probs)
+    with pytest.raises(DiscourseRLError, match="expected one of"):
+        predict_stage(tmp_path, "ner", probs)
+    with pytest.raises(DiscourseRLError, match="no episode policy"):
+        predict_stage(tmp_path, "episode", probs)
+
+
+def test_second_seed_lives_in_its_own_folder(tmp_path: Path) -> None:
+    c = load_corpus()
+    ids = sorted(c.essays)[:30]
+    probs = simulate_word_probs(c, 0.5, 0, ids)
+    cfg = dataclasses.replace(TINY, bc_epochs=1, ppo_timesteps=256)
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, seeds=(0, 3))
+    lay = RunLayout(tmp_path)
+    assert lay.policy("ppo", 1, 3).is_file() and lay.policy("ppo", 1, 3).parts[-3] == "seed3"
+    bc = result.stage("bc")
+    assert bc is not None and bc.seeds == (0, 3) and len(bc.macro_f1.values) == 2
+    assert bc.macro_f1.sd is not None
+    assert [r.seed for r in result.seeds] == [0, 3]
