@@ -142,6 +142,10 @@ class RunLayout:
         """The first seed's policies live in agent/, later seeds' in agent/seed<s>/."""
         return self.agent if seed_index == 0 else self.agent / f"seed{seed}"
 
+    def seed_config(self, seed_index: int, seed: int) -> Path:
+        """The agent settings one seed trained with (its seed included)."""
+        return self.seed_dir(seed_index, seed) / "config.toml"
+
     def trainer_dir(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
         if trainer not in AGENT_TRAINERS:
             raise ValueError(f"unknown agent trainer {trainer!r}")

@@ -49,13 +49,6 @@ class Score:
     macro_f1: float
     per_class: dict[str, ClassScore]
 
-    def to_frame(self) -> pd.DataFrame:
-        rows = [
-            {"class": c, "f1": s.f1, "tp": s.tp, "fp": s.fp, "fn": s.fn}
-            for c, s in self.per_class.items()
-        ]
-        return pd.DataFrame(rows).set_index("class")
-
     def to_dict(self) -> dict[str, object]:
         return {
             "macro_f1": self.macro_f1,

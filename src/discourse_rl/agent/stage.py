@@ -79,7 +79,10 @@ def heldout_split(
     run_dir: str | Path, corpus: Corpus, ids: Sequence[str], fold: int
 ) -> tuple[list[str], list[str]]:
     """(train, held-out) essay ids: the NER stage's folds when present, else fresh ones."""
-    folds, _ = _folds(run_dir, corpus, ids)
+    return _split(_folds(run_dir, corpus, ids)[0], ids, fold)
+
+
+def _split(folds: Mapping[str, int], ids: Sequence[str], fold: int) -> tuple[list[str], list[str]]:
     test = [i for i in ids if folds[i] == fold]
     if not test:
         raise DiscourseRLError(f"agent.holdout_fold: fold {fold} holds none of the essays")
@@ -130,6 +133,8 @@ def train_agent_stage(
     folder, so no policy of an earlier configuration survives to be served by `predict`.
     """
     lay = RunLayout(run_dir)
+    if not seeds:
+        raise DiscourseRLError("agent_seeds: at least one seed")
     ids = sorted(set(probs) & set(corpus.essays))
     if not ids:
         raise DiscourseRLError(f"{lay.root}: no essay has both word probabilities and labels")
@@ -138,10 +143,11 @@ def train_agent_stage(
     if cfg.max_essays and cfg.max_essays < len(ids):
         ids = sorted(np.random.default_rng(0).choice(ids, cfg.max_essays, replace=False))
         subset = cfg.max_essays
-    train_ids, test_ids = heldout_split(lay.root, corpus, ids, cfg.holdout_fold)
     folds, source = _folds(lay.root, corpus, ids)
+    train_ids, test_ids = _split(folds, ids, cfg.holdout_fold)
     n_folds = len(set(folds.values()))
     heldout = HeldOutEssays(cfg.holdout_fold, n_folds, source, subset, candidates, simulated)
+    n_train, n_test = len(train_ids), len(test_ids)
     if lay.agent.exists():
         shutil.rmtree(lay.agent)
     atomic_write_text(lay.segments_config, config_to_toml(seg_cfg))
@@ -155,12 +161,21 @@ def train_agent_stage(
     train_segs = [by_id[i] for i in train_ids]
     test_segs = [by_id[i] for i in test_ids]
     train_probs = {i: probs[i] for i in train_ids}
-    tradeoff = tradeoff_table(
-        {i: probs[i] for i in train_ids[:TRADEOFF_ESSAYS]},
-        corpus,
-        TRADEOFF_THRESHOLDS,
-        seg_cfg,
-        PUNCTUATION,
+    tradeoff = tuple(
+        TradeoffRow(
+            str(r.get("punctuation", "-")),
+            float(r["start_threshold"]),
+            float(r["segments_per_essay"]),
+            float(r["segments_per_element"]),
+            float(r["oracle_macro_f1"]),
+        )
+        for r in tradeoff_table(
+            {i: probs[i] for i in train_ids[:TRADEOFF_ESSAYS]},
+            corpus,
+            TRADEOFF_THRESHOLDS,
+            seg_cfg,
+            PUNCTUATION,
+        ).to_dict(orient="records")
     )
 
     gt = gold_frame(corpus, test_ids)
@@ -179,7 +194,7 @@ def train_agent_stage(
     for k, seed in enumerate(seeds):
         scfg = dataclasses.replace(cfg, seed=int(seed))
         tr, val = split_validation(train_segs, scfg.val_fraction, scfg.seed)
-        atomic_write_text(lay.seed_dir(k, seed) / "config.toml", config_to_toml(scfg))
+        atomic_write_text(lay.seed_config(k, seed), config_to_toml(scfg))
         t = time.perf_counter()
         bc = train_bc(
             tr,
@@ -228,8 +243,8 @@ def train_agent_stage(
                 episode_s,
             )
         )
+        # Written after every seed, so an interrupted stage still shows what it finished.
         done = [int(s) for s in seeds[: k + 1]]
-        n_train, n_test = len(train_ids), len(test_ids)
         results = AgentResults(
             n_train,
             n_test,
@@ -237,16 +252,7 @@ def train_agent_stage(
             tuple(StageScores.combine(n, [s], (), n_train, n_test) for n, s in fixed.items())
             + tuple(StageScores.combine(n, s, done, n_train, n_test) for n, s in scores.items()),
             tuple(records),
-            tuple(
-                TradeoffRow(
-                    str(r.get("punctuation", "-")),
-                    float(r["start_threshold"]),
-                    float(r["segments_per_essay"]),
-                    float(r["segments_per_element"]),
-                    float(r["oracle_macro_f1"]),
-                )
-                for r in tradeoff.to_dict(orient="records")
-            ),
+            tradeoff,
             float(np.mean([s.n_segments for s in segs])),
             seg_seconds,
         )
