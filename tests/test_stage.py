@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from discourse_rl.agent import AgentConfig
+from discourse_rl.agent.episode import EpisodeConfig
+from discourse_rl.agent.policy import load_policy
 from discourse_rl.agent.stage import predict_stage, train_agent_stage
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import load_corpus
@@ -75,13 +77,23 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
         predict_stage(tmp_path, "episode", probs)
 
 
-def test_second_seed_lives_in_its_own_folder(tmp_path: Path) -> None:
+def test_second_seed_and_autoregressive_episode_policy(tmp_path: Path) -> None:
     c = load_corpus()
     ids = sorted(c.essays)[:30]
     probs = simulate_word_probs(c, 0.5, 0, ids)
     cfg = dataclasses.replace(TINY, bc_epochs=1, ppo_timesteps=256)
-    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, seeds=(0, 3))
+    episode = EpisodeConfig(
+        autoregressive=True, passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False
+    )
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, (0, 3), episode)
     lay = RunLayout(tmp_path)
+    # The autoregressive policy is saved where prediction looks, and keeps its head.
+    assert load_policy(lay.policy("episode")).head is not None
+    table = predict_stage(tmp_path, "episode", {i: probs[i] for i in ids[:3]})
+    assert set(table["id"]) <= set(ids[:3])
+    ep = result.stage("episode")
+    assert ep is not None and ep.seeds == (0, 3)
+    assert all(r.episode_seconds is not None for r in result.seeds)
     assert lay.policy("ppo", 1, 3).is_file() and lay.policy("ppo", 1, 3).parts[-3] == "seed3"
     bc = result.stage("bc")
     assert bc is not None and bc.seeds == (0, 3) and len(bc.macro_f1.values) == 2

@@ -48,7 +48,7 @@ def make_tiny_run(folder: Path) -> Path:
     agent = AgentConfig(max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16)
     for k, trainer in enumerate(("bc", "ppo")):
         cfg = AgentConfig(**{**agent.__dict__, "seed": k})
-        save_policy(make_policy(cfg, n_features), layout.policy(trainer), cfg)
+        save_policy(make_policy(cfg, n_features), layout.policy(trainer))
     per_type = {c: 0.1 * (i + 1) for i, c in enumerate(CLASSES)}
     rows = (("ner-naive", 0.2, ()), ("ner-tuned", 0.3, ()), ("bc", 0.25, (0,)), ("ppo", 0.1, (0,)))
     stages = tuple(

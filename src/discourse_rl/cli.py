@@ -144,9 +144,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from discourse_rl.pipeline import run_pipeline
-
     from discourse_rl.layout import RunLayout
+    from discourse_rl.pipeline import run_pipeline
 
     summary = run_pipeline(args.data, args.out, args.config)
     report = RunLayout(summary.run_dir).report
@@ -203,6 +202,7 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # predict
+
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from discourse_rl.labeller import STAGES

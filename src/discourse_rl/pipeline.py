@@ -244,9 +244,7 @@ class _Source:
         return StageRecord(key, round(seconds, 1), self.data, self.config, self.essays)
 
 
-def _corpus(
-    data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print
-) -> Corpus:
+def _corpus(data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print) -> Corpus:
     corpus = load_corpus(data)
     log(corpus.repairs_summary())
     return corpus.sure_subset() if cfg.sure_only else corpus
