@@ -179,7 +179,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     capsys.readouterr()
     args = ["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]
     assert main([*args, "--stage", "episode"]) == 2
-    assert "no episode policy" in capsys.readouterr().err
+    assert "stage 'episode' not trained in this run" in capsys.readouterr().err
     assert load_run_config(lay.config) == load_run_config(off)
     summary = run_pipeline(few_essays, run, off, log=lambda _: None)
     assert summary.ran == ()
@@ -194,7 +194,7 @@ def test_older_run_folder_is_one_clear_line(
     capsys.readouterr()
     for argv in (
         ["info", "--model", str(old)],
-        ["predict", "--model", str(old), "--essays", str(old), "--out", str(tmp_path / "x.csv")],
+        ["predict", "--model", str(old), "--essays", str(sample_dir() / "test"), "--out", "x.csv"],
         ["run", "--out", str(old)],
     ):
         assert main(argv) == 2

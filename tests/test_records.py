@@ -140,6 +140,12 @@ def test_format_checks(tmp_path: Path) -> None:
     assert check_format(lay.root) is None  # nothing there yet: a fresh --out
     lay.root.mkdir()
     assert check_format(lay.root) is None
+    lay.ner.mkdir()  # an empty ner/ is no trained run yet
+    assert check_format(lay.root) is None
+    lay.legacy_ppo.mkdir(parents=True)  # format 1's PPO folder, agent/rl
+    with pytest.raises(DiscourseRLError, match=r"older discourse-rl \(format 1.*re-run"):
+        check_format(lay.root)
+    lay.legacy_ppo.rmdir()
     lay.stages.write_text("{}")  # a run without format.json: format 1
     with pytest.raises(DiscourseRLError, match=r"older discourse-rl \(format 1.*re-run"):
         check_format(lay.root)

@@ -142,6 +142,11 @@ class RunLayout:
         """The first seed's policies live in agent/, later seeds' in agent/seed<s>/."""
         return self.agent if seed_index == 0 else self.agent / f"seed{seed}"
 
+    @property
+    def legacy_ppo(self) -> Path:
+        """Format 1's PPO folder, named only to recognise a run folder of that format."""
+        return self.agent / "rl"
+
     def seed_config(self, seed_index: int, seed: int) -> Path:
         """The agent settings one seed trained with (its seed included)."""
         return self.seed_dir(seed_index, seed) / "config.toml"

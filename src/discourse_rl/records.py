@@ -428,7 +428,7 @@ def check_format(run: str | Path) -> RunFormat | None:
                 f"format {FORMAT_VERSION}): upgrade discourse-rl"
             )
         return RunFormat(fmt, str(d.get("discourse_rl")), d.get("torch"), d.get("transformers"))
-    if lay.stages.is_file() or lay.ner.is_dir() or lay.agent.is_dir():
+    if lay.stages.is_file() or lay.ner_config.is_file() or lay.legacy_ppo.is_dir():
         raise DiscourseRLError(older_format(lay.root, 1))
     return None
 
