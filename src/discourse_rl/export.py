@@ -95,7 +95,14 @@ def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> 
         if p.is_file():
             rel = p.relative_to(run).as_posix()
             files[rel], omitted[rel] = _pack(p, base)
-    for p in (layout.ner_config, layout.ner_metrics, layout.agent_results, layout.decode):
+    # format.json too: the unpacked folder must read as a run of this format.
+    for p in (
+        layout.format,
+        layout.ner_config,
+        layout.ner_metrics,
+        layout.agent_results,
+        layout.decode,
+    ):
         if p.is_file():
             add(p)
     if stage in ("bc", "ppo", "episode"):
