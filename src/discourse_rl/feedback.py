@@ -19,6 +19,8 @@ GUESS_BELOW = 0.3
 """A type whose held-out F1 is below this is called a guess."""
 RELIABLE_FROM = 0.6
 """A type whose held-out F1 reaches this is called reliable."""
+SHOW_UNSURE = 8
+"""The terminal and the page list this many unsure elements, then say how many more."""
 
 # Colours per type: the terminal (rich) and the page (CSS) use the same ones.
 COLOURS = {
@@ -132,6 +134,9 @@ def render_terminal(
             console.print(Text(f"  - {line}"))
     if summary.unsure:
         console.print(Text(f"Unsure (confidence below {UNSURE_BELOW})", style="bold"))
-        for i in summary.unsure:
+        for i in summary.unsure[:SHOW_UNSURE]:
             el = elements[i]
             console.print(Text(f"  - {el.type} {el.confidence:.2f}: “{_shorten(el.text)}”"))
+        if len(summary.unsure) > SHOW_UNSURE:
+            more = len(summary.unsure) - SHOW_UNSURE
+            console.print(Text(f"  … and {more} more (marked '?' in the essay above)"))

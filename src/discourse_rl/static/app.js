@@ -103,11 +103,16 @@
     if (s.unsure.length) {
       box.append(el("h3", {}, "The model is unsure of"));
       const ul = el("ul", { class: "unsure" });
-      for (const i of s.unsure) {
+      const shown = 8;
+      for (const i of s.unsure.slice(0, shown)) {
         const e = result.elements[i];
         const words = e.text.split(/\s+/);
         const short = words.slice(0, 10).join(" ") + (words.length > 10 ? " …" : "");
         ul.append(el("li", {}, e.type + " (confidence " + e.confidence.toFixed(2) + "): “" + short + "”"));
+      }
+      if (s.unsure.length > shown) {
+        ul.append(el("li", {}, "… and " + (s.unsure.length - shown) +
+          " more (dashed outlines in the essay below)"));
       }
       box.append(ul);
     }
