@@ -9,14 +9,16 @@ Safe by default: binds 127.0.0.1; essays over `MAX_ESSAY_BYTES` get 413, empty o
 input 400, anything but JSON 415; errors reach the client as one line of JSON, never a
 traceback; essay text is never logged (uvicorn's access log has the method, path and status
 only). Requests are labelled one at a time: the Labeller holds a lock (torch's thread count is
-process-wide, so parallel essays would only share the same cores); the page and the health
-check stay responsive meanwhile because labelling runs in a worker thread.
+process-wide, so parallel essays would only share the same cores) and one worker thread runs
+them, in arrival order; the page and the health check stay responsive meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from discourse_rl.labeller import Labeller
@@ -109,6 +110,9 @@ def create_app(labeller: Labeller) -> FastAPI:
     from discourse_rl.feedback import summarise
 
     app = FastAPI(title="discourse-rl", docs_url=None, redoc_url=None, openapi_url=None)
+    # One worker thread labels every essay: requests queue for it (the Labeller would serialise
+    # them anyway), and its memory is reused instead of spread over a pool's threads.
+    worker = ThreadPoolExecutor(1, thread_name_prefix="labeller")
     about = info(labeller)
     per_type = about["scores"].get(labeller.stage, {}).get("per_type", {})
 
@@ -157,7 +161,8 @@ def create_app(labeller: Labeller) -> FastAPI:
             if len(body) > _MAX_BODY_BYTES:
                 raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes")
         text = parse_essay(request.headers.get("content-type"), bytes(body))
-        elements = await run_in_threadpool(labeller.label, text)
+        loop = asyncio.get_running_loop()
+        elements = await loop.run_in_executor(worker, labeller.label, text)
         return {
             "stage": labeller.stage,
             "n_words": len(text.split()),
