@@ -27,6 +27,8 @@ from discourse_rl.layout import RunLayout
 
 EXPORT_FORMAT = 1
 MANIFEST = "export.json"
+PT_FORMAT = {"format": "pt"}
+"""Safetensors metadata that transformers 4.x requires of the weights it loads."""
 _PREFIXES = ("encoder.", "bert.", "model.")  # fold models wrap the encoder; some bases nest it
 
 
@@ -62,7 +64,7 @@ def _pack(path: Path, base: dict[str, Any]) -> tuple[bytes, list[str]]:
             omitted.append(name)
             continue
         kept[name] = t.half() if t.is_floating_point() else t
-    return save(kept), omitted
+    return save(kept, metadata=PT_FORMAT), omitted
 
 
 def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> Path:
@@ -222,4 +224,4 @@ def _restore(model: Path, root: Path) -> None:
             k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()
         }
         tensors |= {k: base[_base_name(k)] for k in names}
-        save_file(tensors, str(path))
+        save_file(tensors, str(path), metadata=PT_FORMAT)

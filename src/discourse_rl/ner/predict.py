@@ -58,18 +58,19 @@ class NerPredictor:
         cfg = run_ner_config(layout.root)
         encoder_dir = require_encoder(layout)
         device = default_device() if device is None else device
-        tokenizer = load_tokenizer(encoder_dir)
         threads = cfg.threads if threads is None else threads
+        # Fold models before the tokenizer: a missing one is the error to report.
         if cfg.mode == "frozen":
             encoder = load_encoder(encoder_dir).to(device)
             heads = [h.to(device) for h in load_heads(layout.root, cfg, hidden_size(encoder))]
             ready = for_inference(encoder, cfg, device)
+            tokenizer = load_tokenizer(encoder_dir)
             return cls(cfg, tokenizer, device, threads, encoder=ready, heads=heads)
         if cfg.mode == "finetune":
             models = [
                 for_inference(m.to(device), cfg, device) for m in load_finetuned(run_dir, cfg)
             ]
-            return cls(cfg, tokenizer, device, threads, models=models)
+            return cls(cfg, load_tokenizer(encoder_dir), device, threads, models=models)
         raise DiscourseRLError(f"{layout.ner_config}: unknown ner.mode {cfg.mode!r}")
 
     def predict(self, essays: Mapping[str, Essay], progress: bool = False) -> dict[str, FloatArray]:
