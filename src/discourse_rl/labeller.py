@@ -22,7 +22,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.layout import RunLayout
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from discourse_rl.data import Essay
+    from discourse_rl.ner import NerPredictor
 
     FloatArray = npt.NDArray[np.float32]
 
@@ -97,32 +98,6 @@ def canonical_stage(stage: str) -> str:
     if stage not in STAGES:
         raise DiscourseRLError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
     return stage
-
-
-class WordProbs(Protocol):
-    def predict(
-        self, essays: Mapping[str, Essay], progress: bool = False
-    ) -> dict[str, FloatArray]: ...
-
-
-class _Reloading:
-    """Stand-in until `discourse_rl.ner.NerPredictor` exists: reloads the models per call."""
-
-    def __init__(self, run: Path) -> None:
-        self.run = run
-
-    def predict(self, essays: Mapping[str, Essay], progress: bool = False) -> dict[str, FloatArray]:
-        from discourse_rl.ner import predict_word_probs
-
-        return predict_word_probs(self.run, essays, progress=progress)
-
-
-def _load_ner(run: Path) -> WordProbs:
-    try:
-        from discourse_rl.ner import NerPredictor  # type: ignore[attr-defined]
-    except ImportError:
-        return _Reloading(run)
-    return NerPredictor.load(run)  # type: ignore[no-any-return]
 
 
 def _policy_path(layout: RunLayout, stage: str) -> Path:
@@ -205,7 +180,7 @@ def default_stage(run: str | Path) -> str:
 class Labeller:
     """A trained run loaded once, ready to label essays (thread-safe, one call at a time)."""
 
-    def __init__(self, run: Path, stage: str, ner: WordProbs) -> None:
+    def __init__(self, run: Path, stage: str, ner: NerPredictor) -> None:
         self.run = run
         self.stage = stage
         self._ner = ner
@@ -228,7 +203,9 @@ class Labeller:
         if stage not in offered:
             have = ", ".join(offered) or "none"
             raise DiscourseRLError(f"{run}: stage {stage!r} not trained in this run (has: {have})")
-        labeller = cls(run, stage, _load_ner(run))
+        from discourse_rl.ner import NerPredictor
+
+        labeller = cls(run, stage, NerPredictor.load(run))
         labeller._decoder(stage)  # a broken policy or thresholds file fails now, not mid-request
         return labeller
 
