@@ -196,8 +196,15 @@ class Labeller:
         from discourse_rl.export import open_model
         from discourse_rl.records import check_format
 
-        run = open_model(run)
-        check_format(run)  # a folder an older version wrote: one clear line, not a KeyError
+        given = Path(run)
+        run = open_model(given)
+        try:
+            check_format(run)  # a folder an older version wrote: one clear line, not a KeyError
+        except DiscourseRLError as exc:
+            if run == given:
+                raise
+            # Name the file the user gave, not the cache it was unpacked into.
+            raise DiscourseRLError(f"{given}: {str(exc).split(': ', 1)[-1]}") from None
         offered = offered_stages(run)
         stage = default_stage(run) if stage is None else canonical_stage(stage)
         if stage not in offered:
