@@ -201,3 +201,22 @@ def test_exported_zip_labels_like_the_run(
     bad.write_bytes(b"not a zip")
     with pytest.raises(DiscourseRLError, match="not a run folder or a model"):
         Labeller.load(bad)
+
+
+def test_all_stages_come_from_one_tagger_pass(
+    labeller: Labeller, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from discourse_rl.ner import NerPredictor
+
+    calls: list[int] = []
+    predict = NerPredictor.predict
+
+    def counted(self: NerPredictor, essays, progress=False):  # type: ignore[no-untyped-def]
+        calls.append(len(essays))
+        return predict(self, essays, progress)
+
+    monkeypatch.setattr(NerPredictor, "predict", counted)
+    essays = {f"e{i}": _essay(t) for i, t in enumerate(_texts())}
+    out = labeller.label_essays(essays, labeller.stages)
+    assert calls == [len(essays)]
+    assert set(out) == set(labeller.stages) and all(set(v) == set(essays) for v in out.values())
