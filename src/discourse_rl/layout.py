@@ -72,6 +72,11 @@ class RunLayout:
         return self.ner / "encoder"
 
     @property
+    def ner_encoder_config(self) -> Path:
+        """The backbone's Hugging Face config: present once the NER stage saved its encoder."""
+        return self.ner_encoder / "config.json"
+
+    @property
     def ner_cache(self) -> Path:
         """Frozen mode: the encoder's word vectors, computed once."""
         return self.ner / "cache"

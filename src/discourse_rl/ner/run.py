@@ -59,7 +59,7 @@ def fold_split(folds: dict[str, int], k: int) -> tuple[list[str], list[str]]:
 def require_encoder(layout: RunLayout) -> Path:
     """The run's saved backbone folder; a run may hold out-of-fold probabilities without models
     (e.g. when the NER stage was trained on another machine), which cannot predict."""
-    if not (layout.ner_encoder / "config.json").is_file():
+    if not layout.ner_encoder_config.is_file():
         raise DiscourseRLError(f"{layout.ner_encoder}: missing (this run has no NER model)")
     return layout.ner_encoder
 

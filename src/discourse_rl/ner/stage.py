@@ -61,7 +61,7 @@ def train_ner(corpus: Corpus, cfg: NerConfig, out_dir: str | Path, seed: int = 0
     folds = make_folds(corpus, cfg.folds, seed)
     write_record(layout, NerRecord(seed, cfg))
     write_folds(layout, folds)
-    if not (layout.ner_encoder / "config.json").is_file():
+    if not layout.ner_encoder_config.is_file():
         backbone = resolve_backbone(cfg.backbone)
         load_tokenizer(backbone).save_pretrained(str(layout.ner_encoder))
         encoder: Any = load_encoder(backbone)
