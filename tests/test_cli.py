@@ -98,3 +98,21 @@ def test_info_on_a_folder_without_a_run(tmp_path: Path, capsys: pytest.CaptureFi
     assert "no such run folder" in capsys.readouterr().err
     assert main(["info", "--model", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_python_m_runs_the_command(tmp_path: Path) -> None:
+    """`python -m discourse_rl` is the `discourse-rl` command: same help, same exit codes, same
+    one-line errors."""
+    run = [sys.executable, "-m", "discourse_rl"]
+    version = subprocess.run([*run, "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("discourse-rl ")
+    helped = subprocess.run([*run, "train-ner", "--help"], capture_output=True, text=True)
+    assert helped.returncode == 0 and "--config" in helped.stdout
+    missing = tmp_path / "nope.csv"
+    bad = subprocess.run(
+        [*run, "score", "--pred", str(missing), "--gt", str(missing)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("discourse-rl: error: ")
+    assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
