@@ -143,6 +143,11 @@ class RunLayout:
     def agent_results(self) -> Path:
         return self.agent / "results.json"
 
+    @property
+    def agent_inputs(self) -> Path:
+        """The key of the inputs agent/ was trained from (other inputs empty the folder)."""
+        return self.agent / "inputs.json"
+
     def seed_dir(self, seed_index: int, seed: int) -> Path:
         """The first seed's policies live in agent/, later seeds' in agent/seed<s>/."""
         return self.agent if seed_index == 0 else self.agent / f"seed{seed}"
@@ -166,6 +171,10 @@ class RunLayout:
 
     def history(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
         return self.trainer_dir(trainer, seed_index, seed) / "history.json"
+
+    def trainer_done(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        """Written last by a finished trainer: its inputs' key and held-out score (resume)."""
+        return self.trainer_dir(trainer, seed_index, seed) / "done.json"
 
 
 @dataclass(frozen=True)

@@ -282,6 +282,7 @@ def run_pipeline(
             reused.append(st.name)
             continue
         log(f"[{st.name}] running (key {keys[st.name]})")
+        _forget(lay, state, st.name)
         t0 = time.perf_counter()
         st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
@@ -289,6 +290,16 @@ def run_pipeline(
         log(f"[{st.name}] done in {seconds:.0f} s")
         ran.append(st.name)
     return RunSummary(lay.root, tuple(ran), tuple(reused), _finish(lay, cfg, corpus))
+
+
+def _forget(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
+    """Before a stage runs: its record and those of the stages after it go, so that outputs an
+    interrupted run leaves half made are never taken for finished ones."""
+    names = [s.name for s in STAGES]
+    if any(later.name in state for later in STAGES[names.index(name) :]):
+        for later in STAGES[names.index(name) :]:
+            state.pop(later.name, None)
+        write_stages(lay.stages, state)
 
 
 def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
@@ -326,6 +337,7 @@ def train_ner(
     lay = start_run(run)
     corpus = _corpus(data, cfg, log)
     log("[ner] running")
+    _forget(lay, read_stages(lay.stages), "ner")
     t0 = time.perf_counter()
     report = _run_ner(lay, corpus, cfg)
     key = stage_keys(corpus, cfg)["ner"]
@@ -369,6 +381,7 @@ def train_agent(
     elif not lay.oof.is_file():
         raise DiscourseRLError(f"{lay.oof}: missing (train-ner first, or --simulate)")
     log(f"[agent] running ({'simulated probabilities' if simulate else lay.oof})")
+    _forget(lay, read_stages(lay.stages), "agent")
     t0 = time.perf_counter()
     result = _run_agent(lay, corpus, cfg, probs)
     key = stage_keys(corpus, cfg)["agent"]

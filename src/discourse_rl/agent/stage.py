@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from discourse_rl.agent.bc import train_bc
 from discourse_rl.agent.common import AgentConfig, split_validation
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.ppo import train_ppo
+from discourse_rl.agent.resume import AgentResume, inputs_key
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_write_text,
@@ -129,8 +130,10 @@ def train_agent_stage(
     """Train and score the agent for each seed; returns (and writes) the results.
 
     With `episode_cfg`, each seed's BC policy is also fine-tuned by the episode-level trainer
-    (`RUN/agent/episode/`, an extra row of the table). The stage starts from an empty agent/
-    folder, so no policy of an earlier configuration survives to be served by `predict`.
+    (`RUN/agent/episode/`, an extra row of the table). Each trainer of each seed is recorded as
+    it finishes and reused when the stage runs again on the same inputs (`agent.resume`);
+    other inputs start from an empty agent/ folder, so no policy of an earlier configuration
+    survives to be served by `predict`.
     """
     lay = RunLayout(run_dir)
     if not seeds:
@@ -148,15 +151,17 @@ def train_agent_stage(
     n_folds = len(set(folds.values()))
     heldout = HeldOutEssays(cfg.holdout_fold, n_folds, source, subset, candidates, simulated)
     n_train, n_test = len(train_ids), len(test_ids)
-    if lay.agent.exists():
-        shutil.rmtree(lay.agent)
-    atomic_write_text(lay.segments_config, config_to_toml(seg_cfg))
 
     t0 = time.perf_counter()
     words = {i: corpus.essays[i].words for i in ids}
     segs = segment_gold_actions(make_segments(probs, seg_cfg, ids, words), corpus)
-    save_segments(lay.segments, segs)
     seg_seconds = time.perf_counter() - t0
+    key = inputs_key(
+        segs, corpus.subset(ids), train_ids, test_ids, (seg_cfg, cfg, episode_cfg, list(seeds))
+    )
+    resume = AgentResume.open(lay, key)
+    atomic_write_text(lay.segments_config, config_to_toml(seg_cfg))
+    save_segments(lay.segments, segs)
     by_id = {s.essay_id: s for s in segs}
     train_segs = [by_id[i] for i in train_ids]
     test_segs = [by_id[i] for i in test_ids]
@@ -191,53 +196,76 @@ def train_agent_stage(
     trainers = ("bc", "ppo", "episode") if episode_cfg is not None else ("bc", "ppo")
     scores: dict[str, list[HeldOutScore]] = {t: [] for t in trainers}
     records: list[SeedRecord] = []
+
+    def score(path: Path) -> HeldOutScore:
+        return heldout_score(predict_spans(path, test_segs), gt)
+
     for k, seed in enumerate(seeds):
         scfg = dataclasses.replace(cfg, seed=int(seed))
         tr, val = split_validation(train_segs, scfg.val_fraction, scfg.seed)
         atomic_write_text(lay.seed_config(k, seed), config_to_toml(scfg))
-        t = time.perf_counter()
-        bc = train_bc(
-            tr,
-            scfg,
-            lay.trainer_dir("bc", k, seed),
-            val_segs=val,
-            corpus=corpus,
-            log_dir=lay.tensorboard(f"agent_bc_seed{seed}"),
+
+        bc = resume.run(
+            "bc",
+            k,
+            seed,
+            partial(
+                train_bc,
+                tr,
+                scfg,
+                lay.trainer_dir("bc", k, seed),
+                val_segs=val,
+                corpus=corpus,
+                log_dir=lay.tensorboard(f"agent_bc_seed{seed}"),
+            ),
+            score,
         )
-        bc_s = time.perf_counter() - t
-        t = time.perf_counter()
-        ppo = train_ppo(
-            tr,
-            corpus,
-            bc.path,
-            scfg,
-            lay.trainer_dir("ppo", k, seed),
-            val_segs=val,
-            tb_dir=lay.tensorboard(f"agent_ppo_seed{seed}"),
-        )
-        ppo_s = time.perf_counter() - t
-        scores["bc"].append(heldout_score(predict_spans(bc.path, test_segs), gt))
-        scores["ppo"].append(heldout_score(predict_spans(ppo.path, test_segs), gt))
-        episode_s = None
-        if episode_cfg is not None:
-            t = time.perf_counter()
-            ep = train_episode(
+        bc_path = lay.policy("bc", k, seed)
+        ppo = resume.run(
+            "ppo",
+            k,
+            seed,
+            partial(
+                train_ppo,
                 tr,
                 corpus,
-                bc.path,
-                dataclasses.replace(episode_cfg, seed=int(seed)),
-                lay.trainer_dir("episode", k, seed),
+                bc_path,
+                scfg,
+                lay.trainer_dir("ppo", k, seed),
                 val_segs=val,
-                tb_dir=lay.tensorboard(f"agent_episode_seed{seed}"),
-                agent_cfg=scfg,
+                tb_dir=lay.tensorboard(f"agent_ppo_seed{seed}"),
+            ),
+            score,
+        )
+        scores["bc"].append(bc.heldout)
+        scores["ppo"].append(ppo.heldout)
+        episode_s = None
+        if episode_cfg is not None:
+            ep_cfg = dataclasses.replace(episode_cfg, seed=int(seed))
+            ep = resume.run(
+                "episode",
+                k,
+                seed,
+                partial(
+                    train_episode,
+                    tr,
+                    corpus,
+                    bc_path,
+                    ep_cfg,
+                    lay.trainer_dir("episode", k, seed),
+                    val_segs=val,
+                    tb_dir=lay.tensorboard(f"agent_episode_seed{seed}"),
+                    agent_cfg=scfg,
+                ),
+                score,
             )
-            episode_s = time.perf_counter() - t
-            scores["episode"].append(heldout_score(predict_spans(ep.path, test_segs), gt))
+            episode_s = ep.seconds
+            scores["episode"].append(ep.heldout)
         records.append(
             SeedRecord(
                 int(seed),
-                bc_s,
-                ppo_s,
+                bc.seconds,
+                ppo.seconds,
                 int(ppo.stats["env_steps"]),
                 float(ppo.stats["steps_per_second"]),
                 episode_s,

@@ -1,0 +1,150 @@
+"""Resuming: the agent stage keeps every trainer a crash did not reach, and reuses only
+complete results from the same inputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import discourse_rl.agent.stage as stage_mod
+from discourse_rl.agent.episode import EpisodeConfig
+from discourse_rl.data import Corpus, load_corpus
+from discourse_rl.layout import RunLayout
+from discourse_rl.records import AgentResults
+from discourse_rl.segments import simulate_word_probs
+from tests.test_stage import SEG, TINY
+
+CFG = dataclasses.replace(TINY, bc_epochs=1, ppo_timesteps=256)
+EPISODE = EpisodeConfig(passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False)
+SEEDS = (0, 3)
+TRAINERS = {
+    # name: (the stage's trainer function, where its seed is among the positional arguments)
+    "bc": (stage_mod.train_bc, 1),
+    "ppo": (stage_mod.train_ppo, 3),
+    "episode": (stage_mod.train_episode, 3),
+}
+
+
+class Crash(Exception):
+    pass
+
+
+def _inputs() -> tuple[Corpus, dict[str, Any]]:
+    c = load_corpus()
+    ids = sorted(c.essays)[:30]
+    return c.subset(ids), simulate_word_probs(c, 0.5, 0, ids)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, calls: Counter[tuple[str, int]], crash: str = "") -> None:
+    """Count the trainers' calls by (trainer, seed); `crash` ('ppo@3') raises inside one."""
+
+    def wrap(name: str) -> Callable[..., Any]:
+        fn, seed_at = TRAINERS[name]
+
+        def spy(*args: Any, **kw: Any) -> Any:
+            seed = int(args[seed_at].seed)
+            calls[(name, seed)] += 1
+            if crash == f"{name}@{seed}":
+                raise Crash(crash)
+            return fn(*args, **kw)
+
+        return spy
+
+    for name in TRAINERS:
+        monkeypatch.setattr(stage_mod, f"train_{name}", wrap(name))
+
+
+def _scores(result: AgentResults) -> list[dict[str, Any]]:
+    return [s.to_json() for s in result.stages]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state: dict[str, torch.Tensor] = blob["state_dict"]
+    return state
+
+
+def test_crash_in_second_seed_keeps_the_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus, probs = _inputs()
+    whole = stage_mod.train_agent_stage(tmp_path / "whole", corpus, probs, SEG, CFG, SEEDS, EPISODE)
+
+    run = tmp_path / "run"
+    lay = RunLayout(run)
+    calls: Counter[tuple[str, int]] = Counter()
+    _spy(monkeypatch, calls, crash="ppo@3")
+    with pytest.raises(Crash):
+        stage_mod.train_agent_stage(run, corpus, probs, SEG, CFG, SEEDS, EPISODE)
+    # Seed 0 and seed 3's BC finished and are recorded; the crashed PPO left no record.
+    assert lay.trainer_done("episode", 0, 0).is_file() and lay.trainer_done("bc", 1, 3).is_file()
+    assert not lay.trainer_done("ppo", 1, 3).exists()
+    partial = AgentResults.read(lay.agent_results)
+    bc = partial.stage("bc")
+    assert bc is not None and bc.seeds == (0,)
+
+    calls.clear()
+    _spy(monkeypatch, calls)
+    resumed = stage_mod.train_agent_stage(run, corpus, probs, SEG, CFG, SEEDS, EPISODE)
+    assert calls == Counter({("ppo", 3): 1, ("episode", 3): 1})
+    assert _scores(resumed) == _scores(whole)
+    assert [r.ppo_env_steps for r in resumed.seeds] == [r.ppo_env_steps for r in whole.seeds]
+    for trainer in ("bc", "ppo", "episode"):
+        for k, seed in enumerate(SEEDS):
+            a = _weights(lay.policy(trainer, k, seed))
+            b = _weights(RunLayout(tmp_path / "whole").policy(trainer, k, seed))
+            assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_only_complete_records_of_the_same_inputs_are_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus, probs = _inputs()
+    lay = RunLayout(tmp_path)
+    stage_mod.train_agent_stage(tmp_path, corpus, probs, SEG, CFG, (0,), None)
+    calls: Counter[tuple[str, int]] = Counter()
+    _spy(monkeypatch, calls)
+
+    # A record whose policy is gone, or whose key is not the inputs', is not a finished trainer.
+    lay.policy("ppo").unlink()
+    done = lay.trainer_done("bc")
+    rec = json.loads(done.read_text())
+    done.write_text(json.dumps({**rec, "key": "0" * 16}))
+    stage_mod.train_agent_stage(tmp_path, corpus, probs, SEG, CFG, (0,), None)
+    assert calls == Counter({("bc", 0): 1, ("ppo", 0): 1})
+
+    # Other inputs (here another seed list) empty agent/ first: nothing is reused.
+    stale = lay.trainer_done("bc")
+    calls.clear()
+    stage_mod.train_agent_stage(tmp_path, corpus, probs, SEG, CFG, (1,), None)
+    assert calls == Counter({("bc", 1): 1, ("ppo", 1): 1})
+    assert json.loads(stale.read_text())["seed"] == 1
+
+
+def test_a_stage_that_fails_leaves_no_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage's record goes before it runs: outputs an interrupted run half made (results.json
+    after one seed of three) are never reused as the finished stage."""
+    import discourse_rl.pipeline as pipeline
+    from discourse_rl.records import RunFormat, StageRecord, read_stages, write_stages
+
+    lay = RunLayout(tmp_path)
+    RunFormat.current().write(lay.format)
+    write_stages(lay.stages, {"ner": StageRecord("n", 1.0), "agent": StageRecord("a", 1.0)})
+
+    def crash(*args: Any, **kw: Any) -> Any:
+        assert "agent" not in read_stages(lay.stages)
+        raise Crash("agent")
+
+    monkeypatch.setattr(pipeline, "_run_agent", crash)
+    with pytest.raises(Crash):
+        pipeline.train_agent(tmp_path, simulate=True, max_essays=10, log=lambda _: None)
+    assert set(read_stages(lay.stages)) == {"ner"}
