@@ -220,3 +220,56 @@ def test_all_stages_come_from_one_tagger_pass(
     out = labeller.label_essays(essays, labeller.stages)
     assert calls == [len(essays)]
     assert set(out) == set(labeller.stages) and all(set(v) == set(essays) for v in out.values())
+
+
+def test_export_keeps_only_trained_tensors_of_a_finetuned_fold(tmp_path: Path) -> None:
+    """A fine-tuned fold model holds the backbone under `encoder.`: the frozen lower layers
+    equal the backbone's and are left out; the trained ones come back from float16."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from discourse_rl.export import _base_weights, _pack, _restore
+
+    torch.manual_seed(0)
+    backbone = tmp_path / "backbone"
+    backbone.mkdir()
+    base = {
+        "embeddings.word_embeddings.weight": torch.randn(20, 4),
+        "encoder.layer.0.w": torch.randn(4, 4),
+        "encoder.layer.1.w": torch.randn(4, 4),
+    }
+    save_file(base, str(backbone / "model.safetensors"))
+    fold = {
+        "encoder.embeddings.word_embeddings.weight": base["embeddings.word_embeddings.weight"],
+        "encoder.encoder.layer.0.w": base["encoder.layer.0.w"].clone(),
+        "encoder.encoder.layer.1.w": base["encoder.layer.1.w"] + 0.5,  # trained
+        "head.out.weight": torch.randn(15, 4),
+    }
+    root = tmp_path / "unpacked"
+    (root / "ner" / "fold0").mkdir(parents=True)
+    src = tmp_path / "model.safetensors"
+    save_file(fold, str(src))
+    index, sha = _base_weights(str(backbone))
+    packed, omitted = _pack(src, index)
+    assert omitted == {
+        "encoder.embeddings.word_embeddings.weight": "embeddings.word_embeddings.weight",
+        "encoder.encoder.layer.0.w": "encoder.layer.0.w",
+    }
+    (root / "ner" / "fold0" / "model.safetensors").write_bytes(packed)
+    manifest = {"backbone": str(backbone), "backbone_sha256": sha}
+    manifest["omitted"] = {"ner/fold0/model.safetensors": omitted}  # type: ignore[assignment]
+    (root / "export.json").write_text(json.dumps(manifest))
+    _restore(tmp_path / "m.zip", root)
+    back = load_file(str(root / "ner" / "fold0" / "model.safetensors"))
+    assert set(back) == set(fold)
+    for name, t in fold.items():
+        assert back[name].dtype == torch.float32
+        torch.testing.assert_close(back[name], t, atol=2e-3, rtol=1e-3)
+    assert torch.equal(back["encoder.encoder.layer.0.w"], fold["encoder.encoder.layer.0.w"])
+
+    save_file(
+        {**base, "encoder.layer.0.w": base["encoder.layer.0.w"] * 2},
+        str(backbone / "model.safetensors"),
+    )
+    with pytest.raises(DiscourseRLError, match="needs the backbone"):
+        _restore(tmp_path / "m.zip", root)

@@ -29,14 +29,27 @@ EXPORT_FORMAT = 1
 MANIFEST = "export.json"
 PT_FORMAT = {"format": "pt"}
 """Safetensors metadata that transformers 4.x requires of the weights it loads."""
-_PREFIXES = ("encoder.", "bert.", "model.")  # fold models wrap the encoder; some bases nest it
+_BASE_PREFIXES = ("bert.", "model.")  # some saved backbones nest the encoder under a name
+_FOLD_PREFIX = "encoder."  # a fine-tuned fold model holds the backbone as `encoder`
 
 
-def _base_name(name: str) -> str:
-    for p in _PREFIXES:
-        if name.startswith(p):
-            return name[len(p) :]
-    return name
+def _base_index(tensors: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's tensors by their own names and by the names without a nesting prefix."""
+    index = dict(tensors)
+    for name, t in tensors.items():
+        for p in _BASE_PREFIXES:
+            if name.startswith(p):
+                index.setdefault(name[len(p) :], t)
+    return index
+
+
+def _match(name: str, base: dict[str, Any]) -> str | None:
+    """The backbone tensor a saved tensor started from: same name, or the fold model's name
+    without its `encoder.` prefix (`encoder.encoder.layer.0...` -> `encoder.layer.0...`)."""
+    for candidate in (name, name.removeprefix(_FOLD_PREFIX)):
+        if candidate in base:
+            return candidate
+    return None
 
 
 def _base_weights(backbone: str) -> tuple[dict[str, Any], str]:
@@ -49,19 +62,21 @@ def _base_weights(backbone: str) -> tuple[dict[str, Any], str]:
     if not path.is_file():
         return {}, ""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return {_base_name(k): v for k, v in load_file(str(path)).items()}, digest
+    return _base_index(load_file(str(path))), digest
 
 
-def _pack(path: Path, base: dict[str, Any]) -> tuple[bytes, list[str]]:
-    """Tensors of `path` that differ from `base`, as float16 safetensors; the names left out."""
+def _pack(path: Path, base: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """Tensors of `path` that differ from `base`, as float16 safetensors; the tensors left out,
+    each with the name of the backbone tensor it equals."""
     import torch
     from safetensors.torch import load_file, save
 
-    kept, omitted = {}, []
+    kept, omitted = {}, {}
     for name, t in load_file(str(path)).items():
-        b = base.get(_base_name(name))
+        key = _match(name, base)
+        b = base[key] if key is not None else None
         if b is not None and b.shape == t.shape and b.dtype == t.dtype and torch.equal(b, t):
-            omitted.append(name)
+            omitted[name] = str(key)
             continue
         kept[name] = t.half() if t.is_floating_point() else t
     return save(kept, metadata=PT_FORMAT), omitted
@@ -82,7 +97,7 @@ def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> 
     cfg = run_ner_config(run)
     base, base_sha = _base_weights(cfg.backbone)
     files: dict[str, bytes] = {}
-    omitted: dict[str, list[str]] = {}
+    omitted: dict[str, dict[str, str]] = {}
 
     def add(path: Path) -> None:
         files[path.relative_to(run).as_posix()] = path.read_bytes()
@@ -206,7 +221,7 @@ def _restore(model: Path, root: Path) -> None:
 
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-        omitted: dict[str, list[str]] = manifest["omitted"]
+        omitted: dict[str, dict[str, str]] = manifest["omitted"]
         backbone = str(manifest["backbone"])
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise DiscourseRLError(f"{model}: broken {MANIFEST} ({exc!r})") from None
@@ -223,5 +238,5 @@ def _restore(model: Path, root: Path) -> None:
         tensors = {
             k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()
         }
-        tensors |= {k: base[_base_name(k)] for k in names}
+        tensors |= {k: base[key] for k, key in names.items()}
         save_file(tensors, str(path), metadata=PT_FORMAT)
