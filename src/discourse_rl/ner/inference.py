@@ -22,6 +22,8 @@ from discourse_rl.ner.backbone import encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import FloatArray, NerConfig
 from discourse_rl.ner.model import NerHead, NerModel, pool_words
 from discourse_rl.ner.tokens import (
+    EssayTokens,
+    Window,
     all_windows,
     collate_essays,
     pad_windows,
@@ -81,16 +83,11 @@ def encode_word_vectors(
     """Frozen encoder -> per essay (n_words, hidden) word vectors: the mean of a word's
     sub-token states within a window, averaged over the windows that contain the word.
     `prepared`: the encoder already went through `for_inference`."""
-    tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
-    cls_id, sep_id, pad_id = special_ids(tokenizer)
-    windows = all_windows(tokens, cfg, cls_id, sep_id)
-    hid = hidden_size(encoder)
-    sums = [np.zeros((t.n_words, hid), dtype=np.float32) for t in tokens]
-    counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
+    tokens, windows, pad_id = _windows(tokenizer, essays, cfg)
+    sums, counts = _accumulators(tokens, hidden_size(encoder))
     if not prepared:
         encoder = for_inference(encoder, cfg, device)
-    for batch in token_batches(windows, cfg.encode_tokens):
-        group = [windows[i] for i in batch]
+    for group in _batches(windows, cfg, progress):
         inputs = pad_windows(group, pad_id)
         with torch.inference_mode():
             hidden = encoder(
@@ -104,9 +101,33 @@ def encode_word_vectors(
             present = np.bincount(w.token_word[w.token_word >= 0], minlength=n)[:n] > 0
             sums[w.essay][w.word_start : w.word_end][present] += pooled[k, :n][present]
             counts[w.essay][w.word_start : w.word_end] += present
+    return _window_means(sums, counts)
+
+
+def _windows(
+    tokenizer: Any, essays: Sequence[Essay], cfg: NerConfig
+) -> tuple[list[EssayTokens], list[Window], int]:
+    """The essays' sub-tokens, the windows of them all, and the padding id."""
+    tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
+    cls_id, sep_id, pad_id = special_ids(tokenizer)
+    return tokens, all_windows(tokens, cfg, cls_id, sep_id), pad_id
+
+
+def _accumulators(
+    tokens: Sequence[EssayTokens], width: int
+) -> tuple[list[FloatArray], list[FloatArray]]:
+    """Per essay, zeroed (n_words, width) sums and (n_words,) counts of window outputs."""
+    sums = [np.zeros((t.n_words, width), dtype=np.float32) for t in tokens]
+    return sums, [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
+
+
+def _batches(windows: Sequence[Window], cfg: NerConfig, progress: Any) -> Iterator[list[Window]]:
+    """Windows in batches of similar length; `progress` counts the sub-tokens done."""
+    for batch in token_batches(windows, cfg.encode_tokens):
+        group = [windows[i] for i in batch]
+        yield group
         if progress is not None:
             progress.update(sum(len(w.input_ids) for w in group))
-    return _window_means(sums, counts)
 
 
 def _window_means(
@@ -154,17 +175,13 @@ def window_probs(
 ) -> list[FloatArray]:
     """'finetune' mode: per word, label probabilities averaged over windows and models.
     `prepared`: the models already went through `for_inference`."""
-    tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
+    tokens, windows, pad_id = _windows(tokenizer, essays, cfg)
     feats = [word_features(e) for e in essays]
-    cls_id, sep_id, pad_id = special_ids(tokenizer)
-    windows = all_windows(tokens, cfg, cls_id, sep_id)
-    sums = [np.zeros((t.n_words, NUM_LABELS), dtype=np.float32) for t in tokens]
-    counts = [np.zeros(t.n_words, dtype=np.float32) for t in tokens]
+    sums, counts = _accumulators(tokens, NUM_LABELS)
     if not prepared:
         models = [for_inference(m, cfg, device) for m in models]
     with reuse_shared_layers(models):
-        for batch in token_batches(windows, cfg.encode_tokens):
-            group = [windows[i] for i in batch]
+        for group in _batches(windows, cfg, progress):
             inputs = window_inputs(group, feats, pad_id)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.inference_mode():
@@ -176,8 +193,6 @@ def window_probs(
                 local = probs_np[k, : w.word_end - w.word_start]
                 sums[w.essay][w.word_start : w.word_end] += local
                 counts[w.essay][w.word_start : w.word_end] += 1
-            if progress is not None:
-                progress.update(sum(len(w.input_ids) for w in group))
     return _window_means(sums, counts)
 
 
