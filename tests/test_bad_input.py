@@ -82,8 +82,69 @@ class Case:
 
 
 REPORT = ("data-report", "--data", "DATA")
+BAD = "DATA/bad.toml"
 RUN = ("run", "--data", "DATA", "--out", "DIR/run")
 CSV = "DATA/train.csv"
+
+def _config_case(name: str, toml: str, stderr: str) -> Case:
+    return Case(name, _toml(toml), (*RUN, "--config", BAD), 2, f"{BAD}: {stderr}")
+
+
+def _option_case(name: str, args: tuple[str, ...], stderr: str) -> Case:
+    cmd = ("train-agent", "--run", "DIR/run", "--data", "DATA", "--simulate", *args)
+    return Case(name, lambda d: None, cmd, 2, stderr)
+
+
+CONFIG_CASES = [
+    # Ranges.
+    _config_case("negative epochs", "[ner]\nepochs = -1.0\n", "[ner] epochs = -1.0: must be > 0"),
+    _config_case("one fold", "[ner]\nfolds = 1\n", "[ner] folds = 1: must be >= 2"),
+    _config_case("start_threshold above 1", "[segments]\nstart_threshold = 7.5\n",
+                 "[segments] start_threshold = 7.5: must be between 0 and 1"),
+    _config_case("zero learning rate", "[agent]\nbc_lr = 0\n", "[agent] bc_lr = 0.0: must be > 0"),
+    _config_case("dropout of 1", "[ner]\ndropout = 1.0\n",
+                 "[ner] dropout = 1.0: must be >= 0 and < 1"),
+    _config_case("overlap as wide as the window", "[ner]\nwindow = 64\noverlap = 64\n",
+                 "[ner] overlap = 64: must be < window - 2 (window = 64)"),
+    _config_case("negative essay count", "[agent]\nmax_essays = -5\n",
+                 "[agent] max_essays = -5: must be >= 0"),
+    _config_case("no episode passes", "[episode]\npasses = 0.0\n",
+                 "[episode] passes = 0.0: must be > 0"),
+    _config_case("rloo with one sample", "[episode]\nsamples = 1\n",
+                 "[episode] samples = 1: must be >= 2 with estimator 'rloo'"),
+    _config_case("probability above 1", "[decode]\nmin_prob = [0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5]\n",
+                 "[decode] min_prob = [0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5]: must be between 0 and 1"),
+    _config_case("too few thresholds", "[decode]\nmin_words = [1, 2]\n",
+                 "[decode] min_words = [1, 2]: needs 7 values, one per class"),
+    _config_case("heads not dividing the width", "[agent]\nd_model = 30\nn_heads = 4\n",
+                 "[agent] n_heads = 4: must divide d_model (d_model = 30)"),
+    # Choices.
+    _config_case("bad punctuation", '[segments]\npunctuation = "sentences"\n',
+                 '[segments] punctuation = "sentences": must be one of "none", "sentence", "clause"'),
+    _config_case("bad head", '[ner]\nhead = "lstm"\n', '[ner] head = "lstm": must be one of'),
+    _config_case("bad mode", '[ner]\nmode = "tune"\n', '[ner] mode = "tune": must be one of'),
+    _config_case("bad agent reward", '[agent]\nreward = "macro"\n',
+                 '[agent] reward = "macro": must be one of "f1", "jaccard"'),
+    _config_case("bad estimator", '[episode]\nestimator = "a2c"\n',
+                 '[episode] estimator = "a2c": must be one of "rloo", "self_critical", "ppo"'),
+    _config_case("list of words for numbers", '[decode]\nmin_words = ["a", 2]\n',
+                 '[decode] min_words = ["a", 2]: expected a list of int'),
+    _config_case("a key where a table belongs", "ner = 3\n", "ner must be a table ([ner])"),
+    # Across tables.
+    _config_case("more segments than the agent sees", "[segments]\nmax_segments = 200\n",
+                 "[segments] max_segments = 200: exceeds [agent] max_segments (96)"),
+    _config_case("held-out fold beyond the folds", "[ner]\nfolds = 2\n[agent]\nholdout_fold = 2\n",
+                 "[agent] holdout_fold = 2: must be < [ner] folds (2)"),
+    _config_case("no agent seeds", "agent_seeds = []\n", "agent_seeds = []: list at least one seed"),
+    _config_case("repeated agent seeds", "agent_seeds = [1, 1]\n", "agent_seeds = [1, 1]: seeds repeat"),
+    _config_case("negative seed", "seed = -1\n", "seed = -1: must be >= 0"),
+    # Command-line overrides.
+    _option_case("--max-essays negative", ("--max-essays", "-3"), "--max-essays -3: must be >= 0"),
+    _option_case("--seeds repeated", ("--seeds", "1", "1"), "--seeds 1 1: seeds repeat"),
+    _option_case("--seeds negative", ("--seeds", "-1"), "--seeds -1: must be >= 0"),
+    Case("--seed negative", lambda d: None, ("train-ner", "--out", "DIR/run", "--seed", "-2"), 2,
+         "--seed -2: must be >= 0"),
+]  # fmt: skip
 
 CASES = [
     # The data folder.
@@ -144,9 +205,10 @@ CASES = [
     Case("unknown TOML key", _toml("seedd = 1\n"), (*RUN, "--config", "DATA/bad.toml"), 2,
          "DATA/bad.toml: unknown key(s) seedd"),
     Case("wrong TOML type", _toml('seed = "1"\n'), (*RUN, "--config", "DATA/bad.toml"), 2,
-         "DATA/bad.toml.seed: expected int"),
+         'DATA/bad.toml: seed = "1": expected int'),
     Case("TOML syntax error", _toml("seed = = 1\n"), (*RUN, "--config", "DATA/bad.toml"), 2,
          "DATA/bad.toml: invalid TOML"),
+    *CONFIG_CASES,
     # Good data that must stay good.
     Case("CRLF essay", _bytes("train/AAA.txt", TEXT.replace("\n", "\r\n").encode()), REPORT, 0,
          ""),
@@ -185,6 +247,15 @@ def test_bad_input_gives_one_line(
     case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _run_case(case, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.name for c in CONFIG_CASES])
+def test_bad_config_stops_before_any_work(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value the checks refuse stops the command before the run folder is even created."""
+    _run_case(case, tmp_path, capsys)
+    assert not (tmp_path / "run").exists()
 
 
 def test_clamped_index_is_reported_by_data_report_and_run(

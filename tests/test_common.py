@@ -47,9 +47,9 @@ def test_config_round_trips_through_toml(tmp_path: Path) -> None:
 
 
 def test_config_rejects_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
-    with pytest.raises(DiscourseRLError, match=r"config.inner: unknown key\(s\) lrr"):
+    with pytest.raises(DiscourseRLError, match=r"config: \[inner\] unknown key\(s\) lrr"):
         config_from_dict(Outer, {"inner": {"lrr": 1}})
-    with pytest.raises(DiscourseRLError, match=r"config\.seed: expected int"):
+    with pytest.raises(DiscourseRLError, match=r'config: seed = "7": expected int'):
         config_from_dict(Outer, {"seed": "7"})
     bad = tmp_path / "bad.toml"
     bad.write_text("seed = = 1")

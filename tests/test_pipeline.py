@@ -208,7 +208,7 @@ def test_run_config_checks_stop_before_any_work(tmp_path: Path) -> None:
     bad.write_text("[segments]\nmax_segments = 120\n\n[agent]\nmax_segments = 96\n")
     with pytest.raises(
         DiscourseRLError,
-        match=r"bad.toml: segments.max_segments \(120\) exceeds agent.max_segments \(96\)",
+        match=r"bad.toml: \[segments\] max_segments = 120: exceeds \[agent\] max_segments \(96\)",
     ):
         run_pipeline(None, tmp_path / "run", bad)
     assert not (tmp_path / "run").exists()

@@ -83,35 +83,151 @@ def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
 C = TypeVar("C")
 
 
-def config_from_dict(cls: type[C], values: Mapping[str, Any], *, where: str = "config") -> C:
-    """Build config dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+class ConfigValueError(ValueError):
+    """A config value outside what its field accepts: the key, the value and why.
+
+    Raised by the config classes' `__post_init__`; `config_from_dict` adds the file and table."""
+
+    def __init__(self, key: str, value: Any, problem: str, table: str = "") -> None:
+        self.key, self.value, self.problem, self.table = key, value, problem, table
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = f"[{self.table}] " if self.table else ""
+        return f"{where}{self.key} = {_shown(self.value)}: {self.problem}"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (str, bool, int, float, list, tuple)):
+        try:
+            return _toml_value(value)
+        except (TypeError, ValueError):
+            pass
+    return repr(value)
+
+
+Rule = Callable[[Any], "str | None"]
+"""A check of one value: None when it is fine, else what is wrong ('must be > 0')."""
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def probability(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "must be between 0 and 1"
+
+
+def below_one(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be >= 0 and < 1"
+
+
+def at_least(n: int | float) -> Rule:
+    return lambda v: None if v >= n else f"must be >= {n}"
+
+
+def each(rule: Rule) -> Rule:
+    """`rule` applied to every item of a tuple."""
+
+    def check(values: Any) -> str | None:
+        for v in values:
+            if (problem := rule(v)) is not None:
+                return f"{problem} (item {_shown(v)})"
+        return None
+
+    return check
+
+
+def check_fields(cfg: Any, rules: Mapping[str, Rule] | None = None) -> None:
+    """Check a config dataclass's values: every `Literal` field against its choices, then
+    `rules` (field name -> its check). The first failure raises
+    `ConfigValueError`, so a bad value stops a run before any work starts."""
+    for name, hint in _hints(type(cfg)).items():
+        if typing.get_origin(hint) is typing.Literal:
+            choices = typing.get_args(hint)
+            value = getattr(cfg, name)
+            if value not in choices:
+                shown = ", ".join(_shown(c) for c in choices)
+                raise ConfigValueError(name, value, f"must be one of {shown}")
+    for name, rule in (rules or {}).items():
+        value = getattr(cfg, name)
+        if (problem := rule(value)) is not None:
+            raise ConfigValueError(name, value, problem)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def config_from_dict(
+    cls: type[C], values: Mapping[str, Any], *, where: str = "config", table: str = ""
+) -> C:
+    """Build config dataclass `cls` from a mapping, rejecting unknown keys, wrong types and
+    values its checks refuse; every error is one line naming `where` (the file), the table and
+    the key, e.g. `configs/x.toml: [ner] epochs = -1.0: must be > 0`."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     unknown = sorted(set(values) - set(fields))
+    in_table = f" [{table}]" if table else ""
     if unknown:
-        raise DiscourseRLError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        raise DiscourseRLError(f"{where}:{in_table} unknown key(s) {', '.join(unknown)}")
     kwargs: dict[str, Any] = {}
     for name, value in values.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            kwargs[name] = config_from_dict(hint, value, where=f"{where}.{name}")  # type: ignore[arg-type,type-var]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise DiscourseRLError(f"{where}: {name} must be a table ([{name}])")
+            sub = f"{table}.{name}" if table else name
+            kwargs[name] = config_from_dict(hint, value, where=where, table=sub)  # type: ignore[arg-type,type-var]
             continue
-        kwargs[name] = _coerce(value, hint, f"{where}.{name}")
-    return cls(**kwargs)
+        try:
+            kwargs[name] = _coerce(value, hint)
+        except ConfigValueError as exc:
+            raise DiscourseRLError(f"{where}: {_in(exc, name, table).describe()}") from None
+    try:
+        return cls(**kwargs)
+    except ConfigValueError as exc:
+        raise DiscourseRLError(f"{where}: {_in(exc, exc.key, table).describe()}") from None
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def _in(exc: ConfigValueError, key: str, table: str) -> ConfigValueError:
+    """`exc` located in `table` (a check across tables names its own)."""
+    return exc if exc.table else ConfigValueError(key, exc.value, exc.problem, table)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if origin is tuple and isinstance(value, list):
+        args = typing.get_args(hint)
+        items = [a for a in args if a is not Ellipsis]
+        if Ellipsis not in args and len(args) != len(value):
+            raise ConfigValueError("", value, f"expected {len(args)} values")
+        kind = items[0] if items and all(a is items[0] for a in items) else None
+        if kind in (int, float):
+            numbers = (int, float) if kind is float else (int,)
+            if any(isinstance(v, bool) or not isinstance(v, numbers) for v in value):
+                raise ConfigValueError("", value, f"expected a list of {kind.__name__}")
+            return tuple(kind(v) for v in value)
         return tuple(value)
     if hint in (int, float, str, bool) and not (
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
-        raise DiscourseRLError(f"{where}: expected {hint.__name__}, got {value!r}")
+        raise ConfigValueError("", value, f"expected {hint.__name__}")
+    if origin is typing.Literal and not isinstance(value, str):
+        raise ConfigValueError("", value, "expected str")
     return value
 
 

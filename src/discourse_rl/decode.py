@@ -21,7 +21,16 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl.common import DiscourseRLError, atomic_write_text
+from discourse_rl.common import (
+    ConfigValueError,
+    DiscourseRLError,
+    atomic_write_text,
+    check_fields,
+    each,
+    non_negative,
+    positive,
+    probability,
+)
 from discourse_rl.data import CLASSES, Corpus, labels_to_spans, spans_to_frame
 from discourse_rl.metric import Score, essay_counts, score
 
@@ -50,6 +59,24 @@ class DecodeConfig:
     """Largest minimum length the fit tries."""
     prob_grid: tuple[float, float, float] = (0.30, 0.90, 0.025)
     """Minimum probabilities the fit tries: start, stop (inclusive), step."""
+
+    def __post_init__(self) -> None:
+        for name in ("min_words", "min_prob"):
+            value = getattr(self, name)
+            if len(value) != N_CLASSES:
+                raise ConfigValueError(name, value, f"needs {N_CLASSES} values, one per class")
+        check_fields(
+            self,
+            {
+                "min_words": each(non_negative),
+                "min_prob": each(probability),
+                "max_min_words": positive,
+                "prob_grid": each(probability),
+            },
+        )
+        start, stop, step = self.prob_grid
+        if not (start <= stop and step > 0):
+            raise ConfigValueError("prob_grid", self.prob_grid, "needs start <= stop and step > 0")
 
 
 @dataclass(frozen=True)

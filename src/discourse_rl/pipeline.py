@@ -14,7 +14,8 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -26,11 +27,15 @@ import numpy.typing as npt
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.common import (
+    ConfigValueError,
     DiscourseRLError,
     atomic_write_text,
     config_from_dict,
+    check_fields,
     config_to_toml,
+    each,
     load_toml,
+    non_negative,
 )
 from discourse_rl.data import Corpus, load_corpus, load_word_probs
 from discourse_rl.decode import DecodeConfig, DecodeReport
@@ -79,12 +84,24 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Checks across tables, so that a bad combination stops the run before any work.
         if self.segments.max_segments > self.agent.max_segments:
-            raise ValueError(
-                f"segments.max_segments ({self.segments.max_segments}) exceeds "
-                f"agent.max_segments ({self.agent.max_segments})"
+            raise ConfigValueError(
+                "max_segments",
+                self.segments.max_segments,
+                f"exceeds [agent] max_segments ({self.agent.max_segments})",
+                table="segments",
             )
+        if self.agent.holdout_fold >= self.ner.folds:
+            raise ConfigValueError(
+                "holdout_fold",
+                self.agent.holdout_fold,
+                f"must be < [ner] folds ({self.ner.folds})",
+                table="agent",
+            )
+        check_fields(self, {"seed": non_negative, "agent_seeds": each(non_negative)})
         if not self.agent_seeds:
-            raise ValueError("agent_seeds: at least one seed")
+            raise ConfigValueError("agent_seeds", [], "list at least one seed")
+        if len(set(self.agent_seeds)) != len(self.agent_seeds):
+            raise ConfigValueError("agent_seeds", list(self.agent_seeds), "seeds repeat")
 
 
 def packaged_config(name: str) -> Path:
@@ -317,6 +334,30 @@ def _stage_config(run: str | Path, config: str | Path | None) -> tuple[RunConfig
     return load_run_config(path), path
 
 
+OPTIONS = {
+    "agent_seeds": "--seeds",
+    "max_essays": "--max-essays",
+    "seed": "--seed",
+    "mode": "--mode",
+    "backbone": "--backbone",
+}
+"""Config fields the stage commands override, and the option that sets each."""
+
+
+@contextmanager
+def _options() -> Iterator[None]:
+    """A command-line override that a config check refuses: one line naming the option."""
+    try:
+        yield
+    except ConfigValueError as exc:
+        name = OPTIONS.get(exc.key)
+        if name is None:  # a check across tables, tripped by an override
+            raise DiscourseRLError(f"command line: {exc.describe()}") from None
+        value = exc.value
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        raise DiscourseRLError(f"{name} {shown}: {exc.problem}") from None
+
+
 def train_ner(
     run: str | Path,
     data: str | Path | None = None,
@@ -330,10 +371,11 @@ def train_ner(
     `ner_overrides` (fields of [ner], None = keep) override the config."""
     cfg, path = _stage_config(run, config)
     over = {k: v for k, v in ner_overrides.items() if v is not None}
-    if over:
-        cfg = dataclasses.replace(cfg, ner=dataclasses.replace(cfg.ner, **over))
-    if seed is not None:
-        cfg = dataclasses.replace(cfg, seed=seed)
+    with _options():
+        if over:
+            cfg = dataclasses.replace(cfg, ner=dataclasses.replace(cfg.ner, **over))
+        if seed is not None:
+            cfg = dataclasses.replace(cfg, seed=seed)
     lay = start_run(run)
     corpus = _corpus(data, cfg, log)
     log("[ner] running")
@@ -367,10 +409,12 @@ def train_agent(
     override it, and RUN/config.toml, stages.json and the report then say what ran.
     """
     cfg, path = _stage_config(run, config)
-    if seeds:
-        cfg = dataclasses.replace(cfg, agent_seeds=tuple(int(s) for s in seeds))
-    if max_essays is not None:
-        cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, max_essays=max_essays))
+    with _options():
+        if seeds is not None:
+            cfg = dataclasses.replace(cfg, agent_seeds=tuple(int(s) for s in seeds))
+        if max_essays is not None:
+            agent = dataclasses.replace(cfg.agent, max_essays=max_essays)
+            cfg = dataclasses.replace(cfg, agent=agent)
     lay = start_run(run)
     corpus = _corpus(data, cfg, log)
     probs: Probs | None = None

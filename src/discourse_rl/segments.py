@@ -17,13 +17,20 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl import metric
-from discourse_rl.common import DiscourseRLError, atomic_save
+from discourse_rl.common import (
+    DiscourseRLError,
+    atomic_save,
+    check_fields,
+    positive,
+    probability,
+)
 from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, spans_to_frame
 
 IntArray = npt.NDArray[np.int64]
@@ -36,6 +43,8 @@ N_ACTIONS = NUM_LABELS
 NONE_ACTION = 0
 # Features per segment (see `segment_features`).
 N_BASE_FEATURES = NUM_LABELS + N_CLASSES + 7
+Punctuation = Literal["none", "sentence", "clause"]
+PUNCTUATION: tuple[str, ...] = get_args(Punctuation)
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,7 @@ class SegmentConfig:
     """Cut before a word whose start probability (sum of the B- labels) exceeds this."""
     class_change: bool = True
     """Also cut where the most probable class (O or one of the 7) changes from word to word."""
-    punctuation: str = "none"
+    punctuation: Punctuation = "none"
     """Also cut after punctuation: 'sentence' (. ! ?), 'clause' (also , ; :) or 'none'.
     Elements nearly always start there, so the oracle stays high even when the tagger's start
     probabilities are weak (the run configs use 'clause'); needs the essays' words."""
@@ -54,6 +63,12 @@ class SegmentConfig:
     """At most this many segments per essay; beyond it the weakest cuts are dropped."""
     start_window: int = 3
     """Words at a segment's start whose B- probabilities are averaged into its features."""
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {"start_threshold": probability, "max_segments": positive, "start_window": positive},
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +100,6 @@ class EssaySegments:
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
 _CLAUSE_END = re.compile(r"[,;:][\"')\]]*$")
-PUNCTUATION = ("none", "sentence", "clause")
 
 
 def punctuation_starts(words: Sequence[str]) -> tuple[BoolArray, BoolArray]:

@@ -9,17 +9,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from discourse_rl.common import (
+    ConfigValueError,
+    at_least,
+    below_one,
+    check_fields,
+    non_negative,
+    positive,
+    probability,
+)
 from discourse_rl.common import torch_threads as torch_threads  # its home is common
 from discourse_rl.segments import N_ACTIONS, EssaySegments, action_masks
 
 IntArray = npt.NDArray[np.int64]
 StepLogits = Callable[[int, torch.Tensor], torch.Tensor]
+EssayReward = Literal["f1", "jaccard"]
+"""Rewards of one essay alone (`agent.reward.ESSAY_REWARDS`)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +98,7 @@ class AgentConfig:
     """Initial weight of the per-step KL penalty to the frozen BC policy."""
     kl_target: float = 0.0
     """Target KL per step for the adaptive beta; 0 keeps beta fixed."""
-    reward: str = "f1"
+    reward: EssayReward = "f1"
     """Essay reward: 'f1' (the metric's F-score) or 'jaccard' (the seed's TP/(TP+FP+FN))."""
     eval_every: int = 5
     """Rollouts between held-out evaluations and checkpoints."""
@@ -96,6 +107,49 @@ class AgentConfig:
     torch_threads: int = 1
     """CPU threads for torch while training (0 = leave torch's setting; tiny models: one thread
     is fastest, above all on a shared machine, where more threads wait on each other)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, _AGENT_RULES)
+        if self.d_model % self.n_heads:
+            raise ConfigValueError(
+                "n_heads", self.n_heads, f"must divide d_model (d_model = {self.d_model})"
+            )
+
+
+_AGENT_RULES = {
+    "seed": non_negative,
+    "holdout_fold": non_negative,
+    "max_essays": non_negative,
+    "sim_noise": non_negative,
+    "max_segments": positive,
+    "d_model": positive,
+    "n_heads": positive,
+    "n_layers": positive,
+    "dim_feedforward": positive,
+    "dropout": below_one,
+    "val_fraction": below_one,
+    "bc_epochs": positive,
+    "bc_batch_essays": positive,
+    "bc_lr": positive,
+    "bc_weight_decay": non_negative,
+    "bc_class_weight": non_negative,
+    "ppo_timesteps": non_negative,
+    "value_warmup_steps": non_negative,
+    "value_warmup_lr": positive,
+    "n_envs": positive,
+    "n_steps": at_least(2),
+    "batch_size": at_least(2),
+    "n_epochs": positive,
+    "ppo_lr": positive,
+    "clip_range": positive,
+    "gae_lambda": probability,
+    "ent_coef": non_negative,
+    "vf_coef": non_negative,
+    "kl_beta": non_negative,
+    "kl_target": non_negative,
+    "eval_every": positive,
+    "torch_threads": non_negative,
+}
 
 
 def tensorboard_writer(log_dir: str | Path | None) -> Any:

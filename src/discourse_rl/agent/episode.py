@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +53,6 @@ from discourse_rl.agent.policy import (
     score_policy,
 )
 from discourse_rl.agent.reward import (
-    REWARDS,
     MacroReward,
     Spans,
     essay_counts,
@@ -60,12 +60,22 @@ from discourse_rl.agent.reward import (
     labelling_counts,
     rewards,
 )
-from discourse_rl.common import atomic_write_text, config_to_toml
+from discourse_rl.common import (
+    ConfigValueError,
+    atomic_write_text,
+    below_one,
+    check_fields,
+    config_to_toml,
+    non_negative,
+    positive,
+)
 from discourse_rl.data import Corpus
 from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import EssaySegments
 
-ESTIMATORS = ("rloo", "self_critical", "ppo")
+Estimator = Literal["rloo", "self_critical", "ppo"]
+EpisodeReward = Literal["macro", "f1", "jaccard"]
+ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 IntArray = npt.NDArray[np.int64]
 
 
@@ -76,9 +86,9 @@ class EpisodeConfig:
     seed: int = 0
     """Seed for essay order and sampling (same seed, same result on CPU); a run sets it from
     `agent_seeds`, and a run config may not set it."""
-    estimator: str = "rloo"
+    estimator: Estimator = "rloo"
     """Gradient estimator: 'rloo', 'self_critical' or 'ppo'."""
-    reward: str = "macro"
+    reward: EpisodeReward = "macro"
     """'macro' (essay's first-order share of the macro F1), 'f1' (essay F-score) or 'jaccard'."""
     samples: int = 8
     """Labellings sampled per essay and batch."""
@@ -113,14 +123,34 @@ class EpisodeConfig:
     torch_threads: int = 1
     """CPU threads for torch while training (one is fastest for this small model)."""
 
+    def __post_init__(self) -> None:
+        check_config(self)
+
+
+_EPISODE_RULES = {
+    "seed": non_negative,
+    "samples": positive,
+    "batch_essays": positive,
+    "passes": positive,
+    "max_seconds": non_negative,
+    "lr": positive,
+    "kl_beta": non_negative,
+    "ent_coef": non_negative,
+    "ppo_epochs": positive,
+    "clip_range": positive,
+    "max_grad_norm": positive,
+    "macro_momentum": below_one,
+    "eval_every": positive,
+    "torch_threads": non_negative,
+}
+
 
 def check_config(cfg: EpisodeConfig) -> None:
-    if cfg.estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {cfg.estimator!r}")
-    if cfg.reward not in REWARDS:
-        raise ValueError(f"reward must be one of {REWARDS}, got {cfg.reward!r}")
-    if cfg.samples < (2 if cfg.estimator == "rloo" else 1):
-        raise ValueError(f"estimator {cfg.estimator!r} needs more samples, got {cfg.samples}")
+    check_fields(cfg, _EPISODE_RULES)
+    if cfg.estimator == "rloo" and cfg.samples < 2:
+        raise ConfigValueError(
+            "samples", cfg.samples, "must be >= 2 with estimator 'rloo' (leave-one-out baseline)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

