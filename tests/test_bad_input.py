@@ -86,6 +86,7 @@ BAD = "DATA/bad.toml"
 RUN = ("run", "--data", "DATA", "--out", "DIR/run")
 CSV = "DATA/train.csv"
 
+
 def _config_case(name: str, toml: str, stderr: str) -> Case:
     return Case(name, _toml(toml), (*RUN, "--config", BAD), 2, f"{BAD}: {stderr}")
 
@@ -112,15 +113,18 @@ CONFIG_CASES = [
                  "[episode] passes = 0.0: must be > 0"),
     _config_case("rloo with one sample", "[episode]\nsamples = 1\n",
                  "[episode] samples = 1: must be >= 2 with estimator 'rloo'"),
-    _config_case("probability above 1", "[decode]\nmin_prob = [0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5]\n",
-                 "[decode] min_prob = [0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5]: must be between 0 and 1"),
+    _config_case("probability above 1",
+                 "[decode]\nmin_prob = [0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5]\n",
+                 "[decode] min_prob = [0.5, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5]: "
+                 "must be between 0 and 1 (item 2.0)"),
     _config_case("too few thresholds", "[decode]\nmin_words = [1, 2]\n",
                  "[decode] min_words = [1, 2]: needs 7 values, one per class"),
     _config_case("heads not dividing the width", "[agent]\nd_model = 30\nn_heads = 4\n",
                  "[agent] n_heads = 4: must divide d_model (d_model = 30)"),
     # Choices.
     _config_case("bad punctuation", '[segments]\npunctuation = "sentences"\n',
-                 '[segments] punctuation = "sentences": must be one of "none", "sentence", "clause"'),
+                 '[segments] punctuation = "sentences": '
+                 'must be one of "none", "sentence", "clause"'),
     _config_case("bad head", '[ner]\nhead = "lstm"\n', '[ner] head = "lstm": must be one of'),
     _config_case("bad mode", '[ner]\nmode = "tune"\n', '[ner] mode = "tune": must be one of'),
     _config_case("bad agent reward", '[agent]\nreward = "macro"\n',
@@ -133,10 +137,13 @@ CONFIG_CASES = [
     # Across tables.
     _config_case("more segments than the agent sees", "[segments]\nmax_segments = 200\n",
                  "[segments] max_segments = 200: exceeds [agent] max_segments (96)"),
-    _config_case("held-out fold beyond the folds", "[ner]\nfolds = 2\n[agent]\nholdout_fold = 2\n",
+    _config_case("held-out fold beyond the folds",
+                 "[ner]\nfolds = 2\n[agent]\nholdout_fold = 2\n",
                  "[agent] holdout_fold = 2: must be < [ner] folds (2)"),
-    _config_case("no agent seeds", "agent_seeds = []\n", "agent_seeds = []: list at least one seed"),
-    _config_case("repeated agent seeds", "agent_seeds = [1, 1]\n", "agent_seeds = [1, 1]: seeds repeat"),
+    _config_case("no agent seeds", "agent_seeds = []\n",
+                 "agent_seeds = []: list at least one seed"),
+    _config_case("repeated agent seeds", "agent_seeds = [1, 1]\n",
+                 "agent_seeds = [1, 1]: seeds repeat"),
     _config_case("negative seed", "seed = -1\n", "seed = -1: must be >= 0"),
     # Command-line overrides.
     _option_case("--max-essays negative", ("--max-essays", "-3"), "--max-essays -3: must be >= 0"),

@@ -44,7 +44,7 @@ NONE_ACTION = 0
 # Features per segment (see `segment_features`).
 N_BASE_FEATURES = NUM_LABELS + N_CLASSES + 7
 Punctuation = Literal["none", "sentence", "clause"]
-PUNCTUATION: tuple[str, ...] = get_args(Punctuation)
+PUNCTUATION: tuple[Punctuation, ...] = get_args(Punctuation)
 
 
 @dataclass(frozen=True)
@@ -319,7 +319,7 @@ def tradeoff_table(
     corpus: Corpus,
     thresholds: Sequence[float],
     base: SegmentConfig | None = None,
-    punctuation: Sequence[str] | None = None,
+    punctuation: Sequence[Punctuation] | None = None,
 ) -> pd.DataFrame:
     """Per punctuation mode and start threshold: segments per essay, segments per true
     element, oracle macro F1."""
