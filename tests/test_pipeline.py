@@ -92,6 +92,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     run = tmp_path / "run"
     lay = RunLayout(run)
     config = _config(tmp_path / "tiny.toml", tiny_backbone)
+    data_args = ["--data", str(few_essays), "--out", str(run)]
     assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
 
     for artefact in (
@@ -158,13 +159,29 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     assert lay.oof.stat().st_mtime_ns == stamp
     assert json.loads(lay.stages.read_text())["agent"]["key"] != state["agent"]["key"]
 
+    _damage_is_one_line_and_rebuilt(run, [*data_args, "--config", str(config)], capsys)
+
     out = tmp_path / "submission.csv"
+    test_ids = {p.stem for p in (few_essays / "test").glob("*.txt")}
     for stage in PREDICT_STAGES:
         args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
         assert main([*args, "--out", str(out), "--stage", stage]) == 0
         sub = pd.read_csv(out)
         assert list(sub.columns) == ["id", "class", "predictionstring"]
-        assert set(sub["id"]) <= {p.stem for p in (few_essays / "test").glob("*.txt")}
+        assert set(sub["id"]) <= test_ids
+        jsonl = tmp_path / "labels.jsonl"
+        assert main([*args, "--out", str(jsonl), "--stage", stage, "--format", "jsonl"]) == 0
+        lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        assert sorted(r["id"] for r in lines) == sorted(test_ids)
+        assert {r["stage"] for r in lines} == {stage}
+        spans = {(r["id"], e["type"], e["word_start"]) for r in lines for e in r["elements"]}
+        assert spans == {
+            (i, c, int(p.split()[0])) for i, c, p in sub.itertuples(index=False, name=None)
+        }
+    # The naive decoding labels every word, so its csv cannot be empty.
+    args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
+    assert main([*args, "--out", str(out), "--stage", "ner-naive"]) == 0
+    assert set(pd.read_csv(out)["id"]) == test_ids
     one = next((few_essays / "test").glob("*.txt"))
     assert main(["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]) == 0
     assert set(pd.read_csv(out)["id"]) <= {one.stem}
@@ -183,6 +200,56 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     assert load_run_config(lay.config) == load_run_config(off)
     summary = run_pipeline(few_essays, run, off, log=lambda _: None)
     assert summary.ran == ()
+
+
+def _error_lines(err: str) -> int:
+    """Lines the command wrote (transformers' own progress bars aside)."""
+    return sum(1 for line in err.splitlines() if line.startswith("discourse-rl:"))
+
+
+def _damage_is_one_line_and_rebuilt(
+    run: Path, run_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A truncated policy or fold model: `predict` says which file and how to rebuild it in one
+    line; `run` re-runs the stage that wrote it (and only that one); reused stages computed by
+    other library versions get a warning."""
+    lay = RunLayout(run)
+    assert lay.manifest("ner").is_file() and lay.manifest("agent").is_file()
+    essay = str(sample_dir() / "test")
+    predict = ["predict", "--model", str(run), "--essays", essay, "--out", str(run / "x.csv")]
+    policy = lay.policy("bc")
+    policy.write_bytes(policy.read_bytes()[:100])
+    capsys.readouterr()
+    assert main([*predict, "--stage", "bc"]) == 2
+    err = capsys.readouterr().err
+    assert _error_lines(err) == 1 and "Traceback" not in err, err
+    assert f"{policy}: damaged: 100 bytes, " in err
+    assert f"rebuild it with `discourse-rl run --out {run} --data " in err
+
+    # Stages computed with other versions: a warning, and nothing recomputed for it.
+    stages = json.loads(lay.stages.read_text())
+    stages["ner"]["versions"]["torch"] = "0.0.1"
+    lay.stages.write_text(json.dumps(stages))
+    summary = run_pipeline(run_args[1], run, run_args[-1], log=lambda _: None)
+    assert summary.ran == ("agent",)
+    assert "[ner] reused outputs were computed with torch 0.0.1 -> " in capsys.readouterr().err
+    assert main([*predict, "--stage", "bc"]) == 0
+
+    head = lay.fold(1).head
+    head.write_bytes(b"")
+    assert main([*predict, "--stage", "ner-naive"]) == 2
+    err = capsys.readouterr().err
+    assert _error_lines(err) == 1 and f"{head}: damaged: 0 bytes" in err, err
+    # With no manifest, the loader's own check still gives one line.
+    lay.manifest("ner").rename(run / "ner-manifest.json")
+    assert main([*predict, "--stage", "ner-naive"]) == 2
+    err = capsys.readouterr().err
+    assert _error_lines(err) == 1 and "Traceback" not in err, err
+    assert f"{head}: damaged or not a safetensors file" in err
+    (run / "ner-manifest.json").rename(lay.manifest("ner"))
+    summary = run_pipeline(run_args[1], run, run_args[-1], log=lambda _: None)
+    assert summary.ran == ("ner", "agent") and head.stat().st_size > 0
+    assert main([*predict, "--stage", "ner-naive"]) == 0
 
 
 def test_older_run_folder_is_one_clear_line(

@@ -298,14 +298,20 @@ def save_thresholds(path: str | Path, thresholds: TunedThresholds) -> None:
 
 
 def load_thresholds(path: str | Path) -> TunedThresholds:
+    from discourse_rl import artefacts
+
     path = Path(path)
+    if not path.is_file():
+        raise DiscourseRLError(f"{path}: thresholds not found (run train-ner first)")
+    artefacts.verify(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DiscourseRLError(f"{path}: thresholds not found (run train-ner first)") from None
-    except json.JSONDecodeError as exc:
-        raise DiscourseRLError(f"{path}: invalid JSON ({exc})") from None
-    return TunedThresholds.from_json(data, str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise artefacts.unreadable(path, "a thresholds file", exc) from None
+    try:
+        return TunedThresholds.from_json(data, str(path))
+    except DiscourseRLError:
+        raise artefacts.unreadable(path, "a thresholds file") from None
 
 
 def report_to_json(report: DecodeReport) -> dict[str, object]:

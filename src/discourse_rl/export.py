@@ -69,10 +69,18 @@ def _pack(path: Path, base: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     """Tensors of `path` that differ from `base`, as float16 safetensors; the tensors left out,
     each with the name of the backbone tensor it equals."""
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save
 
+    from discourse_rl import artefacts
+
+    artefacts.verify(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise artefacts.unreadable(path, "a safetensors file", exc) from None
     kept, omitted = {}, {}
-    for name, t in load_file(str(path)).items():
+    for name, t in tensors.items():
         key = _match(name, base)
         b = base[key] if key is not None else None
         if b is not None and b.shape == t.shape and b.dtype == t.dtype and torch.equal(b, t):

@@ -43,6 +43,14 @@ class RunLayout:
         return self.root / "format.json"
 
     @property
+    def manifests(self) -> Path:
+        """Size and sha256 of each stage's files, written when the stage finishes."""
+        return self.root / "manifests"
+
+    def manifest(self, stage: str) -> Path:
+        return self.manifests / f"{stage}.json"
+
+    @property
     def report(self) -> Path:
         return self.root / "results.md"
 

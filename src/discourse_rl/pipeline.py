@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from discourse_rl import artefacts
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.common import (
@@ -48,6 +50,7 @@ from discourse_rl.records import (
     StageRecord,
     check_format,
     read_stages,
+    version_changes,
     write_stages,
 )
 from discourse_rl.segments import SegmentConfig
@@ -258,7 +261,22 @@ class _Source:
         return cls(d, c, len(corpus.essays))
 
     def record(self, key: str, seconds: float) -> StageRecord:
-        return StageRecord(key, round(seconds, 1), self.data, self.config, self.essays)
+        versions = RunFormat.current().versions()
+        return StageRecord(key, round(seconds, 1), self.data, self.config, self.essays, versions)
+
+
+def _warn_versions(stage: str, prev: StageRecord, old: RunFormat | None) -> None:
+    """A reused stage computed by other versions: say so (its outputs stay; the user decides)."""
+    then = prev.versions or (old.versions() if old is not None else None)
+    if not then:
+        return
+    changes = version_changes(then, RunFormat.current().versions())
+    if changes:
+        print(
+            f"discourse-rl: warning: [{stage}] reused outputs were computed with "
+            f"{', '.join(changes)} (installed); run into a new --out folder to recompute them",
+            file=sys.stderr,
+        )
 
 
 def _corpus(data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print) -> Corpus:
@@ -284,6 +302,7 @@ def run_pipeline(
 ) -> RunSummary:
     """Run every stage into `out` (reusing valid earlier outputs), then write the report."""
     cfg = load_run_config(config)
+    old_format = check_format(out)
     lay = start_run(out)
     corpus = _corpus(data, cfg, log)
     source = _Source.of(data, config, corpus)
@@ -295,12 +314,20 @@ def run_pipeline(
         prev = state.get(st.name)
         marker = st.done_marker(lay)
         if prev is not None and prev.key == keys[st.name] and marker.is_file():
-            log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {marker}")
-            reused.append(st.name)
-            continue
+            broken = artefacts.damaged(lay, st.name)
+            if not broken:
+                log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {marker}")
+                _warn_versions(st.name, prev, old_format)
+                reused.append(st.name)
+                continue
+            path, problem = broken[0]
+            more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
+            log(f"[{st.name}] {path}: {problem}{more}: rebuilding")
+            artefacts.remove_damaged(lay, st.name)
         log(f"[{st.name}] running (key {keys[st.name]})")
         _forget(lay, state, st.name)
         t0 = time.perf_counter()
+        artefacts.forget(lay, st.name)
         st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
         _record(lay, state, st.name, source.record(keys[st.name], seconds))
@@ -320,6 +347,7 @@ def _forget(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
 
 
 def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
+    artefacts.record(lay, name)
     state[name] = rec
     # Later stages were built on the old outputs: forget them so they re-run.
     for later in STAGES[[s.name for s in STAGES].index(name) + 1 :]:
@@ -381,6 +409,7 @@ def train_ner(
     log("[ner] running")
     _forget(lay, read_stages(lay.stages), "ner")
     t0 = time.perf_counter()
+    artefacts.forget(lay, "ner")
     report = _run_ner(lay, corpus, cfg)
     key = stage_keys(corpus, cfg)["ner"]
     _record(
@@ -427,6 +456,7 @@ def train_agent(
     log(f"[agent] running ({'simulated probabilities' if simulate else lay.oof})")
     _forget(lay, read_stages(lay.stages), "agent")
     t0 = time.perf_counter()
+    artefacts.forget(lay, "agent")
     result = _run_agent(lay, corpus, cfg, probs)
     key = stage_keys(corpus, cfg)["agent"]
     # Simulated probabilities are not the NER stage's: `run` must not reuse these outputs.

@@ -357,6 +357,8 @@ class StageRecord:
     """The config file it ran with (None: not recorded)."""
     essays: int | None = None
     """Essays in the corpus it read."""
+    versions: dict[str, str | None] | None = None
+    """The versions of discourse-rl, torch and transformers that computed it (`RunFormat`)."""
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -401,6 +403,22 @@ class RunFormat:
 
     def write(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(vars(self), indent=2) + "\n")
+
+    def versions(self) -> dict[str, str | None]:
+        return {
+            "discourse_rl": self.discourse_rl,
+            "torch": self.torch,
+            "transformers": self.transformers,
+        }
+
+
+def version_changes(then: Mapping[str, str | None], now: Mapping[str, str | None]) -> list[str]:
+    """'torch 2.1.0 -> 2.13.0' for each package whose version differs (unknown ones skipped)."""
+    return [
+        f"{pkg} {then[pkg]} -> {now.get(pkg)}"
+        for pkg in sorted(then)
+        if then[pkg] is not None and then[pkg] != now.get(pkg)
+    ]
 
 
 def older_format(run: Path, fmt: int) -> str:

@@ -222,13 +222,16 @@ def load_policy(path: str | Path) -> AttentionPolicy:
     Building it reseeds torch's global generator with 0, as loading always has: PPO's action
     sampling and a new autoregressive head start from that state, so same-seed runs repeat.
     """
+    from discourse_rl import artefacts
+
     path = Path(path)
+    if not path.is_file():
+        raise DiscourseRLError(f"{path}: policy not found")
+    artefacts.verify(path)
     try:
         blob: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DiscourseRLError(f"{path}: policy not found") from None
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
-        raise DiscourseRLError(f"{path}: not a policy file ({exc})") from None
+        raise artefacts.unreadable(path, "a policy file", exc) from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise DiscourseRLError(
             f"{path}: policy saved by an older discourse-rl (checkpoint format "
@@ -239,7 +242,7 @@ def load_policy(path: str | Path) -> AttentionPolicy:
         policy = build_policy(PolicyConfig(**blob["config"]), seed=0)
         policy.load_state_dict(blob["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise DiscourseRLError(f"{path}: not a policy file ({exc})") from None
+        raise artefacts.unreadable(path, "a policy file", exc) from None
     policy.eval()
     return policy
 

@@ -65,11 +65,18 @@ def require_encoder(layout: RunLayout) -> Path:
 
 
 def _weights(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from discourse_rl import artefacts
 
     if not path.is_file():
         raise DiscourseRLError(f"{path}: fold model missing (is the NER training finished?)")
-    return load_file(str(path))
+    artefacts.verify(path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise artefacts.unreadable(path, "a safetensors file", exc) from None
 
 
 def load_heads(run_dir: str | Path, cfg: NerConfig, in_dim: int) -> list[NerHead]:

@@ -21,7 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from discourse_rl import constrained
+from discourse_rl import artefacts, constrained
 from discourse_rl.common import DiscourseRLError, atomic_write_text, config_from_dict
 from discourse_rl.data import CLASSES, Corpus, Essay, spans_to_frame
 from discourse_rl.decode import TunedThresholds
@@ -142,6 +142,7 @@ class SpanModel:
     @classmethod
     def load(cls, folder: str | Path) -> SpanModel:
         folder = Path(folder)
+        artefacts.verify(folder / "params.json")
         try:
             params = json.loads((folder / "params.json").read_text(encoding="utf-8"))
             cfg_data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -156,10 +157,11 @@ class SpanModel:
         boosters = {}
         for key in params["models"]:
             path = folder / _model_file(int(key))
+            artefacts.verify(path)
             try:
                 boosters[int(key)] = lgb.Booster(model_str=path.read_text(encoding="utf-8"))
             except (OSError, lgb.basic.LightGBMError) as exc:
-                raise DiscourseRLError(f"{path}: unreadable LightGBM model ({exc})") from None
+                raise artefacts.unreadable(path, "a LightGBM model", exc) from None
         where = str(folder / "params.json")
         return cls(
             cfg,
