@@ -207,7 +207,17 @@ CASES = [
          RUN, 2, "none of the 2 essays is sure (match_confidence clear_margin or unique_length; "
          "found weak_margin 2): set sure_only = false"),
     Case("run --out naming a file", _bytes("afile", b"x"),
-         ("run", "--data", "DATA", "--out", "DATA/afile"), 2, "DATA/afile: File exists"),
+         ("run", "--data", "DATA", "--out", "DATA/afile"), 2,
+         "DATA/afile: is a file; name a run folder"),
+    Case("train-agent --run naming a file", _bytes("afile", b"x"),
+         ("train-agent", "--data", "DATA", "--run", "DATA/afile", "--simulate"), 2,
+         "DATA/afile: is a file; name a run folder"),
+    Case("predict --out naming a folder", lambda d: None,
+         ("predict", "--model", "DIR/nowhere", "--essays", "DATA/train", "--out", "DATA"), 2,
+         "DATA: is a folder; name the .csv file to write"),
+    Case("predict --stage all --out naming a file", _bytes("afile", b"x"),
+         ("predict", "--model", "DIR/nowhere", "--essays", "DATA/train", "--out", "DATA/afile",
+          "--stage", "all"), 2, "DATA/afile: is a file; --stage all writes a folder"),
     # Configs (checked before the data is read).
     Case("unknown TOML key", _toml("seedd = 1\n"), (*RUN, "--config", "DATA/bad.toml"), 2,
          "DATA/bad.toml: unknown key(s) seedd"),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from discourse_rl import artefacts
 from discourse_rl.cli import main
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import load_corpus, sample_dir
@@ -193,6 +194,10 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     assert main(args) == 0
     assert not lay.trainer_dir("episode").exists()
     assert AgentResults.read(lay.agent_results).stage("episode") is None
+    # Its manifest describes the files it left, and nothing else.
+    listed = json.loads(lay.manifest("agent").read_text())["files"]
+    assert "agent/bc/policy.pt" in listed and not any("episode" in k for k in listed)
+    assert artefacts.damaged(lay, "agent") == []
     capsys.readouterr()
     args = ["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]
     assert main([*args, "--stage", "episode"]) == 2

@@ -246,12 +246,17 @@ def _stage_name(name: str) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from discourse_rl.common import atomic_open, atomic_write_text
+    from discourse_rl.common import DiscourseRLError, atomic_open, atomic_write_text
     from discourse_rl.data import read_essay_folder
     from discourse_rl.labeller import Labeller, elements_frame, elements_jsonl
 
-    essays = read_essay_folder(args.essays)
     every = args.stage == "all"
+    # Checked before any essay is read or model loaded: a wrong --out is the cheapest mistake.
+    if every and args.out.exists() and not args.out.is_dir():
+        raise DiscourseRLError(f"{args.out}: is a file; --stage all writes a folder of files")
+    if not every and args.out.is_dir():
+        raise DiscourseRLError(f"{args.out}: is a folder; name the .{args.format} file to write")
+    essays = read_essay_folder(args.essays)
     labeller = Labeller.load(args.model, None if every else args.stage)
     if args.stage is None:
         print(f"stage: {labeller.stage} (the run's best on held-out essays)")

@@ -147,6 +147,8 @@ def write_run_config(run: str | Path, cfg: RunConfig) -> None:
 def start_run(run: str | Path) -> RunLayout:
     """The run folder, checked (a folder an older version wrote stops here) and stamped."""
     lay = RunLayout(run)
+    if lay.root.exists() and not lay.root.is_dir():
+        raise DiscourseRLError(f"{lay.root}: is a file; name a run folder (new or existing)")
     check_format(lay.root)
     lay.root.mkdir(parents=True, exist_ok=True)
     RunFormat.current().write(lay.format)
