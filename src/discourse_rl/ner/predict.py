@@ -20,6 +20,7 @@ from discourse_rl.ner.inference import (
     encode_word_vectors,
     for_inference,
     head_probs,
+    predict_in_groups,
     window_probs,
 )
 from discourse_rl.ner.model import NerHead, NerModel
@@ -81,7 +82,7 @@ class NerPredictor:
         listed = [essays[i] for i in ids]
         bar = tqdm(desc="predict", unit="tok", disable=not progress)
         with torch_threads(self.threads):
-            probs = self._predict(listed, bar)
+            probs = predict_in_groups(listed, lambda group: self._predict(group, bar))
         bar.close()
         return dict(zip(ids, probs, strict=True))
 
