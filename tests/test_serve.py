@@ -133,6 +133,41 @@ def test_serve_stops_at_start_on_a_missing_run(
     assert "not a trained run" in capsys.readouterr().err
 
 
+def make_docx(paragraphs: list[str]) -> bytes:
+    """A minimal Word file: one w:p per paragraph, tabs as w:tab."""
+    import io
+    import zipfile
+    from xml.sax.saxutils import escape
+
+    def run(text: str) -> str:
+        parts = [f'<w:t xml:space="preserve">{escape(t)}</w:t>' for t in text.split("\t")]
+        return "<w:r>" + "<w:tab/>".join(parts) + "</w:r>"
+
+    body = "".join(f"<w:p>{run(p)}</w:p>" for p in paragraphs)
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w='
+        '"http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+        f"<w:body>{body}</w:body></w:document>"
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("word/document.xml", xml)
+    return buf.getvalue()
+
+
+DOCX = {"content-type": "application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
+
+
+def test_docx_upload_gives_its_paragraphs(client: TestClient) -> None:
+    data = make_docx(["Phones & school 😀", "", "\tFirst, <they> help."])
+    r = client.post("/api/docx", content=data, headers=DOCX)
+    assert r.status_code == 200
+    assert r.json() == {"text": "Phones & school 😀\n\n\tFirst, <they> help."}
+    assert client.post("/api/docx", content=b"PK not a zip", headers=DOCX).status_code == 400
+    assert client.post("/api/docx", content=make_docx([" "]), headers=DOCX).status_code == 400
+    assert client.post("/api/docx", content=data, headers=JSON).status_code == 415
+
+
 # ---------------------------------------------------------------------------------------------
 # A real browser
 
@@ -185,7 +220,7 @@ def chrome(browser: str, driver: str, width: int = 1200, height: int = 1600):  #
     reason="no headless browser: install Debian's chromium and chromium-driver "
     "(apt-get install -y chromium chromium-driver; .ci/run does it)",
 )
-def test_page_in_a_real_browser(live_server: str) -> None:
+def test_page_in_a_real_browser(live_server: str, tmp_path: Path) -> None:
     pytest.importorskip("selenium", reason="selenium is not installed (pip install selenium)")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -220,5 +255,12 @@ def test_page_in_a_real_browser(live_server: str) -> None:
         tags = "".join(m.find_element(By.CSS_SELECTOR, ".tag").text for m in marks)
         assert len(view) == len(text) + len(tags.replace("\n", ""))  # the essay, whole
         assert json.loads(driver.execute_script("return JSON.stringify(window.fetch ? 1 : 0)")) == 1
+
+        # Opening a .docx fills the box with its text (through /api/docx).
+        path = tmp_path / "essay.docx"
+        path.write_bytes(make_docx(["Uploaded essay 😀", "Second paragraph."]))
+        driver.find_element(By.ID, "file").send_keys(str(path))
+        wait.until(lambda d: "Second paragraph." in (box.get_attribute("value") or ""))
+        assert box.get_attribute("value") == "Uploaded essay 😀\n\nSecond paragraph."
     finally:
         driver.quit()

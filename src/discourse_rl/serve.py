@@ -4,6 +4,7 @@
 * `POST /api/label` `{"text": "..."}` -> `{"stage", "elements": [...], "summary": {...}}`, the
   elements in the same schema as `predict --format jsonl`.
 * `GET /api/health`, `GET /api/info` (stages, held-out F1 per type, limits, licence).
+* `POST /api/docx` (a Word file's bytes) -> `{"text"}`: the page's .docx upload.
 
 Safe by default: binds 127.0.0.1; essays over `MAX_ESSAY_BYTES` get 413, empty or non-UTF-8
 input 400, anything but JSON 415; errors reach the client as one line of JSON, never a
@@ -105,6 +106,51 @@ def parse_essay(content_type: str | None, body: bytes) -> str:
     return text
 
 
+DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+_W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
+_MAX_DOCX_XML = 20_000_000  # uncompressed document.xml: a bound against zip bombs
+
+
+def docx_text(data: bytes) -> str:
+    """The text of a .docx (Word) file: its paragraphs, separated by blank lines."""
+    import io
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            info = zf.getinfo("word/document.xml")
+            if info.file_size > _MAX_DOCX_XML:
+                raise ApiError(413, "the .docx is too large")
+            root = ET.fromstring(zf.read(info))
+    except (zipfile.BadZipFile, KeyError, ET.ParseError):
+        raise ApiError(400, "not a .docx file (Word 2007 or later)") from None
+    paragraphs = []
+    for p in root.iter(f"{_W}p"):
+        parts = []
+        for node in p.iter():
+            if node.tag == f"{_W}t" and node.text:
+                parts.append(node.text)
+            elif node.tag == f"{_W}tab":
+                parts.append("\t")
+            elif node.tag in (f"{_W}br", f"{_W}cr"):
+                parts.append("\n")
+        paragraphs.append("".join(parts))
+    return "\n\n".join(p for p in paragraphs if p.strip())
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > _MAX_BODY_BYTES:
+        raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes of text")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > _MAX_BODY_BYTES:
+            raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes")
+    return bytes(body)
+
+
 def create_app(labeller: Labeller) -> FastAPI:
     """The ASGI app serving one loaded labeller."""
     from discourse_rl.feedback import summarise
@@ -152,15 +198,7 @@ def create_app(labeller: Labeller) -> FastAPI:
 
     @app.post("/api/label")
     async def label(request: Request) -> dict[str, Any]:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > _MAX_BODY_BYTES:
-            raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes of text")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > _MAX_BODY_BYTES:
-                raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes")
-        text = parse_essay(request.headers.get("content-type"), bytes(body))
+        text = parse_essay(request.headers.get("content-type"), await _read_body(request))
         loop = asyncio.get_running_loop()
         elements = await loop.run_in_executor(worker, labeller.label, text)
         return {
@@ -169,6 +207,21 @@ def create_app(labeller: Labeller) -> FastAPI:
             "elements": [el.to_json() for el in elements],
             "summary": summarise(elements, per_type).to_json(),
         }
+
+    @app.post("/api/docx")
+    async def docx(request: Request) -> dict[str, str]:
+        """The text of an uploaded .docx, for the page to show and label (nothing is kept)."""
+        media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if media != DOCX:
+            raise ApiError(415, f"send the .docx file itself: Content-Type: {DOCX}")
+        body = await _read_body(request)
+        loop = asyncio.get_running_loop()
+        text = await loop.run_in_executor(worker, docx_text, body)
+        if len(text.encode("utf-8")) > MAX_ESSAY_BYTES:
+            raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes of text")
+        if not text.split():
+            raise ApiError(400, "the .docx holds no text")
+        return {"text": text}
 
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     return app

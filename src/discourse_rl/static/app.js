@@ -4,6 +4,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   let info = null;
+  const DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document";
 
   function el(tag, attrs, text) {
     const node = document.createElement(tag);
@@ -149,9 +150,33 @@
     }
   }
 
+  async function openDocx(file) {
+    status("Reading " + file.name + "…", false);
+    try {
+      const res = await fetch("/api/docx", {
+        method: "POST",
+        headers: { "Content-Type": DOCX },
+        body: await file.arrayBuffer(),
+      });
+      const body = await res.json().catch(() => ({ error: "unreadable answer (" + res.status + ")" }));
+      if (!res.ok) {
+        status(body.error || "error " + res.status, true);
+        return;
+      }
+      $("essay").value = body.text;
+      status("Loaded " + file.name + ".", false);
+    } catch (err) {
+      status("Could not reach the server: " + err, true);
+    }
+  }
+
   function openFile(ev) {
     const file = ev.target.files[0];
     if (!file) return;
+    if (file.name.toLowerCase().endsWith(".docx")) {
+      openDocx(file);
+      return;
+    }
     const reader = new FileReader();
     reader.onload = () => {
       $("essay").value = reader.result;
