@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -162,6 +163,18 @@ def create_app(labeller: Labeller) -> FastAPI:
     about = info(labeller)
     per_type = about["scores"].get(labeller.stage, {}).get("per_type", {})
 
+    async def in_worker(fn: Any, arg: Any) -> Any:
+        """`fn(arg)` on the worker thread. A failure is logged by type and frames only (its
+        message could quote the essay) and never reaches the server's own traceback logging."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(worker, fn, arg)
+        except ApiError:
+            raise
+        except Exception as exc:
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            log.error("%s failed: %s\n%s", fn.__name__, type(exc).__name__, frames)
+            raise ApiError(500, "internal error; see the server's log") from None
+
     @app.middleware("http")
     async def headers(request: Request, call_next: Any) -> Any:
         response = await call_next(request)
@@ -199,8 +212,7 @@ def create_app(labeller: Labeller) -> FastAPI:
     @app.post("/api/label")
     async def label(request: Request) -> dict[str, Any]:
         text = parse_essay(request.headers.get("content-type"), await _read_body(request))
-        loop = asyncio.get_running_loop()
-        elements = await loop.run_in_executor(worker, labeller.label, text)
+        elements = await in_worker(labeller.label, text)
         return {
             "stage": labeller.stage,
             "n_words": len(text.split()),
@@ -215,8 +227,7 @@ def create_app(labeller: Labeller) -> FastAPI:
         if media != DOCX:
             raise ApiError(415, f"send the .docx file itself: Content-Type: {DOCX}")
         body = await _read_body(request)
-        loop = asyncio.get_running_loop()
-        text = await loop.run_in_executor(worker, docx_text, body)
+        text = await in_worker(docx_text, body)
         if len(text.encode("utf-8")) > MAX_ESSAY_BYTES:
             raise ApiError(413, f"essay too large: the limit is {MAX_ESSAY_BYTES:,} bytes of text")
         if not text.split():
