@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,88 @@ def test_a_stage_that_fails_leaves_no_record(
     with pytest.raises(Crash):
         pipeline.train_agent(tmp_path, simulate=True, max_essays=10, log=lambda _: None)
     assert set(read_stages(lay.stages)) == {"ner"}
+
+
+def test_finetune_fold_resumes_from_its_last_complete_checkpoint(
+    tiny_backbone: str, corpus_small: Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tune mode: a fold interrupted after a checkpoint resumes from it (a half-saved newer
+    checkpoint is removed, not loaded) and ends where an uninterrupted run ends."""
+    from transformers import Trainer
+
+    from discourse_rl.data import load_word_probs
+    from discourse_rl.ner import train_ner
+    from tests.tiny import tiny_cfg
+
+    corpus = corpus_small.subset(sorted(corpus_small.essays)[:4])
+    cfg = tiny_cfg(tiny_backbone, mode="finetune", epochs=2.0, save_every=2, lr=1e-3, bf16=False)
+    real_step = Trainer.training_step
+    steps = {"n": 0, "crash_at": 0}
+
+    def step(self: Any, *args: Any, **kw: Any) -> Any:
+        steps["n"] += 1
+        if steps["n"] == steps["crash_at"]:
+            raise Crash(f"step {steps['n']}")
+        return real_step(self, *args, **kw)
+
+    monkeypatch.setattr(Trainer, "training_step", step)
+    whole = load_word_probs(train_ner(corpus, cfg, tmp_path / "whole", seed=0).oof_path)
+    whole_steps = steps["n"]
+
+    steps.update(n=0, crash_at=4)
+    with pytest.raises(Crash):
+        train_ner(corpus, cfg, tmp_path / "run", seed=0)
+    fold = RunLayout(tmp_path / "run").fold(0)
+    assert [p.name for p in fold.checkpoints.glob("checkpoint-*")] == ["checkpoint-2"]
+    half = fold.checkpoints / "checkpoint-3"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"half")
+
+    steps.update(n=0, crash_at=0)
+    resumed = load_word_probs(train_ner(corpus, cfg, tmp_path / "run", seed=0).oof_path)
+    assert not half.exists()
+    assert steps["n"] == whole_steps - 2  # fold 0's first two steps came from checkpoint-2
+    assert resumed.keys() == whole.keys()
+    for i, p in whole.items():
+        np.testing.assert_allclose(resumed[i], p, atol=2e-3)
+
+
+def test_leftovers_of_killed_writes_are_removed(tmp_path: Path) -> None:
+    from discourse_rl.common import atomic_dir, atomic_write_text, remove_temporaries, temp_name
+
+    keep = [tmp_path / "a.json", tmp_path / ".hidden", tmp_path / "sub" / ".x.deadbeef.npz"]
+    for p in keep:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("keep")
+    left = [tmp_path / temp_name("a.json"), tmp_path / "sub" / temp_name("oof.npz", ".npz")]
+    for p in left:
+        p.write_text("half")
+    (tmp_path / temp_name("encoder")).mkdir()
+    (tmp_path / "sub" / temp_name("encoder") / "config.json").parent.mkdir()
+    assert remove_temporaries(tmp_path) == 4
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == sorted(keep)
+
+    # A folder written atomically: the old one stays whole when the writer fails.
+    target = tmp_path / "encoder"
+    with atomic_dir(target) as tmp:
+        atomic_write_text(tmp / "config.json", "1")
+    with pytest.raises(Crash), atomic_dir(target) as tmp:
+        (tmp / "config.json").write_text("2")
+        raise Crash("mid-save")
+    assert (target / "config.json").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".encoder")] == []
+
+
+def test_ner_outputs_of_other_inputs_are_cleared(tmp_path: Path) -> None:
+    from discourse_rl.ner.run import keep_or_clear
+
+    lay = RunLayout(tmp_path)
+    keep_or_clear(lay, "k1")
+    fold = lay.fold(0)
+    fold.root.mkdir(parents=True)
+    fold.done.write_text("{}")
+    lay.ner_cache.mkdir()
+    keep_or_clear(lay, "k1")
+    assert fold.done.is_file()
+    keep_or_clear(lay, "k2")
+    assert not fold.root.exists() and lay.ner_cache.is_dir()

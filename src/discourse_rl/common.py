@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import secrets
+import shutil
 import stat
 import tomllib
 import typing
@@ -16,6 +18,51 @@ from typing import IO, Any, TypeVar
 
 class DiscourseRLError(Exception):
     """A problem with the user's input, reported by the CLI as one line (no traceback)."""
+
+
+TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+"""The names atomic writes give their temporary files and folders (`.NAME.1a2b3c4d.tmp`, with
+the target's suffix after it when a library insists on one)."""
+
+
+def temp_name(name: str, suffix: str = "") -> str:
+    """A fresh temporary name beside `name`, matching TEMP_PATTERN."""
+    suffix = "" if suffix == ".tmp" else suffix
+    return f".{name}.{secrets.token_hex(4)}.tmp{suffix}"
+
+
+def remove_temporaries(root: str | Path) -> int:
+    """Delete what interrupted atomic writes left under `root` (a process killed between writing
+    a temporary file and renaming it); returns how many went. Only for a folder no other process
+    is writing in."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    found = [p for p in root.rglob(".*") if TEMP_PATTERN.match(p.name)]
+    for p in sorted(found, key=lambda p: len(p.parts)):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink():
+            p.unlink(missing_ok=True)
+    return len(found)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Fill a temporary folder beside `path`, then put it in `path`'s place: a reader sees the
+    old folder, no folder, or the whole new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / temp_name(path.name)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
@@ -33,7 +80,7 @@ def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
     except OSError:
         mode = None
     while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        tmp = path.parent / temp_name(path.name, suffix)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:

@@ -70,6 +70,11 @@ class RunLayout:
         return self.ner / "config.toml"
 
     @property
+    def ner_inputs(self) -> Path:
+        """The key of the data and settings ner/ was trained from (others clear its models)."""
+        return self.ner / "inputs.json"
+
+    @property
     def ner_folds(self) -> Path:
         """Essay id -> NER fold."""
         return self.ner / "folds.json"

@@ -38,6 +38,7 @@ from discourse_rl.common import (
     each,
     load_toml,
     non_negative,
+    remove_temporaries,
 )
 from discourse_rl.data import Corpus, load_corpus, load_word_probs
 from discourse_rl.decode import DecodeConfig, DecodeReport
@@ -151,6 +152,8 @@ def start_run(run: str | Path) -> RunLayout:
         raise DiscourseRLError(f"{lay.root}: is a file; name a run folder (new or existing)")
     check_format(lay.root)
     lay.root.mkdir(parents=True, exist_ok=True)
+    # What a killed run's atomic writes left half made: never read, so removed.
+    remove_temporaries(lay.root)
     RunFormat.current().write(lay.format)
     return lay
 

@@ -7,6 +7,9 @@ fold with its model and out-of-fold probabilities written is skipped.
 from __future__ import annotations
 
 import inspect
+import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +44,6 @@ def train_finetune(
     """Train each unfinished fold's model and predict its held-out essays."""
     from safetensors.torch import save_file
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     tokenizer = load_tokenizer(layout.ner_encoder)
     ids = sorted(corpus.essays)
@@ -78,9 +80,7 @@ def train_finetune(
             data_collator=collate,
             optimizers=(_optimizer(model, cfg), None),
         )
-        ckpt_dir = fold.checkpoints
-        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None  # type: ignore[no-untyped-call]
-        trainer.train(resume_from_checkpoint=last)
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(fold.checkpoints))
         weights = {k2: v.detach().cpu().contiguous() for k2, v in model.state_dict().items()}
 
         def write(path: Path, w: dict[str, torch.Tensor] = weights) -> None:
@@ -90,6 +90,27 @@ def train_finetune(
         val = [essays[position[i]] for i in val_ids]
         probs = window_probs([model], tokenizer, val, cfg, device)
         save_word_probs(fold.oof, dict(zip(val_ids, probs, strict=True)))
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The Trainer's newest checkpoint that was saved to the end; newer, half-saved ones (a
+    killed save) are removed. The Trainer writes trainer_state.json last and not atomically,
+    so a checkpoint is complete when that file parses."""
+    if not folder.is_dir():
+        return None
+    found = []
+    for path in folder.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if m and path.is_dir():
+            found.append((int(m.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            shutil.rmtree(path)
+            continue
+        return str(path)
+    return None
 
 
 def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, seed: int) -> Any:

@@ -146,6 +146,8 @@ def train_frozen(
         done = {"config": asdict(cfg), "train": len(train_ids), "seed": seed + k}
         if fold.oof.is_file() and read_json(fold.done) == done:
             continue
+        # Its record goes first: a crash before the new one is written leaves none.
+        fold.done.unlink(missing_ok=True)
         head = train_head(cache, feats, labels, train_ids, val_ids, cfg, fold, seed + k)
         vecs = [cache.get(i) for i in val_ids]
         probs = head_probs([head.to(device)], vecs, [feats[i] for i in val_ids], device)

@@ -5,8 +5,10 @@ Paths come from `RunLayout`; this module reads and writes what lives at them.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from discourse_rl.common import (
     config_to_toml,
     load_toml,
 )
+from discourse_rl.data import Corpus
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner.backbone import encoder_from_config
 from discourse_rl.ner.config import NerConfig
@@ -44,6 +47,36 @@ def run_ner_config(run_dir: str | Path) -> NerConfig:
     if not path.is_file():
         raise DiscourseRLError(f"{layout.root}: not a trained run folder (no ner/config.toml)")
     return config_from_dict(NerConfig, load_toml(path).get("ner", {}), where=str(path), table="ner")
+
+
+def inputs_key(corpus: Corpus, cfg: NerConfig, seed: int) -> str:
+    """What every fold model and probability of the stage depends on."""
+    text = json.dumps([asdict(cfg), seed, corpus.content_key()], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def keep_or_clear(layout: RunLayout, key: str) -> None:
+    """Keep the NER outputs of the same inputs (an interrupted stage resumes from them); remove
+    those of other inputs, so that no fold model of an earlier configuration or data is reused.
+    The encoder's word-vector cache stays: it checks its own settings."""
+    marker = layout.ner_inputs
+    try:
+        same = json.loads(marker.read_text(encoding="utf-8")).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if same:
+        return
+    # The marker goes first: a crash mid-removal then still clears on the next run.
+    marker.unlink(missing_ok=True)
+    stale = [layout.ner_encoder, layout.oof, layout.test_probs, layout.ner_metrics, layout.decode]
+    if layout.ner.is_dir():
+        stale += [p for p in layout.ner.glob("fold*") if p.is_dir()]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    write_json(marker, {"key": key})
 
 
 def write_folds(layout: RunLayout, folds: dict[str, int]) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from discourse_rl.common import (
     DiscourseRLError,
+    atomic_dir,
     config_from_dict,
     load_toml,
     torch_threads,
@@ -35,7 +36,14 @@ from discourse_rl.ner.config import MODES, FloatArray, NerConfig
 from discourse_rl.ner.finetune import train_finetune
 from discourse_rl.ner.frozen import train_frozen
 from discourse_rl.ner.predict import predict_word_probs
-from discourse_rl.ner.run import NerRecord, write_folds, write_json, write_record
+from discourse_rl.ner.run import (
+    NerRecord,
+    inputs_key,
+    keep_or_clear,
+    write_folds,
+    write_json,
+    write_record,
+)
 
 
 @dataclass(frozen=True)
@@ -59,13 +67,16 @@ def train_ner(corpus: Corpus, cfg: NerConfig, out_dir: str | Path, seed: int = 0
         keep = sorted(rng.choice(sorted(corpus.essays), cfg.max_essays, replace=False))
         corpus = corpus.subset(keep)
     folds = make_folds(corpus, cfg.folds, seed)
+    keep_or_clear(layout, inputs_key(corpus, cfg, seed))
     write_record(layout, NerRecord(seed, cfg))
     write_folds(layout, folds)
     if not layout.ner_encoder_config.is_file():
         backbone = resolve_backbone(cfg.backbone)
-        load_tokenizer(backbone).save_pretrained(str(layout.ner_encoder))
-        encoder: Any = load_encoder(backbone)
-        encoder.save_pretrained(str(layout.ner_encoder))
+        # Saved whole or not at all: a later run takes a config.json for a finished save.
+        with atomic_dir(layout.ner_encoder) as tmp:
+            load_tokenizer(backbone).save_pretrained(str(tmp))
+            encoder: Any = load_encoder(backbone)
+            encoder.save_pretrained(str(tmp))
     if cfg.mode not in MODES:
         raise DiscourseRLError(f"ner.mode: expected 'frozen' or 'finetune', got {cfg.mode!r}")
     with torch_threads(cfg.threads):
