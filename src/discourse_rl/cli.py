@@ -14,6 +14,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from discourse_rl.shards import Shard
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -234,6 +238,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="which stage labels the essays (default: the run's best on held-out essays)",
     )
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output (csv)")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="label share I (from 0) of N of the essays into OUT.shard-I-of-N; the share that "
+        "finds all N parts combines them into OUT (under torchrun: one share per process)",
+    )
     p.set_defaults(handler=_cmd_predict)
 
 
@@ -246,6 +257,7 @@ def _stage_name(name: str) -> str:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from discourse_rl import distributed
     from discourse_rl.common import DiscourseRLError, atomic_open, atomic_write_text
     from discourse_rl.data import read_essay_folder
     from discourse_rl.labeller import Labeller, elements_frame, elements_jsonl
@@ -256,7 +268,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise DiscourseRLError(f"{args.out}: is a file; --stage all writes a folder of files")
     if not every and args.out.is_dir():
         raise DiscourseRLError(f"{args.out}: is a folder; name the .{args.format} file to write")
+    shard = _predict_shard(args.shard)
     essays = read_essay_folder(args.essays)
+    if shard is not None:
+        essays = {i: essays[i] for i in distributed.shard(list(essays), shard.index, shard.count)}
     labeller = Labeller.load(args.model, None if every else args.stage)
     if args.stage is None:
         print(f"stage: {labeller.stage} (the run's best on held-out essays)")
@@ -265,7 +280,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if every:
         args.out.mkdir(parents=True, exist_ok=True)
     for stage, by_essay in labelled.items():
-        out = args.out / f"{stage}.{args.format}" if every else args.out
+        final = args.out / f"{stage}.{args.format}" if every else args.out
+        out = final if shard is None else shard.part(final)
         if args.format == "jsonl":
             atomic_write_text(out, elements_jsonl(by_essay, stage))
         else:
@@ -274,7 +290,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         n = sum(len(v) for v in by_essay.values())
         noun = "essay" if len(essays) == 1 else "essays"
         print(f"wrote {n} elements for {len(essays)} {noun} to {out}")
+    if shard is not None:
+        _combine_shards(args, shard, [*labelled])
     return 0
+
+
+def _predict_shard(text: str | None) -> Shard | None:
+    """The share of the essays this process labels: --shard I/N, else one per launcher process,
+    else None (all of them)."""
+    from discourse_rl import distributed
+    from discourse_rl.common import DiscourseRLError
+    from discourse_rl.shards import Shard
+
+    if text is not None:
+        if distributed.distributed():
+            raise DiscourseRLError("--shard: not under torchrun (each process takes a share)")
+        return Shard.parse(text)
+    if distributed.distributed():
+        return Shard(distributed.rank(), distributed.world_size())
+    return None
+
+
+def _combine_shards(args: argparse.Namespace, shard: Shard, stages: list[str]) -> None:
+    from discourse_rl import distributed
+    from discourse_rl.shards import combine
+
+    if distributed.distributed():
+        distributed.barrier()
+        if not distributed.is_main():
+            return
+    for stage in stages:
+        final = args.out / f"{stage}.{args.format}" if args.stage == "all" else args.out
+        if combine(final, shard, args.format):
+            print(f"combined {shard.count} parts into {final}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,18 @@ TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 the target's suffix after it when a library insists on one)."""
 
 
+WRITE_TRACE = "DISCOURSE_RL_WRITE_TRACE"
+"""Environment variable naming a file that gets one line per atomic write ("RANK PATH"): how
+the multi-process test checks that each artefact is written once, by the main process."""
+
+
+def _trace(path: Path) -> None:
+    trace = os.environ.get(WRITE_TRACE)
+    if trace:
+        with open(trace, "a", encoding="utf-8") as fh:
+            fh.write(f"{os.environ.get('RANK', '0')} {path.resolve()}\n")
+
+
 def temp_name(name: str, suffix: str = "") -> str:
     """A fresh temporary name beside `name`, matching TEMP_PATTERN."""
     suffix = "" if suffix == ".tmp" else suffix
@@ -52,6 +64,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Fill a temporary folder beside `path`, then put it in `path`'s place: a reader sees the
     old folder, no folder, or the whole new one, never a half-written one."""
     path = Path(path)
+    _trace(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / temp_name(path.name)
     tmp.mkdir()
@@ -79,6 +92,7 @@ def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
         mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
     except OSError:
         mode = None
+    _trace(path)
     while True:
         tmp = path.parent / temp_name(path.name, suffix)
         try:

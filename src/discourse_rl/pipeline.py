@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl import artefacts
+from discourse_rl import artefacts, distributed
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.common import (
@@ -57,6 +57,10 @@ from discourse_rl.records import (
 from discourse_rl.segments import SegmentConfig
 
 Probs = Mapping[str, npt.NDArray[np.float32]]
+
+DATA_PARALLEL = ("ner",)
+"""Stages every process of a launcher (torchrun, accelerate launch) works on; the main process
+alone runs the others while the rest stop."""
 
 SEEDED_BY_RUN = ("agent", "episode")
 """Tables whose `seed` a run sets from `agent_seeds` (a config may not set it itself)."""
@@ -151,10 +155,12 @@ def start_run(run: str | Path) -> RunLayout:
     if lay.root.exists() and not lay.root.is_dir():
         raise DiscourseRLError(f"{lay.root}: is a file; name a run folder (new or existing)")
     check_format(lay.root)
-    lay.root.mkdir(parents=True, exist_ok=True)
-    # What a killed run's atomic writes left half made: never read, so removed.
-    remove_temporaries(lay.root)
-    RunFormat.current().write(lay.format)
+    if distributed.is_main():
+        lay.root.mkdir(parents=True, exist_ok=True)
+        # What a killed run's atomic writes left half made: never read, so removed.
+        remove_temporaries(lay.root)
+        RunFormat.current().write(lay.format)
+    distributed.barrier()
     return lay
 
 
@@ -291,6 +297,8 @@ def _corpus(data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] 
 
 
 def _finish(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, float]:
+    if not distributed.is_main():
+        return {}
     write_run_config(lay.root, cfg)
     from discourse_rl.results import write_report
 
@@ -318,21 +326,34 @@ def run_pipeline(
     for st in STAGES:
         prev = state.get(st.name)
         marker = st.done_marker(lay)
-        if prev is not None and prev.key == keys[st.name] and marker.is_file():
+
+        def reusable(
+            st: Stage = st, prev: StageRecord | None = prev, marker: Path = marker
+        ) -> bool:
+            if prev is None or prev.key != keys[st.name] or not marker.is_file():
+                return False
             broken = artefacts.damaged(lay, st.name)
             if not broken:
-                log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {marker}")
-                _warn_versions(st.name, prev, old_format)
-                reused.append(st.name)
-                continue
+                return True
             path, problem = broken[0]
             more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
             log(f"[{st.name}] {path}: {problem}{more}: rebuilding")
             artefacts.remove_damaged(lay, st.name)
+            return False
+
+        # The main process decides (and tidies); the others follow (under a launcher).
+        if distributed.from_main(reusable):
+            log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {marker}")
+            _warn_versions(st.name, prev, old_format)
+            reused.append(st.name)
+            continue
+        if not distributed.is_main() and st.name not in DATA_PARALLEL:
+            continue  # the other processes help with the data-parallel stages only
         log(f"[{st.name}] running (key {keys[st.name]})")
         _forget(lay, state, st.name)
         t0 = time.perf_counter()
-        artefacts.forget(lay, st.name)
+        if distributed.is_main():
+            artefacts.forget(lay, st.name)
         st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
         _record(lay, state, st.name, source.record(keys[st.name], seconds))
@@ -344,6 +365,8 @@ def run_pipeline(
 def _forget(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
     """Before a stage runs: its record and those of the stages after it go, so that outputs an
     interrupted run leaves half made are never taken for finished ones."""
+    if not distributed.is_main():
+        return
     names = [s.name for s in STAGES]
     if any(later.name in state for later in STAGES[names.index(name) :]):
         for later in STAGES[names.index(name) :]:
@@ -352,6 +375,8 @@ def _forget(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
 
 
 def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
+    if not distributed.is_main():
+        return
     artefacts.record(lay, name)
     state[name] = rec
     # Later stages were built on the old outputs: forget them so they re-run.
@@ -414,7 +439,8 @@ def train_ner(
     log("[ner] running")
     _forget(lay, read_stages(lay.stages), "ner")
     t0 = time.perf_counter()
-    artefacts.forget(lay, "ner")
+    if distributed.is_main():
+        artefacts.forget(lay, "ner")
     report = _run_ner(lay, corpus, cfg)
     key = stage_keys(corpus, cfg)["ner"]
     _record(

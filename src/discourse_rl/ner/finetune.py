@@ -10,11 +10,13 @@ import inspect
 import json
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from discourse_rl import distributed
 from discourse_rl.common import atomic_save
 from discourse_rl.data import Corpus, Essay, save_word_probs
 from discourse_rl.layout import FoldLayout, RunLayout
@@ -80,16 +82,24 @@ def train_finetune(
             data_collator=collate,
             optimizers=(_optimizer(model, cfg), None),
         )
-        trainer.train(resume_from_checkpoint=last_complete_checkpoint(fold.checkpoints))
+        # One process tidies half-saved checkpoints away; all resume from the one it found.
+        last = distributed.from_main(partial(last_complete_checkpoint, fold.checkpoints))
+        trainer.train(resume_from_checkpoint=last)
         weights = {k2: v.detach().cpu().contiguous() for k2, v in model.state_dict().items()}
 
         def write(path: Path, w: dict[str, torch.Tensor] = weights) -> None:
             save_file(w, str(path))
 
-        atomic_save(fold.model, write)
-        val = [essays[position[i]] for i in val_ids]
-        probs = window_probs([model], tokenizer, val, cfg, device)
-        save_word_probs(fold.oof, dict(zip(val_ids, probs, strict=True)))
+        if distributed.is_main():
+            atomic_save(fold.model, write)
+        # Each process predicts its share of the held-out essays; the main one writes them.
+        mine = distributed.shard(val_ids)
+        probs = window_probs([model], tokenizer, [essays[position[i]] for i in mine], cfg, device)
+        held_out = distributed.gather(dict(zip(mine, probs, strict=True)))
+        if distributed.is_main():
+            save_word_probs(fold.oof, held_out)
+        # Every process sees the fold finished before any checks the next one.
+        distributed.barrier()
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from discourse_rl.data import NUM_LABELS, Essay
+from discourse_rl.distributed import local_rank
 from discourse_rl.ner.backbone import encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import FloatArray, NerConfig
 from discourse_rl.ner.model import NerHead, NerModel, pool_words
@@ -47,7 +48,10 @@ number and the length of the essays; the encoder's batches are bounded by `encod
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: under a launcher, the GPU of its LOCAL_RANK (one per process)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
 
 
 def bf16_available(device: torch.device) -> bool:

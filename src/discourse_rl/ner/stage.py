@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from discourse_rl import distributed
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_dir,
@@ -67,31 +68,44 @@ def train_ner(corpus: Corpus, cfg: NerConfig, out_dir: str | Path, seed: int = 0
         keep = sorted(rng.choice(sorted(corpus.essays), cfg.max_essays, replace=False))
         corpus = corpus.subset(keep)
     folds = make_folds(corpus, cfg.folds, seed)
-    keep_or_clear(layout, inputs_key(corpus, cfg, seed))
-    write_record(layout, NerRecord(seed, cfg))
-    write_folds(layout, folds)
-    if not layout.ner_encoder_config.is_file():
-        backbone = resolve_backbone(cfg.backbone)
-        # Saved whole or not at all: a later run takes a config.json for a finished save.
-        with atomic_dir(layout.ner_encoder) as tmp:
-            load_tokenizer(backbone).save_pretrained(str(tmp))
-            encoder: Any = load_encoder(backbone)
-            encoder.save_pretrained(str(tmp))
     if cfg.mode not in MODES:
         raise DiscourseRLError(f"ner.mode: expected 'frozen' or 'finetune', got {cfg.mode!r}")
+    if cfg.mode == "frozen":
+        # The encoder runs once and the heads are small: nothing to gain from several processes.
+        distributed.require_one_process("ner.mode = 'frozen' ('finetune' trains data-parallel)")
+    distributed.init()
+    if distributed.is_main():
+        keep_or_clear(layout, inputs_key(corpus, cfg, seed))
+        write_record(layout, NerRecord(seed, cfg))
+        write_folds(layout, folds)
+        if not layout.ner_encoder_config.is_file():
+            backbone = resolve_backbone(cfg.backbone)
+            # Saved whole or not at all: a later run takes a config.json for a finished save.
+            with atomic_dir(layout.ner_encoder) as tmp:
+                load_tokenizer(backbone).save_pretrained(str(tmp))
+                encoder: Any = load_encoder(backbone)
+                encoder.save_pretrained(str(tmp))
+    distributed.barrier()
     with torch_threads(cfg.threads):
         if cfg.mode == "frozen":
             train_frozen(corpus, cfg, layout, folds, seed)
         else:
             train_finetune(corpus, cfg, layout, folds, seed)
-    oof: dict[str, FloatArray] = {}
-    for fold in layout.folds(cfg.folds):
-        oof.update(load_word_probs(fold.oof))
-    save_word_probs(layout.oof, oof)
-    test_path = None
+    test_path = layout.test_probs if corpus.test_essays else None
+    test: dict[str, FloatArray] = {}
     if corpus.test_essays:
-        test_path = layout.test_probs
-        save_word_probs(test_path, predict_word_probs(layout.root, corpus.test_essays))
+        # Each process predicts its share of the test essays; the main one writes them all.
+        ids = distributed.shard(sorted(corpus.test_essays))
+        mine = predict_word_probs(layout.root, {i: corpus.test_essays[i] for i in ids})
+        test = distributed.gather(mine)
+    if distributed.is_main():
+        oof: dict[str, FloatArray] = {}
+        for fold in layout.folds(cfg.folds):
+            oof.update(load_word_probs(fold.oof))
+        save_word_probs(layout.oof, oof)
+        if test_path is not None:
+            save_word_probs(test_path, test)
+    distributed.barrier()
     return NerResult(layout.root, layout.oof, test_path, folds, time.perf_counter() - t0)
 
 
@@ -124,11 +138,16 @@ def train_ner_stage(corpus: Corpus, cfg: NerStageConfig, out_dir: str | Path) ->
     """Train the fold models, then fit and score the decodings on the out-of-fold probabilities."""
     layout = RunLayout(out_dir)
     result = train_ner(corpus, cfg.ner, layout.root, cfg.seed)
-    oof = load_word_probs(result.oof_path)
-    report = evaluate_decoding(oof, corpus, result.folds, cfg.decode)
-    save_thresholds(layout.decode, report.thresholds)
-    metrics = report_to_json(report)
-    metrics["seconds"] = round(result.seconds, 1)
-    metrics["essays"] = len(oof)
-    write_json(layout.ner_metrics, metrics)
-    return report
+
+    def evaluate() -> DecodeReport:
+        oof = load_word_probs(result.oof_path)
+        report = evaluate_decoding(oof, corpus, result.folds, cfg.decode)
+        save_thresholds(layout.decode, report.thresholds)
+        metrics = report_to_json(report)
+        metrics["seconds"] = round(result.seconds, 1)
+        metrics["essays"] = len(oof)
+        write_json(layout.ner_metrics, metrics)
+        return report
+
+    # Fitted and written once, by the main process; the others receive the report.
+    return distributed.from_main(evaluate)
