@@ -468,6 +468,7 @@ def train_agent(
     The config is `config`, else the run's own RUN/config.toml; `seeds` and `max_essays`
     override it, and RUN/config.toml, stages.json and the report then say what ran.
     """
+    distributed.require_one_process("train-agent")
     cfg, path = _stage_config(run, config)
     with _options():
         if seeds is not None:

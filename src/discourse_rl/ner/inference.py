@@ -20,7 +20,7 @@ from torch import nn
 
 from discourse_rl.data import NUM_LABELS, Essay
 from discourse_rl.distributed import local_rank
-from discourse_rl.ner.backbone import encoder_parts, hidden_size, special_ids
+from discourse_rl.ner.backbone import encoder_inputs, encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import FloatArray, NerConfig
 from discourse_rl.ner.model import NerHead, NerModel, pool_words
 from discourse_rl.ner.tokens import (
@@ -105,8 +105,9 @@ def encode_word_vectors(
         inputs = pad_windows(group, pad_id)
         with torch.inference_mode():
             hidden = encoder(
-                input_ids=inputs["input_ids"].to(device),
-                attention_mask=inputs["attention_mask"].to(device),
+                **encoder_inputs(
+                    encoder, inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+                )
             ).last_hidden_state
         n_local = max(w.word_end - w.word_start for w in group)
         pooled = pool_words(hidden.float().cpu(), inputs["token_word"], max(n_local, 1)).numpy()
@@ -257,6 +258,10 @@ def window_probs(
 # Fold models that share their frozen lower layers
 
 
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -269,7 +274,7 @@ def shared_depth(models: Sequence[nn.Module]) -> int:
     if len(models) < 2 or any(p is None for p in parts):
         return 0
     first, *rest = [p for p in parts if p is not None]
-    if not all(_same_weights(first[0], r[0]) for r in rest):
+    if not all(_same_tensors(first[0], r[0]) for r in rest):
         return 0
     depth = 0
     for i, layer in enumerate(first[1]):

@@ -7,7 +7,7 @@ from torch import nn
 
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import NUM_LABELS
-from discourse_rl.ner.backbone import hidden_size
+from discourse_rl.ner.backbone import encoder_inputs, hidden_size
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.tokens import N_WORD_FEATURES
 
@@ -129,7 +129,8 @@ class NerModel(nn.Module):
         word_count: torch.Tensor,
         labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        inputs = encoder_inputs(self.encoder, input_ids, attention_mask)
+        hidden = self.encoder(**inputs).last_hidden_state
         words = pool_words(hidden.float(), token_word, word_features.shape[1])
         logits = self.head(words, word_features, word_count.clamp(min=1))
         out = {"logits": logits}

@@ -32,7 +32,7 @@ from discourse_rl.decode import (
     save_thresholds,
 )
 from discourse_rl.layout import RunLayout
-from discourse_rl.ner.backbone import load_encoder, load_tokenizer, resolve_backbone
+from discourse_rl.ner.backbone import check_marker, load_encoder, load_tokenizer, resolve_backbone
 from discourse_rl.ner.config import MODES, FloatArray, NerConfig
 from discourse_rl.ner.finetune import train_finetune
 from discourse_rl.ner.frozen import train_frozen
@@ -86,6 +86,7 @@ def train_ner(corpus: Corpus, cfg: NerConfig, out_dir: str | Path, seed: int = 0
                 encoder: Any = load_encoder(backbone)
                 encoder.save_pretrained(str(tmp))
     distributed.barrier()
+    check_marker(load_tokenizer(layout.ner_encoder), cfg.paragraph_marker)
     with torch_threads(cfg.threads):
         if cfg.mode == "frozen":
             train_frozen(corpus, cfg, layout, folds, seed)
