@@ -344,7 +344,8 @@ def run_pipeline(
         # The main process decides (and tidies); the others follow (under a launcher).
         if distributed.from_main(reusable):
             log(f"[{st.name}] up to date (key {keys[st.name]}), reusing {marker}")
-            _warn_versions(st.name, prev, old_format)
+            if prev is not None:
+                _warn_versions(st.name, prev, old_format)
             reused.append(st.name)
             continue
         if not distributed.is_main() and st.name not in DATA_PARALLEL:
