@@ -116,3 +116,18 @@ def test_python_m_runs_the_command(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2 and bad.stderr.startswith("discourse-rl: error: ")
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "train-ner", "train-agent"])
+def test_training_examples_say_how_long_they_take(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    examples = text.split("examples:\n", 1)[1].split("Times:", 1)[0].splitlines()
+    commands = [line for line in examples if not line.rstrip().endswith("\\")]
+    assert commands and all(
+        "#" in line and ("min" in line or " s" in line or "hours" in line) for line in commands
+    ), commands
+    assert "a plain line every 30 s in a log file" in text

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tomllib
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from discourse_rl import common
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_open,
@@ -16,6 +18,7 @@ from discourse_rl.common import (
     config_from_dict,
     config_to_toml,
     load_toml,
+    progress,
 )
 
 
@@ -108,3 +111,19 @@ def test_torch_threads_sets_and_restores_and_zero_leaves_as_is() -> None:
     assert torch.get_num_threads() == before
     with torch_threads(0):
         assert torch.get_num_threads() == before
+
+
+def test_progress_in_a_log_file_is_periodic_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal: no redrawn bar, a line at most every LOG_INTERVAL seconds, and the last
+    status when the bar closes."""
+    monkeypatch.setattr(common, "LOG_INTERVAL", 3600.0)
+    log = io.StringIO()
+    bar = progress(total=50, desc="BC", file=log, mininterval=0)
+    for _ in range(50):
+        bar.update(1)
+        bar.set_postfix(loss=0.5)  # refreshes the bar each time
+    bar.close()
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 2, lines
+    assert lines[0].startswith("BC:   0% 0/50 [") and lines[1].startswith("BC: 100% 50/50 [")
+    assert "loss=0.5" in lines[1] and "|" not in lines[1]

@@ -22,6 +22,12 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
+TIMES = (
+    "Times: 2 CPU cores, no GPU (README, Results). Progress goes to stderr: a bar on a\n"
+    "terminal, a plain line every 30 s in a log file."
+)
+
+
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -133,9 +139,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the main job: train every stage and write the results table, plots and models",
         formatter_class=_formatter,
         epilog="examples:\n"
-        "  discourse-rl run                      # embedded sample, demo config, runs/demo\n"
+        "  discourse-rl run          # embedded sample, demo config, runs/demo: about 2 min\n"
         "  discourse-rl run --data ../shared/data/feedback-prize-2021 \\\n"
-        "      --out runs/reference --config configs/reference.toml\n"
+        "      --out runs/reference --config configs/reference.toml      # about 2 h 10 min\n"
+        f"{TIMES}\n"
         "Running the same command again reuses every stage whose config and inputs are\n"
         "unchanged; a changed config re-runs that stage and the ones after it.",
     )
@@ -168,11 +175,12 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         help="train the NER fold models; write out-of-fold word probabilities and thresholds",
         formatter_class=_formatter,
         epilog="examples:\n"
-        "  discourse-rl train-ner --out runs/demo --config configs/demo.toml\n"
+        "  discourse-rl train-ner --out runs/demo --config configs/demo.toml      # about 45 s\n"
         "  discourse-rl train-ner --data ../shared/data/feedback-prize-2021 \\\n"
-        "      --out runs/reference --config configs/reference.toml\n"
+        "      --out runs/reference --config configs/reference.toml             # about 82 min\n"
         "  discourse-rl train-ner --out runs/gpu --mode finetune \\\n"
-        "      --backbone microsoft/deberta-v3-base\n"
+        "      --backbone microsoft/deberta-v3-base                # a GPU job: hours on a CPU\n"
+        f"{TIMES}\n"
         "An interrupted run resumes when the same command is run again.",
     )
     p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
@@ -455,11 +463,13 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out",
         formatter_class=_formatter,
         epilog="examples:\n"
-        "  discourse-rl train-agent --run runs/demo\n"
-        "  discourse-rl train-agent --run runs/sim --simulate --max-essays 300\n"
+        "  discourse-rl train-agent --run runs/demo                    # after train-ner: ~70 s\n"
+        "  discourse-rl train-agent --run runs/sim --simulate --max-essays 300    # ~2-3 min\n"
         "  discourse-rl train-agent --run runs/reference \\\n"
         "      --data ../shared/data/feedback-prize-2021 --config configs/reference.toml \\\n"
-        "      --seeds 0 1 2\n"
+        "      --seeds 0 1 2                                                     # ~45 min\n"
+        f"{TIMES}\n"
+        "Without --config: RUN/config.toml, else the demo config (configs/demo.toml).\n"
         "Reads RUN/ner/oof.npz (out-of-fold word probabilities) unless --simulate is given.\n"
         "Writes RUN/segments.npz, RUN/agent/ (bc/, ppo/, episode/, results.json), RUN/tb/,\n"
         "and updates RUN/config.toml, RUN/stages.json and RUN/results.md as `run` would.",

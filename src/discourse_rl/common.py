@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import secrets
 import shutil
 import stat
+import time
 import tomllib
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -341,3 +343,64 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+LOG_INTERVAL = 30.0
+"""Seconds between progress lines when stderr is not a terminal (a log file, a pipe)."""
+
+
+LOG_FORMAT = (
+    "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
+"""A progress line in a log file: the bar's numbers without the bar."""
+
+
+class _Lines:
+    """tqdm's output as plain lines: its refreshes (tqdm writes '\\r' + status, and refreshes at
+    every `set_postfix`) become at most one line per `LOG_INTERVAL` seconds, plus the last
+    status when the bar closes, so a log file gets readable lines instead of one endless one."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.pending = ""
+        self.last = -math.inf
+
+    def write(self, s: str) -> int:
+        line = s.replace("\r", "").rstrip()
+        now = time.monotonic()
+        if line:
+            self.pending = line
+        if self.pending and (now - self.last >= LOG_INTERVAL or (not line and "\n" in s)):
+            self.stream.write(self.pending + "\n")
+            self.pending, self.last = "", now
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar on a terminal; elsewhere, periodic plain lines on stderr.
+
+    Every long loop (NER encoding and training, BC, PPO, the episode trainer, predict) takes its
+    bar from here, so a run whose stderr goes to a file still says how far it got."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = kwargs.get("file") or sys.stderr
+    if not kwargs.get("disable") and not is_terminal(stream):
+        kwargs["file"] = _Lines(stream)
+        kwargs.setdefault("mininterval", LOG_INTERVAL)
+        kwargs.setdefault("maxinterval", LOG_INTERVAL)
+        if kwargs.get("total") is not None or hasattr(iterable, "__len__"):
+            kwargs.setdefault("bar_format", LOG_FORMAT)
+    return tqdm(iterable, **kwargs)
+
+
+def is_terminal(stream: Any) -> bool:
+    """Is `stream` a terminal (else a file or a pipe, where a redrawn bar is unreadable)?"""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

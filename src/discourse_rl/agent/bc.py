@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from discourse_rl.agent.common import AgentConfig, pad_batch, tensorboard_writer, torch_threads
 from discourse_rl.agent.policy import AttentionPolicy, make_policy, save_policy, score_policy
-from discourse_rl.common import atomic_write_text, config_to_toml
+from discourse_rl.common import atomic_write_text, config_to_toml, progress
 from discourse_rl.data import Corpus
 from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import N_ACTIONS, EssaySegments
@@ -78,7 +77,7 @@ def _train_bc(
     writer = tensorboard_writer(log_dir)
     history: list[dict[str, float]] = []
     best_f1, best_state = -1.0, copy.deepcopy(policy.state_dict())
-    bar = tqdm(range(cfg.bc_epochs), desc="BC", disable=not cfg.progress_bar)
+    bar = progress(range(cfg.bc_epochs), desc="BC", disable=not cfg.progress_bar)
     for epoch in bar:
         policy.train()
         order = rng.permutation(len(train_segs))

@@ -34,7 +34,6 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 import torch
-from tqdm.auto import tqdm
 
 from discourse_rl.agent.common import (
     AgentConfig,
@@ -68,6 +67,7 @@ from discourse_rl.common import (
     config_to_toml,
     non_negative,
     positive,
+    progress,
 )
 from discourse_rl.data import Corpus
 from discourse_rl.records import TrainedPolicy
@@ -259,7 +259,7 @@ def _train(
     total = round(cfg.passes * len(train_segs))
     n_updates = math.ceil(total / cfg.batch_essays)
     order: IntArray = np.zeros(0, np.int64)
-    bar = tqdm(total=total, desc=f"episode RL ({cfg.estimator})", disable=not cfg.progress_bar)
+    bar = progress(total=total, desc=f"episode RL ({cfg.estimator})", disable=not cfg.progress_bar)
     for update in range(1, n_updates + 1):
         t_up = time.perf_counter()
         if order.size < cfg.batch_essays:

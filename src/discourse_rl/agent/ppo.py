@@ -42,11 +42,35 @@ from discourse_rl.agent.policy import (
     score_policy,
 )
 from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table, kl_to_reference
-from discourse_rl.common import atomic_write_text, config_to_toml
+from discourse_rl.common import atomic_write_text, config_to_toml, progress
 from discourse_rl.data import Corpus
 from discourse_rl.env import SegmentLabelEnv
 from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import N_ACTIONS, EssaySegments
+
+
+class _Progress(BaseCallback):
+    """PPO's progress through `common.progress`: a bar on a terminal, periodic lines in a log
+    file (SB3's own bar draws with rich, unreadable in a log)."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        super().__init__()
+        self.total, self.desc = total, desc
+        self.bar: Any = None
+
+    def _on_training_start(self) -> None:
+        self.bar = progress(total=self.total, desc=self.desc, unit="step")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+def _bar(cfg: AgentConfig, total: int, desc: str) -> list[BaseCallback]:
+    return [_Progress(total, desc)] if cfg.progress_bar else []
 
 
 class SegmentExtractor(BaseFeaturesExtractor):
@@ -297,9 +321,8 @@ def _train_ppo(
         model.lr_schedule = lambda _: cfg.value_warmup_lr  # type: ignore[assignment]
         model.learn(
             cfg.value_warmup_steps,
-            callback=callbacks,
+            callback=[*callbacks, *_bar(cfg, cfg.value_warmup_steps, "PPO value warm-up")],
             tb_log_name="ppo",
-            progress_bar=cfg.progress_bar,
         )
         model.lr_schedule = lambda _: cfg.ppo_lr  # type: ignore[assignment]
         for p in model.policy.parameters():
@@ -308,10 +331,9 @@ def _train_ppo(
     eval_cb.enabled = True
     model.learn(
         cfg.ppo_timesteps,
-        callback=callbacks,
+        callback=[*callbacks, *_bar(cfg, cfg.ppo_timesteps, "PPO")],
         tb_log_name="ppo",
         reset_num_timesteps=cfg.value_warmup_steps <= 0,
-        progress_bar=cfg.progress_bar,
     )
     eval_cb.evaluate()
     seconds = time.perf_counter() - t0

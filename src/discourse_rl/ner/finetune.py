@@ -10,6 +10,7 @@ import inspect
 import json
 import re
 import shutil
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from discourse_rl import distributed
-from discourse_rl.common import atomic_save
+from discourse_rl.common import atomic_save, is_terminal
 from discourse_rl.data import Corpus, Essay, save_word_probs
 from discourse_rl.layout import FoldLayout, RunLayout
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
@@ -153,6 +154,8 @@ def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, s
         save_steps=cfg.save_every,
         save_total_limit=1,
         logging_steps=10,
+        # Not on a terminal: no bar, and the Trainer prints each log (every 10 steps) as a line.
+        disable_tqdm=not is_terminal(sys.stderr),
         report_to=["tensorboard"],
         remove_unused_columns=False,
         label_names=["labels"],

@@ -17,9 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from discourse_rl.common import DiscourseRLError, atomic_save
+from discourse_rl.common import DiscourseRLError, atomic_save, progress
 from discourse_rl.data import NUM_LABELS, Corpus, save_word_probs
 from discourse_rl.layout import FoldLayout, RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
@@ -82,7 +81,7 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: str | Path) -> _Cache:
         write_json(progress_path, {"done": 0})
     vectors = np.load(path, mmap_mode="r+")
     if done < len(ids):
-        bar = tqdm(desc="encode essays", total=len(ids), initial=done, unit="essay")
+        bar = progress(desc="encode essays", total=len(ids), initial=done, unit="essay")
         for c in range(done, len(ids), CACHE_CHUNK):
             chunk = ids[c : c + CACHE_CHUNK]
             vecs = encode_word_vectors(
@@ -221,7 +220,7 @@ def _train_head(
         step, epoch = int(state["step"]), int(state["epoch"])
         torch.set_rng_state(state["torch_rng"])
     writer = SummaryWriter(str(fold.tensorboard))
-    bar = tqdm(desc=f"{fold.name} head", total=total, initial=step, unit="step")
+    bar = progress(desc=f"{fold.name} head", total=total, initial=step, unit="step")
     while step < total:
         head.train()
         rng = np.random.default_rng([seed, epoch])

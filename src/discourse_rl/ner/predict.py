@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from discourse_rl.common import DiscourseRLError, torch_threads
+from discourse_rl.common import progress as progress_bar
 from discourse_rl.data import Essay
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
@@ -76,11 +77,9 @@ class NerPredictor:
 
     def predict(self, essays: Mapping[str, Essay], progress: bool = False) -> dict[str, FloatArray]:
         """Per essay id, (n_words, 15) word probabilities: the mean over the fold models."""
-        from tqdm.auto import tqdm
-
         ids = list(essays)
         listed = [essays[i] for i in ids]
-        bar = tqdm(desc="predict", unit="tok", disable=not progress)
+        bar = progress_bar(desc="predict", unit="tok", disable=not progress)
         with torch_threads(self.threads):
             probs = predict_in_groups(listed, lambda group: self._predict(group, bar))
         bar.close()
