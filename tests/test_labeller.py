@@ -132,6 +132,33 @@ def test_predict_csv_and_jsonl_agree_and_all_stages(tiny_run: Path, tmp_path: Pa
     assert (out / "ner-naive.csv").read_text() == (tmp_path / "a.csv").read_text()
 
 
+def test_predict_skip_bad_labels_the_rest_and_exits_1(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    essays = tmp_path / "essays"
+    essays.mkdir()
+    for i, text in enumerate(_texts()[:2]):
+        (essays / f"e{i}.txt").write_text(text, encoding="utf-8")
+    (essays / "bad.txt").write_bytes(b"caf\xe9 au lait")
+    out = tmp_path / "labels.jsonl"
+    args = ["predict", "--model", str(tiny_run), "--essays", str(essays), "--out", str(out)]
+    args += ["--format", "jsonl", "--stage", "ner-naive"]
+    capsys.readouterr()
+    assert main(args) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"discourse-rl: error: {essays / 'bad.txt'}: not UTF-8 text (byte 0xe9 at offset 3)\n"
+    )
+    assert main([*args, "--skip-bad"]) == 1
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["e0", "e1"]
+    err_lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("discourse-rl:")]
+    assert err_lines == [
+        f"discourse-rl: skipped {essays / 'bad.txt'}: not UTF-8 text (byte 0xe9 at offset 3)",
+        "discourse-rl: 1 essay(s) skipped",
+    ]
+
+
 def test_label_command_prints_the_essay_legend_and_summary(
     tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,6 +49,8 @@ def stage_files(lay: RunLayout, stage: str) -> list[Path]:
             lay.ner_metrics,
             lay.test_probs,
         ]
+        if lay.ner_encoder.is_dir():
+            found += sorted(p for p in lay.ner_encoder.iterdir() if p.is_file())
         for fold in sorted(lay.ner.glob("fold*")):
             f = FoldLayout(fold)
             found += [f.head, f.model, f.oof]

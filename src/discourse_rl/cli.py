@@ -247,6 +247,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output (csv)")
     p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="label the readable essays, list the unreadable ones on stderr, exit 1",
+    )
+    p.add_argument(
         "--shard",
         default=None,
         metavar="I/N",
@@ -267,7 +272,7 @@ def _stage_name(name: str) -> str:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from discourse_rl import distributed
     from discourse_rl.common import DiscourseRLError, atomic_open, atomic_write_text
-    from discourse_rl.data import read_essay_folder
+    from discourse_rl.data import read_essays
     from discourse_rl.labeller import Labeller, elements_frame, elements_jsonl
 
     every = args.stage == "all"
@@ -277,7 +282,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if not every and args.out.is_dir():
         raise DiscourseRLError(f"{args.out}: is a folder; name the .{args.format} file to write")
     shard = _predict_shard(args.shard)
-    essays = read_essay_folder(args.essays)
+    folder = read_essays(args.essays, skip_bad=args.skip_bad)
+    essays = folder.essays
     if shard is not None:
         essays = {i: essays[i] for i in distributed.shard(list(essays), shard.index, shard.count)}
     labeller = Labeller.load(args.model, None if every else args.stage)
@@ -300,6 +306,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {n} elements for {len(essays)} {noun} to {out}")
     if shard is not None:
         _combine_shards(args, shard, [*labelled])
+    for skipped in folder.skipped:
+        print(f"discourse-rl: skipped {skipped.reason}", file=sys.stderr)
+    if folder.skipped:
+        # The labels written are good, but the batch is not whole: a script must notice.
+        print(f"discourse-rl: {len(folder.skipped)} essay(s) skipped", file=sys.stderr)
+        return 1
     return 0
 
 

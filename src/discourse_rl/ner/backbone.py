@@ -39,6 +39,13 @@ def load_encoder(
     """The backbone; dropout given here replaces the backbone config's own (None keeps it)."""
     from transformers import AutoConfig, AutoModel
 
+    from discourse_rl import artefacts
+
+    if Path(path).is_dir():
+        # A run's saved encoder: its files must be those the NER stage wrote.
+        for f in sorted(Path(path).iterdir()):
+            if f.is_file():
+                artefacts.verify(f)
     config = AutoConfig.from_pretrained(str(path))
     settings = ((_ATTENTION_DROPOUT, attention_dropout), (_HIDDEN_DROPOUT, hidden_dropout))
     for names, value in settings:
