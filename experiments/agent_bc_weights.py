@@ -20,9 +20,9 @@ from benchmarks.common import one_line_errors, require
 from discourse_rl import metric
 from discourse_rl.agent import AgentConfig, predict_spans, train_bc
 from discourse_rl.agent.common import split_validation
-from discourse_rl.agent.stage import heldout_split
 from discourse_rl.data import CLASSES, load_corpus
 from discourse_rl.layout import RunLayout
+from discourse_rl.protocol import read_split
 from discourse_rl.segments import gold_frame, load_segments
 
 
@@ -39,7 +39,9 @@ def main() -> None:
     )
     ids = [s.essay_id for s in segs]
     corpus = load_corpus(args.data, ids=ids)
-    train_ids, test_ids = heldout_split(args.run, corpus, ids, AgentConfig().holdout_fold)
+    # The run's own split (RUN/split.json): the agent stage's training and held-out essays.
+    split = read_split(RunLayout(args.run).split)
+    train_ids, test_ids = list(split.train), list(split.heldout)
     by_id = {s.essay_id: s for s in segs}
     train, val = split_validation([by_id[i] for i in train_ids], 0.1, 0)
     test = [by_id[i] for i in test_ids]

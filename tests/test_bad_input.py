@@ -137,9 +137,8 @@ CONFIG_CASES = [
     # Across tables.
     _config_case("more segments than the agent sees", "[segments]\nmax_segments = 200\n",
                  "[segments] max_segments = 200: exceeds [agent] max_segments (96)"),
-    _config_case("held-out fold beyond the folds",
-                 "[ner]\nfolds = 2\n[agent]\nholdout_fold = 2\n",
-                 "[agent] holdout_fold = 2: must be < [ner] folds (2)"),
+    _config_case("held-out share of all essays", "heldout_share = 1.0\n",
+                 "heldout_share = 1.0: must be > 0 and < 1"),
     _config_case("no agent seeds", "agent_seeds = []\n",
                  "agent_seeds = []: list at least one seed"),
     _config_case("repeated agent seeds", "agent_seeds = [1, 1]\n",

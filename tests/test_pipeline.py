@@ -13,10 +13,11 @@ import pytest
 from discourse_rl import artefacts
 from discourse_rl.cli import main
 from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import load_corpus, sample_dir
+from discourse_rl.data import CLASSES, load_corpus, sample_dir
 from discourse_rl.layout import FORMAT_VERSION, RunLayout
 from discourse_rl.pipeline import load_run_config, run_pipeline, write_run_config
-from discourse_rl.records import PREDICT_STAGES, AgentResults
+from discourse_rl.protocol import read_split
+from discourse_rl.records import PREDICT_STAGES, AgentResults, SpansResults, heldout_table
 from tests.tiny import save_tiny_bert
 
 N_ESSAYS = 30
@@ -81,6 +82,12 @@ batch_essays = 8
 passes = 2.0
 eval_every = 1
 progress_bar = false
+
+[gbdt]
+n_estimators = 10
+min_child_samples = 5
+num_threads = 1
+threshold_folds = 2
 """,
         encoding="utf-8",
     )
@@ -112,23 +119,39 @@ def test_run_writes_every_artefact_resumes_and_predicts(
         lay.policy("ppo"),
         lay.policy("episode"),
         lay.agent_results,
+        lay.split,
+        lay.spans_results,
+        lay.constrained,
+        lay.gbdt / "params.json",
     ):
         assert artefact.is_file(), artefact
     assert not (lay.agent / "rl").exists()
-    results = AgentResults.read(lay.agent_results)
-    assert [s.stage for s in results.stages] == [
+    table = heldout_table(run)
+    assert [s.stage for s in table.rows] == [
         "ner-naive",
         "ner-tuned",
+        "ner-constrained",
+        "gbdt",
         "oracle",
         "bc",
         "ppo",
         "episode",
     ]
-    # The report shows each stage's held-out macro F1 as results.json holds it.
+    # One held-out set for every row, NER rows included: the split's, disjoint from training.
+    split = read_split(lay.split)
+    assert len(split.heldout) == 6 and len(split.train) == N_ESSAYS - 6
+    assert not set(split.heldout) & set(split.train)
+    spans, results = SpansResults.read(lay.spans_results), AgentResults.read(lay.agent_results)
+    assert spans.heldout == results.heldout and spans.n_train == results.n_train == 24
+    assert all(s.n_heldout == 6 for s in table.rows)
+    assert spans.stage("gbdt").seeds == (0,)  # type: ignore[union-attr]
+    assert set(spans.recall_heldout) == set(CLASSES)
+    # The report shows each row's held-out macro F1 as the results files hold it.
     report = lay.report.read_text()
-    for s in results.stages:
+    for s in table.rows:
         assert f"| {s.stage} | {s.macro_f1.mean:.3f} |" in report
-    assert f"({results.n_heldout:,}: NER fold 0 of 2" in report
+    assert "(6: a seeded 20% (seed 0) of the 30 essays" in report
+    assert "Candidate recall" in report
     # RUN/config.toml is the resolved config and loads back as the same config.
     assert "seed = 0" in lay.config.read_text()
     assert load_run_config(lay.config) == load_run_config(config)
@@ -141,23 +164,29 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     rows = json.loads(capsys.readouterr().out)
     assert [r["stage"] for r in rows] == list(PREDICT_STAGES)
     for r in rows:
-        scores = results.stage(r["stage"])
+        scores = table.stage(r["stage"])
         assert scores is not None
-        assert r["macro_f1"] == scores.macro_f1.mean and r["n_heldout"] == results.n_heldout
-        assert r["n_train"] == results.n_train and r["data"] == str(few_essays.resolve())
+        assert r["macro_f1"] == scores.macro_f1.mean and r["n_heldout"] == 6
+        assert r["n_train"] == scores.n_train and r["data"] == str(few_essays.resolve())
         assert r["config"] == str(config.resolve()) and r["seconds"] > 0
-    assert rows[3]["seeds"] == [0] and rows[0]["seeds"] == []
+    by_stage = {r["stage"]: r for r in rows}
+    assert by_stage["ner-naive"]["n_train"] == 0 and by_stage["gbdt"]["n_train"] == 24
+    assert by_stage["bc"]["seeds"] == [0] and by_stage["gbdt"]["seeds"] == [0]
+    assert by_stage["ner-naive"]["seeds"] == []
+    assert by_stage["gbdt"]["model"] == "spans/gbdt"
     assert main(["info", "--model", str(run)]) == 0
     text = capsys.readouterr().out
-    assert "NER fold 0 of 2" in text and "predict's default stage:" in text
+    assert "a seeded 20%" in text and "predict's default stage:" in text
 
     # Unchanged config: everything is reused. A changed agent config re-runs the agent only.
-    stamp = lay.oof.stat().st_mtime_ns
-    assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
+    stamps = [p.stat().st_mtime_ns for p in (lay.oof, lay.spans_results)]
+    summary = run_pipeline(few_essays, run, config, log=lambda _: None)
+    assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
     state = json.loads(lay.stages.read_text())
     _config(config, tiny_backbone, bc_epochs=1)
-    assert main(["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]) == 0
-    assert lay.oof.stat().st_mtime_ns == stamp
+    summary = run_pipeline(few_essays, run, config, log=lambda _: None)
+    assert summary.ran == ("agent",)
+    assert [p.stat().st_mtime_ns for p in (lay.oof, lay.spans_results)] == stamps
     assert json.loads(lay.stages.read_text())["agent"]["key"] != state["agent"]["key"]
 
     _damage_is_one_line_and_rebuilt(run, [*data_args, "--config", str(config)], capsys)

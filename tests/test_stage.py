@@ -15,8 +15,9 @@ from discourse_rl.agent.stage import predict_stage, train_agent_stage
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import load_corpus
 from discourse_rl.layout import RunLayout
+from discourse_rl.protocol import heldout_split, read_split
 from discourse_rl.records import AgentResults
-from discourse_rl.segments import SegmentConfig, simulate_word_probs
+from discourse_rl.segments import SegmentConfig, paragraph_starts, simulate_word_probs
 
 TINY = AgentConfig(
     max_segments=64,
@@ -48,9 +49,15 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     stale = lay.policy("episode")
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"stale")
-    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, TINY, seeds=(0,))
+    split = heldout_split(ids, 0.2, 0)
+    cfg = dataclasses.replace(TINY, max_essays=10)
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, split, SEG, cfg, seeds=(0,))
 
     assert [s.stage for s in result.stages] == ["ner-naive", "ner-tuned", "oracle", "bc", "ppo"]
+    # BC learns from every training essay; PPO from its capped subset (plus the validation share).
+    n_val = round(0.1 * 32)
+    by = {s.stage: s.n_train for s in result.stages}
+    assert by == {"ner-naive": 0, "ner-tuned": 32, "oracle": 0, "bc": 32, "ppo": 10 + n_val}
     assert AgentResults.read(lay.agent_results) == result
     assert not lay.trainer_dir("episode").exists()
     assert lay.policy("ppo").is_file() and lay.segments.is_file()
@@ -60,8 +67,9 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     assert 0.0 <= ppo.essay_jaccard.mean <= 1.0
     oracle = result.stage("oracle")
     assert oracle is not None and oracle.essay_f1.mean > 0.9 and oracle.seeds == ()
-    assert result.n_train + result.n_heldout == len(ids) == result.heldout.candidates
-    assert result.heldout.folds_from == "fresh" and result.heldout.n_folds == 5
+    assert (result.n_train, result.n_heldout) == (32, 8) == (len(split.train), len(split.heldout))
+    assert result.heldout == split.describe() and result.heldout.candidates == len(ids)
+    assert read_split(lay.split) == split
     history = json.loads(lay.history("ppo").read_text())
     assert history["final_beta"] != TINY.kl_beta  # the adaptive beta moved towards its target
     (record,) = result.seeds
@@ -85,12 +93,19 @@ def test_second_seed_and_autoregressive_episode_policy(tmp_path: Path) -> None:
     episode = EpisodeConfig(
         autoregressive=True, passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False
     )
-    result = train_agent_stage(tmp_path, c.subset(ids), probs, SEG, cfg, (0, 3), episode)
+    rich = dataclasses.replace(SEG, rich_features=True)
+    split = heldout_split(ids, 0.2, 1)
+    result = train_agent_stage(tmp_path, c.subset(ids), probs, split, rich, cfg, (0, 3), episode)
     lay = RunLayout(tmp_path)
     # The autoregressive policy is saved where prediction looks, and keeps its head.
     assert load_policy(lay.policy("episode")).head is not None
-    table = predict_stage(tmp_path, "episode", {i: probs[i] for i in ids[:3]})
-    assert set(table["id"]) <= set(ids[:3])
+    few = ids[:3]
+    words = {i: c.essays[i].words for i in few}
+    with pytest.raises(DiscourseRLError, match="rich_features needs"):
+        predict_stage(tmp_path, "episode", {i: probs[i] for i in few}, words)
+    paras = paragraph_starts(c.essays, few)
+    table = predict_stage(tmp_path, "episode", {i: probs[i] for i in few}, words, paras)
+    assert set(table["id"]) <= set(few)
     ep = result.stage("episode")
     assert ep is not None and ep.seeds == (0, 3)
     assert all(r.episode_seconds is not None for r in result.seeds)

@@ -498,7 +498,9 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="agent seeds (default: agent_seeds)"
     )
-    p.add_argument("--max-essays", type=int, default=None, help="use a random subset of essays")
+    p.add_argument(
+        "--max-essays", type=int, default=None, help="PPO learns from at most this many essays"
+    )
     p.set_defaults(handler=_cmd_train_agent)
 
 

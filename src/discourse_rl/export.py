@@ -126,9 +126,15 @@ def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> 
         layout.ner_config,
         layout.ner_metrics,
         layout.agent_results,
+        layout.spans_results,
         layout.decode,
     ):
         if p.is_file():
+            add(p)
+    if stage == "ner-constrained":
+        add(layout.constrained)
+    if stage == "gbdt":
+        for p in sorted(layout.gbdt.iterdir()):
             add(p)
     if stage in ("bc", "ppo", "episode"):
         from discourse_rl.labeller import _policy_path

@@ -2,8 +2,9 @@
 
 Each stage the run can label new essays with gets a row: its held-out macro F1 (mean, sd, the
 seeds), which essays it was scored on and how they were chosen, how many essays it learnt from,
-the data and config it came from and its wall time. The agent stage's table is preferred (every
-row faces the same held-out essays); a run with the NER stage only shows its out-of-fold scores.
+the data and config it came from and its wall time. The held-out table of the spans and agent
+stages is preferred (every row faces the same held-out essays); a run with the NER stage only
+shows its out-of-fold scores.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from discourse_rl.layout import RunLayout
 from discourse_rl.records import (
     PREDICT_STAGES,
     AgentResults,
+    HeldOutTable,
     NerMetrics,
     RunFormat,
+    SpansResults,
     StageRecord,
     check_format,
+    heldout_table,
     read_stages,
 )
 
@@ -69,6 +73,10 @@ def _can_predict(lay: RunLayout, stage: str) -> Path | None:
         return lay.ner
     if stage == "ner-tuned":
         return lay.decode if lay.decode.is_file() else None
+    if stage == "ner-constrained":
+        return lay.constrained if lay.constrained.is_file() else None
+    if stage == "gbdt":
+        return lay.gbdt if (lay.gbdt / "params.json").is_file() else None
     policy = lay.policy(stage)
     return policy if policy.is_file() and lay.segments_config.is_file() else None
 
@@ -81,13 +89,13 @@ def run_info(run: str | Path) -> RunInfo:
     if fmt is None:
         raise DiscourseRLError(f"{lay.root}: not a run folder (see `discourse-rl run`)")
     records = read_stages(lay.stages)
-    agent = AgentResults.read(lay.agent_results) if lay.agent_results.is_file() else None
+    table = heldout_table(lay.root)
     ner = NerMetrics.read(lay.ner_metrics) if lay.ner_metrics.is_file() else None
     rows = []
     for stage in PREDICT_STAGES:
         model = _can_predict(lay, stage)
         if model is not None:
-            rows.append(_row(lay, stage, model, records, agent, ner))
+            rows.append(_row(lay, stage, model, records, table, ner))
     if not rows:
         raise DiscourseRLError(f"{lay.root}: no trained stage yet (see `discourse-rl run`)")
     from discourse_rl.pipeline import best_stage
@@ -96,27 +104,38 @@ def run_info(run: str | Path) -> RunInfo:
     return RunInfo(lay.root, fmt, rows, best)
 
 
+PIPELINE_STAGE = {
+    "ner-naive": "ner",
+    "ner-tuned": "ner",
+    "ner-constrained": "spans",
+    "gbdt": "spans",
+}
+"""The pipeline stage (RUN/stages.json) that trains each predict stage (else: 'agent')."""
+
+
 def _row(
     lay: RunLayout,
     stage: str,
     model: Path,
     records: dict[str, StageRecord],
-    agent: AgentResults | None,
+    table: HeldOutTable,
     ner: NerMetrics | None,
 ) -> StageInfo:
-    pipeline_stage = "ner" if stage.startswith("ner-") else "agent"
+    pipeline_stage = PIPELINE_STAGE.get(stage, "agent")
     rec = records.get(pipeline_stage)
     where: dict[str, Any] = {
         "data": rec.data if rec else None,
         "config": rec.config if rec else None,
         "model": str(model.relative_to(lay.root)),
     }
-    scores = agent.stage(stage) if agent is not None else None
+    scores = table.stage(stage)
     if pipeline_stage == "ner":
         seconds = rec.seconds if rec else (ner.seconds if ner else None)
+    elif pipeline_stage == "spans":
+        seconds = _spans_seconds(table.spans, stage)
     else:
-        seconds = _trainer_seconds(agent, stage)
-    if agent is not None and scores is not None:
+        seconds = _trainer_seconds(table.agent, stage)
+    if table.heldout is not None and scores is not None:
         return StageInfo(
             stage,
             scores.macro_f1.mean,
@@ -124,14 +143,14 @@ def _row(
             list(scores.seeds),
             scores.n_heldout,
             scores.n_train,
-            agent.heldout.describe(),
+            table.heldout.describe(),
             scores.essay_f1.mean,
             scores.essay_jaccard.mean,
             seconds,
             **where,
         )
     oof = None
-    if ner is not None:
+    if ner is not None and pipeline_stage == "ner":
         oof = ner.naive if stage == "ner-naive" else ner.tuned_cross_fitted
     if oof is not None and ner is not None:
         how = "out of fold: each essay scored by the NER fold model that never saw it"
@@ -141,6 +160,12 @@ def _row(
             stage, oof.macro_f1, None, [], ner.essays, None, how, None, None, seconds, **where
         )
     return StageInfo(stage, None, None, [], None, None, None, None, None, seconds, **where)
+
+
+def _spans_seconds(spans: SpansResults | None, stage: str) -> float | None:
+    if spans is None:
+        return None
+    return spans.constrained_seconds if stage == "ner-constrained" else sum(spans.gbdt_seconds)
 
 
 def _trainer_seconds(agent: AgentResults | None, stage: str) -> float | None:

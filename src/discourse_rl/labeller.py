@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     FloatArray = npt.NDArray[np.float32]
 
-STAGES = ("ner-naive", "ner-tuned", "bc", "ppo", "episode")
+STAGES = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", "bc", "ppo", "episode")
 """Every stage a run may offer for labelling, in pipeline order."""
 AGENT_STAGES = ("bc", "ppo", "episode")
 
@@ -112,6 +112,10 @@ def offered_stages(run: str | Path) -> tuple[str, ...]:
     stages = ["ner-naive"]
     if layout.decode.is_file():
         stages.append("ner-tuned")
+    if layout.constrained.is_file():
+        stages.append("ner-constrained")
+    if (layout.gbdt / "params.json").is_file():
+        stages.append("gbdt")
     if layout.segments_config.is_file():
         stages += [s for s in AGENT_STAGES if _policy_path(layout, s).is_file()]
     return tuple(stages)
@@ -132,14 +136,14 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
     The agent stage's table (held-out essays, mean over seeds) where it exists; else the NER
     stage's out-of-fold scores."""
     from discourse_rl.data import CLASSES
-    from discourse_rl.records import AgentResults
+    from discourse_rl.records import heldout_table
 
     layout = RunLayout(run)
     out: dict[str, StageScores] = {}
-    if layout.agent_results.is_file():
-        agent = AgentResults.read(layout.agent_results)
-        source = f"{agent.n_heldout} held-out essays"
-        for row in agent.stages:
+    table = heldout_table(layout.root)
+    if table.rows:
+        source = f"{table.n_heldout} held-out essays"
+        for row in table.rows:
             if row.stage in STAGES:
                 per_type = {
                     c: s.mean for c, s in row.per_class.items() if c in CLASSES and s.mean == s.mean
@@ -271,6 +275,14 @@ class Labeller:
                 from discourse_rl.decode import load_thresholds
 
                 self._decoders[stage] = load_thresholds(self._layout.decode)
+            elif stage == "ner-constrained":
+                from discourse_rl.spans.stage import load_constrained
+
+                self._decoders[stage] = load_constrained(self.run)
+            elif stage == "gbdt":
+                from discourse_rl.spans import SpanModel
+
+                self._decoders[stage] = SpanModel.load(self._layout.gbdt)
             elif stage in AGENT_STAGES:
                 from discourse_rl.agent.policy import load_policy
                 from discourse_rl.common import config_from_dict, load_toml
@@ -290,26 +302,38 @@ class Labeller:
         import numpy as np
 
         from discourse_rl import decode
+        from discourse_rl.data import CLASS_INDEX
 
         decoder = self._decoder(stage)
         out: dict[str, list[tuple[int, int, int]]] = {k: [] for k in essays}
         if stage in AGENT_STAGES and probs:
             from discourse_rl.agent.policy import predict_actions
-            from discourse_rl.segments import actions_to_spans, make_segments
+            from discourse_rl.segments import actions_to_spans, make_segments, paragraph_starts
 
             seg_cfg, policy = decoder
             words = {k: e.words for k, e in essays.items()}
-            segs = make_segments(probs, seg_cfg, list(probs), words)
+            paras = paragraph_starts(essays, list(probs)) if seg_cfg.rich_features else None
+            segs = make_segments(probs, seg_cfg, list(probs), words, paras)
             for seg, act in zip(segs, predict_actions(policy, segs), strict=True):
                 c, s, e = actions_to_spans(seg, act)
                 out[seg.essay_id] = _sorted_spans(c, s, e)
             return out
+        if stage == "gbdt" and probs:
+            table = decoder.predict(probs, essays)
+            for k, g in table.groupby("id", sort=False):
+                out[str(k)] = _sorted_spans(
+                    g["class"].map(CLASS_INDEX), g["word_start"], g["word_end"]
+                )
+            return out
         for k, p in probs.items():
-            c, s, e = (
-                decode.decode_tuned(p, decoder)
-                if stage == "ner-tuned"
-                else decode.decode_naive(np.asarray(p))
-            )
+            if stage == "ner-tuned":
+                c, s, e = decode.decode_tuned(p, decoder)
+            elif stage == "ner-constrained":
+                from discourse_rl.constrained import decode_constrained
+
+                c, s, e = decode_constrained(np.asarray(p), decoder)
+            else:
+                c, s, e = decode.decode_naive(np.asarray(p))
             out[k] = _sorted_spans(c, s, e)
         return out
 

@@ -138,6 +138,31 @@ class RunLayout:
         """Fitted thresholds of the tuned decoding."""
         return self.root / "decode.json"
 
+    @property
+    def split(self) -> Path:
+        """The held-out essays every second stage is scored on, and the training essays."""
+        return self.root / "split.json"
+
+    # --- spans stage (the non-RL second stages) ----------------------------------------------
+    @property
+    def spans(self) -> Path:
+        return self.root / "spans"
+
+    @property
+    def spans_results(self) -> Path:
+        """Held-out scores of the NER decodings, ner-constrained and gbdt; candidate recall."""
+        return self.spans / "results.json"
+
+    @property
+    def constrained(self) -> Path:
+        """ner-constrained: the at-most-one classes and the per-class minima."""
+        return self.spans / "constrained.json"
+
+    @property
+    def gbdt(self) -> Path:
+        """gbdt: the deployed model folder (the first seed's; `spans.SpanModel.load`)."""
+        return self.spans / "gbdt"
+
     # --- agent stage ---------------------------------------------------------------------------
     @property
     def segments(self) -> Path:

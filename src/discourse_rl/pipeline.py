@@ -40,21 +40,26 @@ from discourse_rl.common import (
     non_negative,
     remove_temporaries,
 )
+from discourse_rl.constrained import ConstrainedConfig
 from discourse_rl.data import Corpus, load_corpus, load_word_probs
 from discourse_rl.decode import DecodeConfig, DecodeReport
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerConfig
+from discourse_rl.protocol import Split, heldout_split, scored_ids
 from discourse_rl.records import (
     PREDICT_STAGES,
     AgentResults,
     RunFormat,
+    SpansResults,
     StageRecord,
     check_format,
+    heldout_table,
     read_stages,
     version_changes,
     write_stages,
 )
 from discourse_rl.segments import SegmentConfig
+from discourse_rl.spans.model import SpanConfig
 
 Probs = Mapping[str, npt.NDArray[np.float32]]
 
@@ -62,7 +67,7 @@ DATA_PARALLEL = ("ner",)
 """Stages every process of a launcher (torchrun, accelerate launch) works on; the main process
 alone runs the others while the rest stop."""
 
-SEEDED_BY_RUN = ("agent", "episode")
+SEEDED_BY_RUN = ("agent", "episode", "gbdt")
 """Tables whose `seed` a run sets from `agent_seeds` (a config may not set it itself)."""
 
 
@@ -73,13 +78,24 @@ class RunConfig:
     seed: int = 0
     """Seed of folds, NER initialisation and shuffling."""
     agent_seeds: tuple[int, ...] = (0,)
-    """Seeds of the agent stage (its trainers' only seeds): the table reports mean and spread."""
+    """Seeds of the learned second stages (the agent trainers and gbdt): the table reports mean
+    and spread."""
+    heldout_share: float = 0.2
+    """Share of the essays with out-of-fold probabilities held out from every second stage."""
+    heldout_seed: int = 0
+    """Seed of the held-out draw (`protocol.heldout_split`)."""
     sure_only: bool = True
     """Train and score on the essays whose annotations surely belong to them."""
     ner: NerConfig = field(default_factory=NerConfig)
     """NER model, training and cross-fitting."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Naive and tuned span decoding."""
+    spans_stage: bool = True
+    """Fit and score the non-RL second stages, ner-constrained and gbdt (RUN/spans/)."""
+    constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig)
+    """ner-constrained: Viterbi decoding with at-most-one limits."""
+    gbdt: SpanConfig = field(default_factory=SpanConfig)
+    """gbdt: span-level gradient boosting (its seed comes from agent_seeds)."""
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     """Segmentation and segment features."""
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -98,18 +114,13 @@ class RunConfig:
                 f"exceeds [agent] max_segments ({self.agent.max_segments})",
                 table="segments",
             )
-        if self.agent.holdout_fold >= self.ner.folds:
-            raise ConfigValueError(
-                "holdout_fold",
-                self.agent.holdout_fold,
-                f"must be < [ner] folds ({self.ner.folds})",
-                table="agent",
-            )
         check_fields(self, {"seed": non_negative, "agent_seeds": each(non_negative)})
         if not self.agent_seeds:
             raise ConfigValueError("agent_seeds", [], "list at least one seed")
         if len(set(self.agent_seeds)) != len(self.agent_seeds):
             raise ConfigValueError("agent_seeds", list(self.agent_seeds), "seeds repeat")
+        if not 0.0 < self.heldout_share < 1.0:
+            raise ConfigValueError("heldout_share", self.heldout_share, "must be > 0 and < 1")
 
 
 def packaged_config(name: str) -> Path:
@@ -173,12 +184,34 @@ class Stage:
     done_marker: Callable[[RunLayout], Path]
     """A file that exists once the stage has finished."""
     run: Callable[[RunLayout, Corpus, RunConfig], Any]
+    enabled: Callable[[RunConfig], bool] = lambda _: True
+    """A disabled stage is skipped and its outputs removed (nothing stale to predict with)."""
+    outputs: Callable[[RunLayout], tuple[Path, ...]] = lambda _: ()
+    """What a disabled stage removes."""
 
 
 def _run_ner(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> DecodeReport:
     from discourse_rl.ner import NerStageConfig, train_ner_stage
 
     return train_ner_stage(corpus, NerStageConfig(cfg.seed, cfg.ner, cfg.decode), lay.root)
+
+
+def run_split(probs: Probs, corpus: Corpus, cfg: RunConfig, *, simulated: bool = False) -> Split:
+    """The protocol's split of the essays with probabilities and labels (every second stage)."""
+    ids = scored_ids(probs, corpus)
+    if not ids:
+        raise DiscourseRLError("no essay has both word probabilities and labels")
+    return heldout_split(ids, cfg.heldout_share, cfg.heldout_seed, simulated=simulated)
+
+
+def _run_spans(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
+    from discourse_rl.spans.stage import train_spans_stage
+
+    probs = load_word_probs(lay.oof)
+    split = run_split(probs, corpus, cfg)
+    return train_spans_stage(
+        lay.root, corpus, probs, split, cfg.constrained, cfg.gbdt, cfg.agent_seeds
+    )
 
 
 def _run_agent(
@@ -193,11 +226,11 @@ def _run_agent(
         lay.root,
         corpus,
         probs,
+        run_split(probs, corpus, cfg, simulated=simulated),
         cfg.segments,
         cfg.agent,
         cfg.agent_seeds,
         episode,
-        simulated=simulated,
     )
 
 
@@ -210,9 +243,26 @@ STAGES: tuple[Stage, ...] = (
         _run_ner,
     ),
     Stage(
+        "spans",
+        ("ner",),
+        lambda c: (c.heldout_share, c.heldout_seed, c.constrained, c.gbdt, c.agent_seeds),
+        lambda lay: lay.spans_results,
+        _run_spans,
+        lambda c: c.spans_stage,
+        lambda lay: (lay.spans,),
+    ),
+    Stage(
         "agent",
         ("ner",),
-        lambda c: (c.segments, c.agent, c.agent_seeds, c.episode_trainer, c.episode),
+        lambda c: (
+            c.heldout_share,
+            c.heldout_seed,
+            c.segments,
+            c.agent,
+            c.agent_seeds,
+            c.episode_trainer,
+            c.episode,
+        ),
         lambda lay: lay.agent_results,
         _run_agent,
     ),
@@ -324,6 +374,9 @@ def run_pipeline(
     ran: list[str] = []
     reused: list[str] = []
     for st in STAGES:
+        if not st.enabled(cfg):
+            _disable(lay, state, st)
+            continue
         prev = state.get(st.name)
         marker = st.done_marker(lay)
 
@@ -364,15 +417,24 @@ def run_pipeline(
 
 
 def _forget(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
-    """Before a stage runs: its record and those of the stages after it go, so that outputs an
-    interrupted run leaves half made are never taken for finished ones."""
+    """Before a stage runs: its record and those of the stages that read it go, so that outputs
+    an interrupted run leaves half made are never taken for finished ones."""
     if not distributed.is_main():
         return
-    names = [s.name for s in STAGES]
-    if any(later.name in state for later in STAGES[names.index(name) :]):
-        for later in STAGES[names.index(name) :]:
-            state.pop(later.name, None)
+    doomed = [name, *_dependents(name)]
+    if any(n in state for n in doomed):
+        for n in doomed:
+            state.pop(n, None)
         write_stages(lay.stages, state)
+
+
+def _dependents(name: str) -> list[str]:
+    """Stages that read `name`'s outputs, directly or through another stage."""
+    out: list[str] = []
+    for st in STAGES:
+        if any(r == name or r in out for r in st.reads):
+            out.append(st.name)
+    return out
 
 
 def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
@@ -380,10 +442,25 @@ def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: Stage
         return
     artefacts.record(lay, name)
     state[name] = rec
-    # Later stages were built on the old outputs: forget them so they re-run.
-    for later in STAGES[[s.name for s in STAGES].index(name) + 1 :]:
-        state.pop(later.name, None)
+    # Stages built on the old outputs: forget them so they re-run (the others stay valid).
+    for later in _dependents(name):
+        state.pop(later, None)
     write_stages(lay.stages, state)
+
+
+def _disable(lay: RunLayout, state: dict[str, StageRecord], st: Stage) -> None:
+    import shutil
+
+    if not distributed.is_main():
+        return
+    artefacts.forget(lay, st.name)
+    for path in st.outputs(lay):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    if state.pop(st.name, None) is not None:
+        write_stages(lay.stages, state)
 
 
 def _stage_config(run: str | Path, config: str | Path | None) -> tuple[RunConfig, Path | None]:
@@ -523,17 +600,18 @@ def read_agent_results(run: str | Path) -> AgentResults | None:
 
 
 def best_stage(run: str | Path, choices: Sequence[str] = PREDICT_STAGES) -> str:
-    """The stage with the highest held-out macro F1 in the run's agent results.
+    """The stage with the highest held-out macro F1 among `choices` in the run's held-out table
+    (the spans stage's and the agent stage's rows; a tie goes to the earlier, simpler stage).
 
-    Without agent results: the tuned NER decoding if it was fitted, else the naive one.
+    Without a held-out table: the tuned NER decoding if it was fitted, else the naive one.
     """
     lay = RunLayout(run)
     check_format(lay.root)
-    results = read_agent_results(lay.root)
-    if results is not None:
-        scored = {s.stage: s.macro_f1.mean for s in results.stages if s.stage in choices}
-        if scored:
-            return max(scored, key=lambda k: scored[k])
+    table = heldout_table(lay.root)
+    scored = {s.stage: s.macro_f1.mean for s in table.rows if s.stage in choices}
+    scored = {k: v for k, v in scored.items() if v == v}
+    if scored:
+        return max(scored, key=lambda k: scored[k])
     if not lay.ner.is_dir():
         raise DiscourseRLError(f"{lay.root}: not a trained run (no ner/ folder)")
     return "ner-tuned" if lay.decode.is_file() else "ner-naive"

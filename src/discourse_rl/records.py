@@ -23,11 +23,15 @@ from discourse_rl.common import DiscourseRLError, atomic_write_text
 from discourse_rl.data import CLASSES
 from discourse_rl.layout import FORMAT_VERSION, RunLayout
 
-PREDICT_STAGES = ("ner-naive", "ner-tuned", "bc", "ppo", "episode")
+PREDICT_STAGES = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", "bc", "ppo", "episode")
 """Stages a run can label new essays with, as users name them (`predict --stage`, `info`)."""
 ORACLE = "oracle"
 """The segment oracle's row: the best labelling of the segments, a ceiling, not a stage."""
 RENAMED_STAGES = {"rl": "ppo"}
+SPAN_STAGES = ("ner-constrained", "gbdt")
+"""The non-RL second stages of the spans stage (RUN/spans/)."""
+ROW_ORDER = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", ORACLE, "bc", "ppo", "episode")
+"""The held-out table's rows, in this order."""
 """Stage names of format 1 and their names now."""
 
 
@@ -152,21 +156,36 @@ class StageScores:
 
 @dataclass(frozen=True)
 class HeldOutEssays:
-    """How the agent stage chose its held-out essays (every row of its table faces them)."""
+    """How a stage chose its held-out essays (every row of its table faces them)."""
 
     fold: int
-    """The fold held out."""
+    """The fold held out (-1 with 'split')."""
     n_folds: int
     folds_from: str
-    """'ner' (the NER stage's folds, RUN/ner/folds.json) or 'fresh' (5 seeded folds)."""
+    """'split' (a seeded share of the essays, `protocol.heldout_split`); before it: 'ner' (the
+    NER stage's folds, RUN/ner/folds.json) or 'fresh' (5 seeded folds)."""
     subset: int
     """Size of the seeded random subset the stage drew first (0: every candidate essay)."""
     candidates: int
     """Essays with both word probabilities and labels."""
     simulated: bool = False
     """Simulated word probabilities instead of the NER stage's (train-agent --simulate)."""
+    share: float = 0.0
+    """'split': the share of the essays held out."""
+    seed: int = 0
+    """'split': the seed that drew them."""
+
+    @classmethod
+    def split(cls, share: float, seed: int, candidates: int, simulated: bool) -> HeldOutEssays:
+        return cls(-1, 0, "split", 0, candidates, simulated, share, seed)
 
     def describe(self) -> str:
+        probs = "simulated probabilities" if self.simulated else "out-of-fold probabilities"
+        if self.folds_from == "split":
+            return (
+                f"a seeded {self.share:.0%} (seed {self.seed}) of the {self.candidates:,} "
+                f"essays with {probs}"
+            )
         where = "NER fold" if self.folds_from == "ner" else "fresh fold"
         pool = (
             f"the seeded {self.subset:,}-essay subset"
@@ -256,6 +275,129 @@ class AgentResults:
             return cls.from_json(d)
         except (KeyError, TypeError, ValueError) as exc:
             raise DiscourseRLError(f"{path}: unreadable agent results ({exc!r})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The spans stage
+
+
+def _recall_json(r: Mapping[str, float]) -> dict[str, float | None]:
+    return {c: _num(v) for c, v in r.items()}
+
+
+def _recall(d: Mapping[str, Any]) -> dict[str, float]:
+    return {c: _float(d.get(c)) for c in CLASSES}
+
+
+@dataclass(frozen=True)
+class SpansResults:
+    """RUN/spans/results.json: the non-RL rows on the held-out essays and what gbdt saw."""
+
+    n_train: int
+    n_heldout: int
+    heldout: HeldOutEssays
+    stages: tuple[StageScores, ...]
+    """ner-naive, ner-tuned, ner-constrained, gbdt (mean over seeds)."""
+    unique_classes: tuple[str, ...] = ()
+    """Classes ner-constrained (and gbdt's Viterbi candidates) allow once per essay."""
+    recall_train: Mapping[str, float] = field(default_factory=dict)
+    """gbdt candidates: per class, the share of true spans some candidate hits (training)."""
+    recall_heldout: Mapping[str, float] = field(default_factory=dict)
+    """The same on the held-out essays (the ceiling of gbdt's recall there)."""
+    candidates_per_essay: float = math.nan
+    positive_share: float = math.nan
+    """Share of training candidates that hit a true span."""
+    gbdt_train_rows: int = 0
+    """Candidates the boosting model trained on (after negative subsampling)."""
+    constrained_seconds: float = math.nan
+    gbdt_seconds: tuple[float, ...] = ()
+    """Fit time per seed (thresholds' cross-fit included)."""
+
+    def stage(self, name: str) -> StageScores | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "n_train": self.n_train,
+            "n_heldout": self.n_heldout,
+            "heldout": vars(self.heldout).copy(),
+            "stages": {s.stage: s.to_json() for s in self.stages},
+            "unique_classes": list(self.unique_classes),
+            "recall_train": _recall_json(self.recall_train),
+            "recall_heldout": _recall_json(self.recall_heldout),
+            "candidates_per_essay": _num(self.candidates_per_essay),
+            "positive_share": _num(self.positive_share),
+            "gbdt_train_rows": self.gbdt_train_rows,
+            "constrained_seconds": _num(self.constrained_seconds),
+            "gbdt_seconds": [_num(x) for x in self.gbdt_seconds],
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> SpansResults:
+        return cls(
+            int(d["n_train"]),
+            int(d["n_heldout"]),
+            HeldOutEssays(**d["heldout"]),
+            tuple(StageScores.from_json(s) for s in d["stages"].values()),
+            tuple(str(c) for c in d["unique_classes"]),
+            _recall(d["recall_train"]),
+            _recall(d["recall_heldout"]),
+            _float(d["candidates_per_essay"]),
+            _float(d["positive_share"]),
+            int(d["gbdt_train_rows"]),
+            _float(d["constrained_seconds"]),
+            tuple(_float(x) for x in d["gbdt_seconds"]),
+        )
+
+    def write(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> SpansResults:
+        try:
+            return cls.from_json(_read_json(path))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DiscourseRLError(f"{path}: unreadable spans results ({exc!r})") from None
+
+
+@dataclass(frozen=True)
+class HeldOutTable:
+    """A run's held-out rows from every second stage, merged (one row per stage)."""
+
+    rows: tuple[StageScores, ...]
+    heldout: HeldOutEssays | None
+    n_heldout: int
+    spans: SpansResults | None
+    agent: AgentResults | None
+
+    def stage(self, name: str) -> StageScores | None:
+        return next((s for s in self.rows if s.stage == name), None)
+
+
+def heldout_table(run: str | Path) -> HeldOutTable:
+    """The spans stage's and the agent stage's rows in `ROW_ORDER`. Both face the same held-out
+    essays under the split protocol; a NER row both hold is taken from the spans stage."""
+    lay = RunLayout(run)
+    spans = SpansResults.read(lay.spans_results) if lay.spans_results.is_file() else None
+    agent = AgentResults.read(lay.agent_results) if lay.agent_results.is_file() else None
+    if spans is not None and agent is not None and agent.heldout != spans.heldout:
+        # Different held-out essays (e.g. a simulated agent): rows of both cannot share a table.
+        spans = None
+    by_name: dict[str, StageScores] = {}
+    for res in (spans, agent):
+        for s in res.stages if res is not None else ():
+            by_name.setdefault(s.stage, s)
+    order = {name: k for k, name in enumerate(ROW_ORDER)}
+    rows = tuple(sorted(by_name.values(), key=lambda s: order.get(s.stage, len(order))))
+    first = spans if spans is not None else agent
+    return HeldOutTable(
+        rows,
+        None if first is None else first.heldout,
+        0 if first is None else first.n_heldout,
+        spans,
+        agent,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

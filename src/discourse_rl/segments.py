@@ -31,7 +31,7 @@ from discourse_rl.common import (
     positive,
     probability,
 )
-from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, spans_to_frame
+from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, Essay, spans_to_frame
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float32]
@@ -41,10 +41,12 @@ Probs = Mapping[str, npt.NDArray[np.floating]]
 N_CLASSES = len(CLASSES)
 N_ACTIONS = NUM_LABELS
 NONE_ACTION = 0
-# Features per segment (see `segment_features`).
+# Features per segment (see `segment_features`), and those `rich_features` adds.
 N_BASE_FEATURES = NUM_LABELS + N_CLASSES + 7
 Punctuation = Literal["none", "sentence", "clause"]
 PUNCTUATION: tuple[Punctuation, ...] = get_args(Punctuation)
+N_RICH_FEATURES = 8 + 8 + N_CLASSES + 11
+RICH_EDGE = 3  # words on each side of a segment start that its sharpness compares
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ class SegmentConfig:
     """At most this many segments per essay; beyond it the weakest cuts are dropped."""
     start_window: int = 3
     """Words at a segment's start whose B- probabilities are averaged into its features."""
+    rich_features: bool = False
+    """Add gbdt-like statistics per segment (`rich_segment_features`: per-class min, max and
+    shares above 0.5, boundary sharpness, sentence/paragraph alignment, position); needs the
+    essays' words and paragraph starts. Off: the seed's plain features."""
 
     def __post_init__(self) -> None:
         check_fields(
@@ -173,16 +179,93 @@ def segment_features(
     return np.concatenate([mean_all, head, extra], axis=1).astype(np.float32)
 
 
+def rich_segment_features(
+    p: npt.NDArray[np.floating],
+    word_start: IntArray,
+    word_end: IntArray,
+    sentence: BoolArray,
+    paragraph: BoolArray,
+) -> FloatArray:
+    """(n_segments, N_RICH_FEATURES): what the boosting model sees of a span, per segment.
+
+    Per class (B- and I- summed): the minimum and maximum word probability over the segment and
+    the share of its words above 0.5; the O probability's minimum and maximum; boundary
+    sharpness (start probability at the first word minus the mean over the few words before it;
+    L1 change of the class distribution across the start; start probability of the next
+    segment's first word); alignment (starts a paragraph, ends where a sentence or a paragraph
+    starts, paragraph breaks inside); position (relative paragraph, first or last paragraph,
+    segment index over the essay's segments)."""
+    n = p.shape[0]
+    p64 = p.astype(np.float64)
+    p8 = np.concatenate([p64[:, :1], p64[:, 1::2] + p64[:, 2::2]], axis=1)  # O + 7 classes
+    lo = np.minimum.reduceat(p8, word_start, axis=0)
+    hi = np.maximum.reduceat(p8, word_start, axis=0)
+    above = np.add.reduceat((p8[:, 1:] > 0.5).astype(np.float64), word_start, axis=0)
+    length = (word_end - word_start).astype(np.float64)[:, None]
+    start_p = p64[:, 1::2].sum(1)
+    csum = np.concatenate([[0.0], np.cumsum(start_p)])
+    before_lo = np.maximum(word_start - RICH_EDGE, 0)
+    before = np.where(
+        word_start > 0,
+        (csum[word_start] - csum[before_lo]) / np.maximum(word_start - before_lo, 1),
+        0.0,
+    )
+    c8 = np.concatenate([np.zeros((1, 8)), np.cumsum(p8, 0)])
+    head_hi = np.minimum(word_start + RICH_EDGE, word_end)
+    head = (c8[head_hi] - c8[word_start]) / (head_hi - word_start)[:, None]
+    prev = np.where(word_start[:, None] > 0, (c8[word_start] - c8[before_lo]), 0.0)
+    prev = prev / np.maximum(word_start - before_lo, 1)[:, None]
+    change = np.where(word_start > 0, np.abs(head - prev).sum(1), 0.0)
+    at_end = word_end < n
+    nxt = np.minimum(word_end, n - 1)
+    next_start = np.where(at_end, start_p[nxt], 0.0)
+    sent_end = np.where(at_end, sentence[nxt], True)
+    para_end = np.where(at_end, paragraph[nxt], True)
+    pcum = np.concatenate([[0], np.cumsum(paragraph)])
+    inside = pcum[word_end] - pcum[np.minimum(word_start + 1, word_end)]
+    p_idx = pcum[word_start + 1] - 1
+    n_para = max(int(pcum[-1]), 1)
+    k = word_start.size
+    extra = np.stack(
+        [
+            start_p[word_start] - before,
+            change,
+            next_start,
+            paragraph[word_start],
+            sent_end,
+            para_end,
+            inside,
+            p_idx / max(n_para - 1, 1),
+            p_idx == 0,
+            p_idx == n_para - 1,
+            np.arange(k) / max(k - 1, 1),
+        ],
+        axis=1,
+    ).astype(np.float64)
+    return np.concatenate([lo, hi, above / length, extra], axis=1).astype(np.float32)
+
+
+def paragraph_starts(essays: Mapping[str, Essay], ids: Iterable[str]) -> dict[str, BoolArray]:
+    """Per essay of `ids`: does each word open a paragraph (for `rich_features`)."""
+    from discourse_rl.spans.features import essay_layout
+
+    return {i: essay_layout(essays[i]).paragraph for i in ids}
+
+
 def make_segments(
     probs: Probs,
     cfg: SegmentConfig | None = None,
     ids: Iterable[str] | None = None,
     words: Mapping[str, Sequence[str]] | None = None,
+    paragraphs: Mapping[str, BoolArray] | None = None,
 ) -> list[EssaySegments]:
     """Segments of every essay in `probs` (or of `ids`), in sorted id order, without gold.
 
-    `words` (essay id -> its words) is needed for punctuation cuts and features."""
+    `words` (essay id -> its words) is needed for punctuation cuts and features; `paragraphs`
+    (essay id -> paragraph starts per word, `paragraph_starts`) for rich features."""
     cfg = cfg or SegmentConfig()
+    if cfg.rich_features and (words is None or paragraphs is None):
+        raise DiscourseRLError("segments.rich_features needs the essays' words and paragraphs")
     out: list[EssaySegments] = []
     for eid in sorted(probs) if ids is None else list(ids):
         p = np.asarray(probs[eid], dtype=np.float32)
@@ -201,6 +284,14 @@ def make_segments(
             )
         else:
             feats = np.concatenate([feats, np.zeros((starts.size, 2), np.float32)], 1)
+        if cfg.rich_features:
+            assert w is not None and paragraphs is not None
+            para = np.asarray(paragraphs[eid], dtype=np.bool_)
+            if para.shape != (p.shape[0],):
+                raise DiscourseRLError(f"{eid}: {para.shape} paragraph flags, {p.shape[0]} words")
+            sent = punctuation_starts(w)[0] | para
+            rich = rich_segment_features(p, starts, ends, sent, para)
+            feats = np.concatenate([feats, rich], 1)
         out.append(EssaySegments(eid, p.shape[0], starts, ends, feats))
     return out
 
@@ -330,7 +421,10 @@ def tradeoff_table(
     rows = []
     for mode in punctuation or (base.punctuation,):
         for t in thresholds:
-            cfg = dataclasses.replace(base, start_threshold=float(t), punctuation=mode)
+            # Features do not change the cuts or the oracle: the plain ones are enough here.
+            cfg = dataclasses.replace(
+                base, start_threshold=float(t), punctuation=mode, rich_features=False
+            )
             segs = make_segments(probs, cfg, ids, words)
             n_seg = sum(s.n_segments for s in segs)
             rows.append(

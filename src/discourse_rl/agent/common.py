@@ -40,10 +40,9 @@ class AgentConfig:
     seed: int = 0
     """Seed for weights, essay order and action sampling (same seed, same result on CPU); a
     run sets it from `agent_seeds`, and a run config may not set it."""
-    holdout_fold: int = 0
-    """Fold (of RUN/ner/folds.json, else 5 balanced folds) scored at the end, never trained on."""
     max_essays: int = 0
-    """Use a seeded random subset of this many essays (0 = every essay with probabilities)."""
+    """PPO (SB3) learns from a seeded subset of this many training essays (0 = all of them);
+    BC and the episode trainer always learn from every training essay."""
     sim_noise: float = 0.5
     """Noise of simulated word probabilities (train-agent --simulate)."""
     max_segments: int = 96
@@ -118,7 +117,6 @@ class AgentConfig:
 
 _AGENT_RULES = {
     "seed": non_negative,
-    "holdout_fold": non_negative,
     "max_essays": non_negative,
     "sim_noise": non_negative,
     "max_segments": positive,

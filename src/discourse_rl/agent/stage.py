@@ -1,5 +1,5 @@
-"""The agent stage of a run: segments, then BC, PPO and the episode trainer per seed, all
-scored on the held-out fold.
+"""The agent stage of a run: segments, then BC, PPO and the episode trainer per seed, trained
+on the training essays of the split protocol (`protocol`) and scored on its held-out essays.
 
 Writes RUN/segments.npz and RUN/agent/ (segments.toml, a folder per trainer, later seeds under
 agent/seed<s>/, results.json through `records.AgentResults`) and TensorBoard logs under RUN/tb/.
@@ -10,7 +10,6 @@ fitted on the training essays' probabilities) so all rows of the table face the 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -20,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl import decode, metric
+from discourse_rl import decode
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.bc import train_bc
 from discourse_rl.agent.common import AgentConfig, split_validation
@@ -34,13 +33,13 @@ from discourse_rl.common import (
     config_to_toml,
     load_toml,
 )
-from discourse_rl.data import CLASS_INDEX, CLASSES, Corpus, make_folds
+from discourse_rl.data import Corpus
 from discourse_rl.layout import AGENT_TRAINERS, RunLayout
+from discourse_rl.protocol import Split, heldout_score, write_split
 from discourse_rl.records import (
     ORACLE,
     RENAMED_STAGES,
     AgentResults,
-    HeldOutEssays,
     HeldOutScore,
     SeedRecord,
     StageScores,
@@ -48,9 +47,11 @@ from discourse_rl.records import (
 )
 from discourse_rl.segments import (
     PUNCTUATION,
+    EssaySegments,
     SegmentConfig,
     gold_frame,
     make_segments,
+    paragraph_starts,
     save_segments,
     segment_gold_actions,
     spans_frame,
@@ -61,73 +62,30 @@ Probs = Mapping[str, npt.NDArray[np.float32]]
 TRADEOFF_THRESHOLDS = (0.1, 0.3, 0.5, 0.9)
 # The trade-off is measured on at most this many training essays (it is a summary, not a fit).
 TRADEOFF_ESSAYS = 2000
-FRESH_FOLDS = 5
 
 
-def _folds(run_dir: str | Path, corpus: Corpus, ids: Sequence[str]) -> tuple[dict[str, int], str]:
-    """Essay id -> fold: the NER stage's folds when present ('ner'), else fresh ones ('fresh')."""
-    path = RunLayout(run_dir).ner_folds
-    if not path.is_file():
-        return make_folds(corpus.subset(ids), FRESH_FOLDS, 0), "fresh"
-    folds: dict[str, int] = json.loads(path.read_text(encoding="utf-8"))
-    missing = [i for i in ids if i not in folds]
-    if missing:
-        raise DiscourseRLError(f"{path}: essay {missing[0]} has no fold")
-    return folds, "ner"
-
-
-def heldout_split(
-    run_dir: str | Path, corpus: Corpus, ids: Sequence[str], fold: int
-) -> tuple[list[str], list[str]]:
-    """(train, held-out) essay ids: the NER stage's folds when present, else fresh ones."""
-    return _split(_folds(run_dir, corpus, ids)[0], ids, fold)
-
-
-def _split(folds: Mapping[str, int], ids: Sequence[str], fold: int) -> tuple[list[str], list[str]]:
-    test = [i for i in ids if folds[i] == fold]
-    if not test:
-        raise DiscourseRLError(f"agent.holdout_fold: fold {fold} holds none of the essays")
-    return [i for i in ids if folds[i] != fold], test
-
-
-def heldout_score(pred: pd.DataFrame, gt: pd.DataFrame) -> HeldOutScore:
-    """Per-class and macro F1, plus the per-essay means of the RL reward (essay F1) and of the
-    seed's essay score TP / (TP + FP + FN)."""
-    score = metric.score(pred, gt)
-    pred_by = {k: g for k, g in pred.groupby("id", sort=False)}
-    f1s, jacs = [], []
-    for eid, g in gt.groupby("id", sort=False):
-        p = pred_by.get(eid, pred.iloc[:0])
-        counts = metric.essay_counts(
-            np.asarray(p["class"].map(CLASS_INDEX), dtype=np.int64),
-            p["word_start"].to_numpy(np.int64),
-            p["word_end"].to_numpy(np.int64),
-            np.asarray(g["discourse_type"].map(CLASS_INDEX), dtype=np.int64),
-            g["word_start"].to_numpy(np.int64),
-            g["word_end"].to_numpy(np.int64),
-        )
-        f1s.append(metric.essay_f1(counts))
-        jacs.append(metric.essay_jaccard(counts))
-    return HeldOutScore(
-        score.macro_f1,
-        {c: score.per_class[c].f1 for c in CLASSES},
-        float(np.mean(f1s)),
-        float(np.mean(jacs)),
-    )
+def ppo_subset(train: Sequence[EssaySegments], max_essays: int, seed: int) -> list[EssaySegments]:
+    """PPO's training essays: a seeded `max_essays` of `train` (0 or more than there are: all).
+    SB3 PPO is the one trainer too slow for every essay in the reference budget."""
+    if not max_essays or max_essays >= len(train):
+        return list(train)
+    keep = np.random.default_rng([seed, 2]).choice(len(train), max_essays, replace=False)
+    return [train[i] for i in sorted(keep.tolist())]
 
 
 def train_agent_stage(
     run_dir: str | Path,
     corpus: Corpus,
     probs: Probs,
+    split: Split,
     seg_cfg: SegmentConfig,
     cfg: AgentConfig,
     seeds: Sequence[int] = (0,),
     episode_cfg: EpisodeConfig | None = None,
-    *,
-    simulated: bool = False,
 ) -> AgentResults:
-    """Train and score the agent for each seed; returns (and writes) the results.
+    """Train on `split.train` and score on `split.heldout` for each seed; returns (and writes)
+    the results. BC and the episode trainer learn from every training essay, PPO from at most
+    `cfg.max_essays` of them; each row records its count.
 
     With `episode_cfg`, each seed's BC policy is also fine-tuned by the episode-level trainer
     (`RUN/agent/episode/`, an extra row of the table). Each trainer of each seed is recorded as
@@ -138,23 +96,19 @@ def train_agent_stage(
     lay = RunLayout(run_dir)
     if not seeds:
         raise DiscourseRLError("agent_seeds: at least one seed")
-    ids = sorted(set(probs) & set(corpus.essays))
-    if not ids:
-        raise DiscourseRLError(f"{lay.root}: no essay has both word probabilities and labels")
-    candidates = len(ids)
-    subset = 0
-    if cfg.max_essays and cfg.max_essays < len(ids):
-        ids = sorted(np.random.default_rng(0).choice(ids, cfg.max_essays, replace=False))
-        subset = cfg.max_essays
-    folds, source = _folds(lay.root, corpus, ids)
-    train_ids, test_ids = _split(folds, ids, cfg.holdout_fold)
-    n_folds = len(set(folds.values()))
-    heldout = HeldOutEssays(cfg.holdout_fold, n_folds, source, subset, candidates, simulated)
+    train_ids, test_ids = list(split.train), list(split.heldout)
+    ids = sorted([*train_ids, *test_ids])
+    missing = [i for i in ids if i not in probs or i not in corpus.essays]
+    if missing:
+        raise DiscourseRLError(f"{lay.root}: essay {missing[0]} of the split has no probabilities")
+    heldout = split.describe()
     n_train, n_test = len(train_ids), len(test_ids)
 
     t0 = time.perf_counter()
     words = {i: corpus.essays[i].words for i in ids}
-    segs = segment_gold_actions(make_segments(probs, seg_cfg, ids, words), corpus)
+    paragraphs = paragraph_starts(corpus.essays, ids) if seg_cfg.rich_features else None
+    segs = make_segments(probs, seg_cfg, ids, words, paragraphs)
+    segs = segment_gold_actions(segs, corpus)
     seg_seconds = time.perf_counter() - t0
     key = inputs_key(
         segs, corpus.subset(ids), train_ids, test_ids, (seg_cfg, cfg, episode_cfg, list(seeds))
@@ -162,6 +116,8 @@ def train_agent_stage(
     resume = AgentResume.open(lay, key)
     atomic_write_text(lay.segments_config, config_to_toml(seg_cfg))
     save_segments(lay.segments, segs)
+    if not split.simulated:
+        write_split(lay.split, split)
     by_id = {s.essay_id: s for s in segs}
     train_segs = [by_id[i] for i in train_ids]
     test_segs = [by_id[i] for i in test_ids]
@@ -195,6 +151,7 @@ def train_agent_stage(
     }
     trainers = ("bc", "ppo", "episode") if episode_cfg is not None else ("bc", "ppo")
     scores: dict[str, list[HeldOutScore]] = {t: [] for t in trainers}
+    learnt_from = dict.fromkeys(trainers, n_train)
     records: list[SeedRecord] = []
 
     def score(path: Path) -> HeldOutScore:
@@ -203,6 +160,8 @@ def train_agent_stage(
     for k, seed in enumerate(seeds):
         scfg = dataclasses.replace(cfg, seed=int(seed))
         tr, val = split_validation(train_segs, scfg.val_fraction, scfg.seed)
+        tr_ppo = ppo_subset(tr, scfg.max_essays, scfg.seed)
+        learnt_from["ppo"] = len(tr_ppo) + len(val)
         atomic_write_text(lay.seed_config(k, seed), config_to_toml(scfg))
 
         bc = resume.run(
@@ -227,7 +186,7 @@ def train_agent_stage(
             seed,
             partial(
                 train_ppo,
-                tr,
+                tr_ppo,
                 corpus,
                 bc_path,
                 scfg,
@@ -277,8 +236,13 @@ def train_agent_stage(
             n_train,
             n_test,
             heldout,
-            tuple(StageScores.combine(n, [s], (), n_train, n_test) for n, s in fixed.items())
-            + tuple(StageScores.combine(n, s, done, n_train, n_test) for n, s in scores.items()),
+            tuple(
+                StageScores.combine(n, [s], (), n_train if n == "ner-tuned" else 0, n_test)
+                for n, s in fixed.items()
+            )
+            + tuple(
+                StageScores.combine(n, s, done, learnt_from[n], n_test) for n, s in scores.items()
+            ),
             tuple(records),
             tradeoff,
             float(np.mean([s.n_segments for s in segs])),
@@ -293,9 +257,10 @@ def predict_stage(
     stage: str,
     probs: Probs,
     words: Mapping[str, Sequence[str]] | None = None,
+    paragraphs: Mapping[str, npt.NDArray[np.bool_]] | None = None,
 ) -> pd.DataFrame:
-    """Spans for new essays' word probabilities (and words) from a run's agent policy (the
-    first seed's)."""
+    """Spans for new essays' word probabilities (and words, and paragraph starts where the
+    segments' rich features need them) from a run's agent policy (the first seed's)."""
     if stage in RENAMED_STAGES:
         raise DiscourseRLError(f"stage {stage!r} is now called {RENAMED_STAGES[stage]!r}")
     if stage not in AGENT_TRAINERS:
@@ -308,4 +273,4 @@ def predict_stage(
     if not policy.is_file():
         raise DiscourseRLError(f"{lay.root}: no {stage} policy in this run (missing {policy})")
     seg_cfg = config_from_dict(SegmentConfig, load_toml(seg_path), where=str(seg_path))
-    return predict_spans(policy, make_segments(probs, seg_cfg, None, words))
+    return predict_spans(policy, make_segments(probs, seg_cfg, None, words, paragraphs))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl import artefacts, constrained
@@ -48,6 +49,8 @@ class FitReport:
     """Share of candidates that hit a true span."""
     recall: dict[str, float]
     """Per class: the share of true spans that some candidate hits (the model's ceiling)."""
+    n_train_rows: int = 0
+    """Candidates the deployed booster trained on (after negative subsampling)."""
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -55,6 +58,7 @@ class FitReport:
             "n_candidates": self.n_candidates,
             "positive_share": self.positive_share,
             "recall": {c: None if math.isnan(v) else v for c, v in self.recall.items()},
+            "n_train_rows": self.n_train_rows,
         }
 
     @classmethod
@@ -66,6 +70,7 @@ class FitReport:
             int(data["n_candidates"]),  # type: ignore[call-overload]
             float(data["positive_share"]),  # type: ignore[arg-type]
             {c: float("nan") if recall.get(c) is None else float(recall[c]) for c in CLASSES},
+            int(data.get("n_train_rows", 0)),  # type: ignore[call-overload]
         )
 
 
@@ -172,6 +177,14 @@ class SpanModel:
         )
 
 
+def _training_rows(hit: npt.NDArray[np.bool_], cfg: SpanConfig) -> npt.NDArray[np.bool_]:
+    """Every positive and a seeded `negative_share` of the negatives."""
+    if cfg.negative_share >= 1.0:
+        return np.ones(hit.size, np.bool_)
+    keep = np.random.default_rng([cfg.seed, 1]).random(hit.size) < cfg.negative_share
+    return np.asarray(hit | keep)
+
+
 def _model_file(key: int) -> str:
     return "model.txt" if key < 0 else f"model_{key}.txt"
 
@@ -193,14 +206,17 @@ def fit(
     )
     table = build_candidates(probs, corpus.essays, ids, cfg, limits, corpus)
     assert table.hit is not None and table.recall is not None
-    boosters = train_boosters(table.features, table.hit, cfg)
+    train = _training_rows(table.hit, cfg)
+    boosters = train_boosters(table.features[train], table.hit[train], cfg)
     k = cfg.threshold_folds
     if k >= 2 and len(ids) >= k:
         fold = np.random.default_rng(cfg.seed).permutation(len(ids)) % k
         score = np.zeros(table.cls.size)
         for f in range(k):
             held = fold[table.essay] == f
-            part = train_boosters(table.features[~held], table.hit[~held], cfg)
+            rows = train & ~held
+            part = train_boosters(table.features[rows], table.hit[rows], cfg)
+            # Scored: every held candidate, the subsampled-away negatives included.
             score[held] = score_candidates(part, table.features[held])
     else:
         score = score_candidates(boosters, table.features)
@@ -210,5 +226,6 @@ def fit(
         int(table.cls.size),
         float(table.hit.mean()) if table.hit.size else 0.0,
         table.recall,
+        int(train.sum()),
     )
     return SpanModel(cfg, limits, boosters, thresholds, report)

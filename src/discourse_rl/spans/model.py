@@ -72,6 +72,9 @@ class SpanConfig:
     """Fewest candidates in a leaf."""
     feature_fraction: float = 0.8
     """Share of features each tree sees (seeded)."""
+    negative_share: float = 1.0
+    """Train the boosters on this seeded share of the candidates that hit nothing (1 = all);
+    every positive is kept. Scores then rank the same way, so the thresholds still fit."""
     threshold_folds: int = 3
     """Folds for the out-of-fold scores the thresholds are fitted on (0: in-sample scores)."""
     min_score: float = 0.05
