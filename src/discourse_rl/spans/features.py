@@ -22,6 +22,7 @@ BoolArray = npt.NDArray[np.bool_]
 N_CLASSES = len(CLASSES)
 LEVELS = (0.2, 0.4, 0.6, 0.8)
 EDGE = 3  # words on each side of a boundary that its sharpness compares
+NO_WORD = 8  # class_before / class_after of a span at the essay's start / end (0-7: O, classes)
 
 FEATURE_NAMES: tuple[str, ...] = (
     "class",
@@ -176,8 +177,9 @@ def candidate_features(
     tail = span_mean(cpc, np.maximum(e - EDGE, s), e)[idx, c]
     after = np.where(at_end, span_mean(cpc, e, np.minimum(e + EDGE, n))[idx, c], 0.0)
     s_c = np.maximum(s - 1, 0)
-    class_before = np.where(s > 0, word_cls[s_c], -1)
-    class_after = np.where(at_end, word_cls[e_c], -1)
+    # Category 8: no word there (LightGBM reads a negative category as missing, with a warning).
+    class_before = np.where(s > 0, word_cls[s_c], NO_WORD)
+    class_after = np.where(at_end, word_cls[e_c], NO_WORD)
     p_before = np.where(s > 0, pc[s_c, c], 0.0)
     p_after = np.where(at_end, pc[e_c, c], 0.0)
 
