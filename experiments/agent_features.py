@@ -67,7 +67,9 @@ def main() -> None:
         for reward in args.rewards:
             for seed in args.seeds:
                 scfg = dataclasses.replace(agent, seed=seed)
-                ecfg = dataclasses.replace(cfg.episode, seed=seed, reward=reward, progress_bar=False)
+                ecfg = dataclasses.replace(
+                    cfg.episode, seed=seed, reward=reward, progress_bar=False
+                )
                 tr, val = split_validation(train, scfg.val_fraction, seed)
                 with tempfile.TemporaryDirectory() as tmp:
                     t = time.perf_counter()

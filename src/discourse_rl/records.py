@@ -312,6 +312,8 @@ class SpansResults:
     constrained_seconds: float = math.nan
     gbdt_seconds: tuple[float, ...] = ()
     """Fit time per seed (thresholds' cross-fit included)."""
+    candidates_seconds: float = math.nan
+    """Building the training and held-out candidates and features (once for all seeds)."""
 
     def stage(self, name: str) -> StageScores | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -331,6 +333,7 @@ class SpansResults:
             "gbdt_train_rows": self.gbdt_train_rows,
             "constrained_seconds": _num(self.constrained_seconds),
             "gbdt_seconds": [_num(x) for x in self.gbdt_seconds],
+            "candidates_seconds": _num(self.candidates_seconds),
         }
 
     @classmethod
@@ -348,6 +351,7 @@ class SpansResults:
             int(d["gbdt_train_rows"]),
             _float(d["constrained_seconds"]),
             tuple(_float(x) for x in d["gbdt_seconds"]),
+            _float(d.get("candidates_seconds")),
         )
 
     def write(self, path: str | Path) -> None:

@@ -27,6 +27,7 @@ from discourse_rl.common import DiscourseRLError, atomic_write_text, config_from
 from discourse_rl.data import CLASSES, Corpus, Essay, spans_to_frame
 from discourse_rl.decode import TunedThresholds
 from discourse_rl.spans.model import (
+    CandidateTable,
     FloatArray,
     SpanConfig,
     build_candidates,
@@ -99,7 +100,10 @@ class SpanModel:
         missing = [i for i in ids if i not in essays]
         if missing:
             raise DiscourseRLError(f"gbdt: essay {missing[0]!r} has probabilities but no text")
-        table = build_candidates(probs, essays, ids, self.cfg, self.limits)
+        return self.predict_table(build_candidates(probs, essays, ids, self.cfg, self.limits))
+
+    def predict_table(self, table: CandidateTable) -> pd.DataFrame:
+        """`predict` on candidates already built with this model's settings and limits."""
         score = score_candidates(self.boosters, table.features)
         rows = select_rows(table, score, self.cfg.min_score)
         c = table.cls[rows]
@@ -189,13 +193,23 @@ def _model_file(key: int) -> str:
     return "model.txt" if key < 0 else f"model_{key}.txt"
 
 
-def fit(
+@dataclass(frozen=True, eq=False)
+class TrainingTable:
+    """What a fit reads that no seed changes: the essays, the limits and their candidates.
+    Built once (`training_table`), it serves every seed's `fit_table`."""
+
+    ids: list[str]
+    limits: constrained.ConstrainedParams
+    table: CandidateTable
+
+
+def training_table(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
     train_ids: Iterable[str],
     cfg: SpanConfig | None = None,
-) -> SpanModel:
-    """Train on `train_ids` (their probabilities should be out of fold for the tagger)."""
+) -> TrainingTable:
+    """Candidates of `train_ids` with their hits (the candidate settings of `cfg` only)."""
     cfg = cfg or SpanConfig()
     ids = sorted(i for i in set(train_ids) if i in probs)
     if not ids:
@@ -204,7 +218,15 @@ def fit(
     limits = constrained.fit_constrained(
         probs, corpus, ids, constrained.ConstrainedConfig(fit=False)
     )
-    table = build_candidates(probs, corpus.essays, ids, cfg, limits, corpus)
+    return TrainingTable(
+        ids, limits, build_candidates(probs, corpus.essays, ids, cfg, limits, corpus)
+    )
+
+
+def fit_table(data: TrainingTable, corpus: Corpus, cfg: SpanConfig) -> SpanModel:
+    """Boosters and thresholds on a prepared training table (its candidate settings must be
+    `cfg`'s)."""
+    ids, limits, table = data.ids, data.limits, data.table
     assert table.hit is not None and table.recall is not None
     train = _training_rows(table.hit, cfg)
     boosters = train_boosters(table.features[train], table.hit[train], cfg)
@@ -229,3 +251,14 @@ def fit(
         int(train.sum()),
     )
     return SpanModel(cfg, limits, boosters, thresholds, report)
+
+
+def fit(
+    probs: Mapping[str, FloatArray],
+    corpus: Corpus,
+    train_ids: Iterable[str],
+    cfg: SpanConfig | None = None,
+) -> SpanModel:
+    """Train on `train_ids` (their probabilities should be out of fold for the tagger)."""
+    cfg = cfg or SpanConfig()
+    return fit_table(training_table(probs, corpus, train_ids, cfg), corpus, cfg)
