@@ -282,7 +282,7 @@ def _damage_is_one_line_and_rebuilt(
     assert f"{head}: damaged or not a safetensors file" in err
     (run / "ner-manifest.json").rename(lay.manifest("ner"))
     summary = run_pipeline(run_args[1], run, run_args[-1], log=lambda _: None)
-    assert summary.ran == ("ner", "agent") and head.stat().st_size > 0
+    assert summary.ran == ("ner", "spans", "agent") and head.stat().st_size > 0
     assert main([*predict, "--stage", "ner-naive"]) == 0
 
 

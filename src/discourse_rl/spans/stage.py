@@ -122,7 +122,10 @@ def train_spans_stage(
 
 
 def load_constrained(run_dir: str | Path) -> constrained.ConstrainedParams:
+    from discourse_rl import artefacts
+
     path = RunLayout(run_dir).constrained
+    artefacts.verify(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
