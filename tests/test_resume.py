@@ -18,6 +18,7 @@ import discourse_rl.agent.stage as stage_mod
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.data import Corpus, load_corpus
 from discourse_rl.layout import RunLayout
+from discourse_rl.protocol import Split, heldout_split
 from discourse_rl.records import AgentResults
 from discourse_rl.segments import simulate_word_probs
 from tests.test_stage import SEG, TINY
@@ -41,6 +42,10 @@ def _inputs() -> tuple[Corpus, dict[str, Any]]:
     c = load_corpus()
     ids = sorted(c.essays)[:30]
     return c.subset(ids), simulate_word_probs(c, 0.5, 0, ids)
+
+
+def _split(corpus: Corpus) -> Split:
+    return heldout_split(sorted(corpus.essays), 0.2, 0)
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, calls: Counter[tuple[str, int]], crash: str = "") -> None:
@@ -76,14 +81,16 @@ def test_crash_in_second_seed_keeps_the_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     corpus, probs = _inputs()
-    whole = stage_mod.train_agent_stage(tmp_path / "whole", corpus, probs, SEG, CFG, SEEDS, EPISODE)
+    whole = stage_mod.train_agent_stage(
+        tmp_path / "whole", corpus, probs, _split(corpus), SEG, CFG, SEEDS, EPISODE
+    )
 
     run = tmp_path / "run"
     lay = RunLayout(run)
     calls: Counter[tuple[str, int]] = Counter()
     _spy(monkeypatch, calls, crash="ppo@3")
     with pytest.raises(Crash):
-        stage_mod.train_agent_stage(run, corpus, probs, SEG, CFG, SEEDS, EPISODE)
+        stage_mod.train_agent_stage(run, corpus, probs, _split(corpus), SEG, CFG, SEEDS, EPISODE)
     # Seed 0 and seed 3's BC finished and are recorded; the crashed PPO left no record.
     assert lay.trainer_done("episode", 0, 0).is_file() and lay.trainer_done("bc", 1, 3).is_file()
     assert not lay.trainer_done("ppo", 1, 3).exists()
@@ -93,7 +100,9 @@ def test_crash_in_second_seed_keeps_the_first(
 
     calls.clear()
     _spy(monkeypatch, calls)
-    resumed = stage_mod.train_agent_stage(run, corpus, probs, SEG, CFG, SEEDS, EPISODE)
+    resumed = stage_mod.train_agent_stage(
+        run, corpus, probs, _split(corpus), SEG, CFG, SEEDS, EPISODE
+    )
     assert calls == Counter({("ppo", 3): 1, ("episode", 3): 1})
     assert _scores(resumed) == _scores(whole)
     assert [r.ppo_env_steps for r in resumed.seeds] == [r.ppo_env_steps for r in whole.seeds]
@@ -109,7 +118,7 @@ def test_only_complete_records_of_the_same_inputs_are_reused(
 ) -> None:
     corpus, probs = _inputs()
     lay = RunLayout(tmp_path)
-    stage_mod.train_agent_stage(tmp_path, corpus, probs, SEG, CFG, (0,), None)
+    stage_mod.train_agent_stage(tmp_path, corpus, probs, _split(corpus), SEG, CFG, (0,), None)
     calls: Counter[tuple[str, int]] = Counter()
     _spy(monkeypatch, calls)
 
@@ -118,13 +127,13 @@ def test_only_complete_records_of_the_same_inputs_are_reused(
     done = lay.trainer_done("bc")
     rec = json.loads(done.read_text())
     done.write_text(json.dumps({**rec, "key": "0" * 16}))
-    stage_mod.train_agent_stage(tmp_path, corpus, probs, SEG, CFG, (0,), None)
+    stage_mod.train_agent_stage(tmp_path, corpus, probs, _split(corpus), SEG, CFG, (0,), None)
     assert calls == Counter({("bc", 0): 1, ("ppo", 0): 1})
 
     # Other inputs (here another seed list) empty agent/ first: nothing is reused.
     stale = lay.trainer_done("bc")
     calls.clear()
-    stage_mod.train_agent_stage(tmp_path, corpus, probs, SEG, CFG, (1,), None)
+    stage_mod.train_agent_stage(tmp_path, corpus, probs, _split(corpus), SEG, CFG, (1,), None)
     assert calls == Counter({("bc", 1): 1, ("ppo", 1): 1})
     assert json.loads(stale.read_text())["seed"] == 1
 
