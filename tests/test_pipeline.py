@@ -215,6 +215,9 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     one = next((few_essays / "test").glob("*.txt"))
     assert main(["predict", "--model", str(run), "--essays", str(one), "--out", str(out)]) == 0
     assert set(pd.read_csv(out)["id"]) <= {one.stem}
+    one_args = ["predict", "--model", str(run), "--essays", str(one), "--format", "jsonl"]
+    assert main([*one_args, "--out", str(jsonl)]) == 0
+    assert [json.loads(x)["id"] for x in jsonl.read_text().splitlines()] == [one.stem]
 
     # train-agent follows the config (no episode trainer here): no stale episode policy is left
     # to predict with, and `run` with that config finds the run up to date.
