@@ -14,8 +14,9 @@ from discourse_rl import artefacts
 from discourse_rl.cli import main
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import CLASSES, load_corpus, sample_dir
+from discourse_rl.labeller import offered_stages
 from discourse_rl.layout import FORMAT_VERSION, RunLayout
-from discourse_rl.pipeline import load_run_config, run_pipeline, write_run_config
+from discourse_rl.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
 from discourse_rl.protocol import read_split
 from discourse_rl.records import PREDICT_STAGES, AgentResults, SpansResults, heldout_table
 from tests.tiny import save_tiny_bert
@@ -237,6 +238,15 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     assert load_run_config(lay.config) == load_run_config(off)
     summary = run_pipeline(few_essays, run, off, log=lambda _: None)
     assert summary.ran == ()
+
+    # train-ner: the later stages' results were made from other word probabilities, so they are
+    # no longer offered; `run` then rebuilds those stages only.
+    train_ner(run, few_essays, off, log=lambda _: None)
+    assert not lay.agent_results.exists() and not lay.spans_results.exists()
+    assert offered_stages(run) == ("ner-naive", "ner-tuned")
+    assert {"spans", "agent"}.isdisjoint(json.loads(lay.stages.read_text()))
+    assert run_pipeline(few_essays, run, off, log=lambda _: None).ran == ("spans", "agent")
+    assert {"bc", "gbdt"} <= set(offered_stages(run)) and lay.agent_results.is_file()
 
 
 def _error_lines(err: str) -> int:

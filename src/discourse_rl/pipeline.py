@@ -527,8 +527,30 @@ def train_ner(
         "ner",
         _Source.of(data, path, corpus).record(key, time.perf_counter() - t0),
     )
+    if distributed.is_main():
+        _retire_dependents(lay, log)
     _finish(lay, cfg, corpus)
     return report
+
+
+def _retire_dependents(lay: RunLayout, log: Callable[[str], None]) -> None:
+    """After `train-ner`: the later stages' outputs were made from the previous word
+    probabilities, so `predict`, `info` and the report must not offer them any more. A stage's
+    removable outputs go; the agent keeps its policies for its own resume (reused only if its
+    inputs match) and loses its results and segmentation settings."""
+    import shutil
+
+    for st in STAGES:
+        if st.name not in _dependents("ner"):
+            continue
+        stale = [*st.outputs(lay)] if st.name != "agent" else []
+        stale += [lay.agent_results, lay.segments_config] if st.name == "agent" else []
+        stale = [p for p in stale if p.exists()]
+        for p in stale:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if stale:
+            artefacts.forget(lay, st.name)
+            log(f"[{st.name}] outputs withdrawn: made from the previous NER outputs (run rebuilds)")
 
 
 def train_agent(
