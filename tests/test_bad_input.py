@@ -121,6 +121,14 @@ CONFIG_CASES = [
                  "[decode] min_words = [1, 2]: needs 7 values, one per class"),
     _config_case("heads not dividing the width", "[agent]\nd_model = 30\nn_heads = 4\n",
                  "[agent] n_heads = 4: must divide d_model (d_model = 30)"),
+    _config_case("no negatives for the boosters", "[gbdt]\nnegative_share = 0.0\n",
+                 "[gbdt] negative_share = 0.0: must be > 0 and <= 1"),
+    _config_case("one threshold fold", "[gbdt]\nthreshold_folds = 1\n",
+                 "[gbdt] threshold_folds = 1: must be 0 (in-sample) or >= 2"),
+    _config_case("a grid going backwards", "[constrained]\nprob_grid = [0.9, 0.3, 0.025]\n",
+                 "[constrained] prob_grid = [0.9, 0.3, 0.025]: needs start <= stop and step > 0"),
+    _config_case("more limited classes than classes", "[constrained]\nmax_unique = 9\n",
+                 "[constrained] max_unique = 9: must be <= 7"),
     # Choices.
     _config_case("bad punctuation", '[segments]\npunctuation = "sentences"\n',
                  '[segments] punctuation = "sentences": '

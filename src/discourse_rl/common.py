@@ -193,6 +193,23 @@ def at_least(n: int | float) -> Rule:
     return lambda v: None if v >= n else f"must be >= {n}"
 
 
+def at_most(n: int | float) -> Rule:
+    return lambda v: None if v <= n else f"must be <= {n}"
+
+
+def unit_interval(v: Any) -> str | None:
+    """In (0, 1]: a share that cannot be empty."""
+    return None if 0 < v <= 1 else "must be > 0 and <= 1"
+
+
+def grid(values: Any) -> str | None:
+    """A (start, stop, step) search grid over probabilities."""
+    start, stop, step = values
+    if not all(0 <= v <= 1 for v in values):
+        return "must hold values between 0 and 1"
+    return None if start <= stop and step > 0 else "needs start <= stop and step > 0"
+
+
 def each(rule: Rule) -> Rule:
     """`rule` applied to every item of a tuple."""
 

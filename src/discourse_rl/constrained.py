@@ -18,7 +18,15 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.common import (
+    DiscourseRLError,
+    at_most,
+    check_fields,
+    grid,
+    non_negative,
+    positive,
+    probability,
+)
 from discourse_rl.data import (
     CLASS_INDEX,
     CLASSES,
@@ -58,6 +66,17 @@ class ConstrainedConfig:
     """Largest minimum length the fit tries."""
     prob_grid: tuple[float, float, float] = (0.30, 0.90, 0.025)
     """Minimum mean probabilities the fit tries: start, stop (inclusive), step."""
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {
+                "unique_share": probability,
+                "max_unique": lambda v: non_negative(v) or at_most(len(CLASSES))(v),
+                "max_min_words": positive,
+                "prob_grid": grid,
+            },
+        )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from discourse_rl.common import (
     atomic_write_text,
     check_fields,
     each,
+    grid,
     non_negative,
     positive,
     probability,
@@ -71,12 +72,9 @@ class DecodeConfig:
                 "min_words": each(non_negative),
                 "min_prob": each(probability),
                 "max_min_words": positive,
-                "prob_grid": each(probability),
+                "prob_grid": grid,
             },
         )
-        start, stop, step = self.prob_grid
-        if not (start <= stop and step > 0):
-            raise ConfigValueError("prob_grid", self.prob_grid, "needs start <= stop and step > 0")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,18 @@ import numpy as np
 import numpy.typing as npt
 
 from discourse_rl import constrained, decode
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.common import (
+    ConfigValueError,
+    DiscourseRLError,
+    at_least,
+    at_most,
+    check_fields,
+    grid,
+    non_negative,
+    positive,
+    probability,
+    unit_interval,
+)
 from discourse_rl.data import CLASSES, Corpus, Essay
 from discourse_rl.spans.candidates import (
     CandidateSettings,
@@ -88,6 +99,11 @@ class SpanConfig:
     num_threads: int = 2
     """LightGBM threads (fixed, so the result does not depend on the machine)."""
 
+    def __post_init__(self) -> None:
+        check_fields(self, _SPAN_RULES)
+        if self.threshold_folds == 1:
+            raise ConfigValueError("threshold_folds", 1, "must be 0 (in-sample) or >= 2")
+
     def candidates(self) -> CandidateSettings:
         return CandidateSettings(
             self.start_threshold, self.max_ends, self.class_min_prob, self.max_classes, self.shift
@@ -106,6 +122,27 @@ class SpanConfig:
             "num_threads": self.num_threads,
             "verbosity": -1,
         }
+
+
+_SPAN_RULES = {
+    "start_threshold": probability,
+    "max_ends": positive,
+    "class_min_prob": probability,
+    "max_classes": lambda v: at_least(1)(v) or at_most(len(CLASSES))(v),
+    "shift": non_negative,
+    "n_estimators": positive,
+    "learning_rate": positive,
+    "num_leaves": at_least(2),
+    "min_child_samples": positive,
+    "feature_fraction": unit_interval,
+    "negative_share": unit_interval,
+    "threshold_folds": non_negative,
+    "min_score": probability,
+    "max_min_words": positive,
+    "score_grid": grid,
+    "seed": non_negative,
+    "num_threads": positive,
+}
 
 
 # ---------------------------------------------------------------------------------------------
