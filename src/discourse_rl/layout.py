@@ -95,6 +95,12 @@ class RunLayout:
         return self.ner / "cache"
 
     @property
+    def ner_frozen_states(self) -> Path:
+        """'finetune' with `cache_frozen`: the frozen lower layers' output per training window
+        (states.npy, index.json); removed once every fold is trained."""
+        return self.ner / "frozen_states"
+
+    @property
     def oof(self) -> Path:
         """Out-of-fold word probabilities of the training essays (float16)."""
         return self.ner / "oof.npz"

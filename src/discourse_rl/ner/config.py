@@ -24,6 +24,8 @@ IntArray = npt.NDArray[np.int64]
 Mode = Literal["frozen", "finetune"]
 Head = Literal["sentence", "gru", "mlp"]
 MODES: tuple[str, ...] = get_args(Mode)
+InferDtype = Literal["bf16", "int8", "fp32"]
+INFER_DTYPES: tuple[str, ...] = get_args(InferDtype)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,15 @@ class NerConfig:
     bf16: bool = True
     """bf16 where the hardware supports it: autocast in training, bf16 encoder weights when
     predicting."""
+    infer_dtype: InferDtype = "bf16"
+    """Encoder precision when predicting: 'bf16' (bf16 weights where `bf16` and the hardware
+    allow, else fp32), 'int8' (dynamically quantised linear layers; CPU only, bf16 on a GPU) or
+    'fp32'. A setting of prediction only: training is unchanged."""
+    cache_frozen: bool = False
+    """'finetune' with `freeze_layers` > 0: compute the frozen embeddings + lower layers' output
+    of every training window once (bf16 where `bf16`, on disk under the run's ner/ folder) and
+    train only the upper layers and the head on it every epoch. Needs both encoder dropouts at 0
+    (the frozen part must give the same output every epoch)."""
     encode_tokens: int = 8192
     """Sub-tokens per encoder batch when caching or predicting (padding included)."""
     save_every: int = 500
@@ -102,6 +113,18 @@ class NerConfig:
         if self.overlap >= self.window - 2:
             raise ConfigValueError(
                 "overlap", self.overlap, f"must be < window - 2 (window = {self.window})"
+            )
+        if self.cache_frozen and (
+            self.mode != "finetune"
+            or self.freeze_layers <= 0
+            or self.hidden_dropout > 0
+            or self.attention_dropout > 0
+        ):
+            raise ConfigValueError(
+                "cache_frozen",
+                self.cache_frozen,
+                "needs mode = 'finetune', freeze_layers > 0, hidden_dropout = 0 and "
+                "attention_dropout = 0 (the frozen layers must give the same output every epoch)",
             )
         if self.encode_tokens < self.window:
             raise ConfigValueError(

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from discourse_rl import distributed
@@ -23,22 +24,38 @@ from discourse_rl.data import Corpus, Essay, save_word_probs
 from discourse_rl.layout import FoldLayout, RunLayout
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
+from discourse_rl.ner.frozen_states import (
+    StateCache,
+    UpperModel,
+    build_state_cache,
+    drop_state_cache,
+)
 from discourse_rl.ner.inference import bf16_available, default_device, window_probs
 from discourse_rl.ner.model import NerModel
 from discourse_rl.ner.run import fold_split
-from discourse_rl.ner.tokens import essay_windows, tokenize_essays, window_inputs, word_features
+from discourse_rl.ner.tokens import (
+    Window,
+    essay_windows,
+    tokenize_essays,
+    window_inputs,
+    word_features,
+)
 
 
 class _WindowData(torch.utils.data.Dataset[dict[str, Any]]):
-    def __init__(self, windows: list[Any]) -> None:
+    def __init__(self, windows: list[Any], cache_rows: list[int] | None = None) -> None:
         self.windows = windows
+        self.cache_rows = cache_rows
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         # input_ids lets the Trainer's length-grouped sampler measure the window.
-        return {"window": self.windows[i], "input_ids": self.windows[i].input_ids}
+        item = {"window": self.windows[i], "input_ids": self.windows[i].input_ids}
+        if self.cache_rows is not None:
+            item["cached"] = self.cache_rows[i]
+        return item
 
 
 def train_finetune(
@@ -57,16 +74,24 @@ def train_finetune(
     cls_id, sep_id, pad_id = special_ids(tokenizer)
     position = {i: n for n, i in enumerate(ids)}
     device = default_device()
-    for k, fold in enumerate(layout.folds(cfg.folds)):
-        if fold.oof.is_file() and fold.model.is_file():
-            continue
+    todo = [
+        (k, fold)
+        for k, fold in enumerate(layout.folds(cfg.folds))
+        if not (fold.oof.is_file() and fold.model.is_file())
+    ]
+    # Every essay's windows, cut once: a fold's training windows are its essays' in id order.
+    per_essay = [
+        essay_windows(t, n, cfg.window, cfg.overlap, cls_id, sep_id) for n, t in enumerate(tokens)
+    ]
+    first_row = np.cumsum([0] + [len(ws) for ws in per_essay]).tolist()
+    cache = _state_cache(cfg, layout, per_essay, pad_id, device) if todo else None
+    for k, fold in todo:
         train_ids, val_ids = fold_split(folds, k)
-        windows = [
-            w
+        windows = [w for i in train_ids for w in per_essay[position[i]]]
+        rows = [
+            first_row[position[i]] + j
             for i in train_ids
-            for w in essay_windows(
-                tokens[position[i]], position[i], cfg.window, cfg.overlap, cls_id, sep_id
-            )
+            for j in range(len(per_essay[position[i]]))
         ]
         torch.manual_seed(seed + k)
         encoder = load_encoder(layout.ner_encoder, cfg.attention_dropout, cfg.hidden_dropout)
@@ -74,12 +99,21 @@ def train_finetune(
         freeze_lower(model, cfg.freeze_layers)
 
         def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return window_inputs([it["window"] for it in items], feats, pad_id, labels)
+            group = [it["window"] for it in items]
+            inputs = window_inputs(group, feats, pad_id, labels)
+            if cache is not None:
+                lengths = [len(w.input_ids) for w in group]
+                t = inputs["input_ids"].shape[1]
+                inputs["hidden"] = cache.padded([it["cached"] for it in items], lengths, t)
+            return inputs
 
+        trained: torch.nn.Module = model
+        if cache is not None:
+            trained = UpperModel(model, cfg.freeze_layers)
         trainer = Trainer(
-            model=model,
+            model=trained,
             args=training_arguments(cfg, fold, device, seed + k),
-            train_dataset=_WindowData(windows),
+            train_dataset=_WindowData(windows, rows if cache is not None else None),
             data_collator=collate,
             optimizers=(_optimizer(model, cfg), None),
         )
@@ -101,6 +135,33 @@ def train_finetune(
             save_word_probs(fold.oof, held_out)
         # Every process sees the fold finished before any checks the next one.
         distributed.barrier()
+    if cache is not None and distributed.is_main():
+        del cache
+        drop_state_cache(layout)
+
+
+def _state_cache(
+    cfg: NerConfig,
+    layout: RunLayout,
+    per_essay: list[list[Window]],
+    pad_id: int,
+    device: torch.device,
+) -> StateCache | None:
+    """`ner.cache_frozen`: the frozen layers' states of every window, computed by the main
+    process (the others wait, then map the same file)."""
+    if not cfg.cache_frozen:
+        return None
+    flat = [w for ws in per_essay for w in ws]
+    bf16 = cfg.bf16 and bf16_available(device)
+
+    def build() -> StateCache:
+        backbone = NerModel(load_encoder(layout.ner_encoder, 0.0, 0.0), cfg).to(device)
+        return build_state_cache(backbone, flat, cfg, layout, pad_id, bf16)
+
+    if distributed.is_main():
+        build()
+    distributed.barrier()
+    return build()  # complete now: read back, not recomputed
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

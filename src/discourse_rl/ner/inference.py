@@ -77,10 +77,38 @@ def bf16_encoder_copy(model: _M) -> _M:
     return out.eval()
 
 
+def int8_encoder_copy(model: _M) -> _M:
+    """An inference copy whose encoder's linear layers compute in int8 (weights quantised once,
+    activations per call: `quantize_dynamic`; CPU only, VNNI kernels where the CPU has them).
+    Layer norms, attention softmax and the head stay fp32."""
+    import warnings
+
+    out = copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        # torch 2.9-2.13 warn that eager quantisation moves to torchao; it still works.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        if isinstance(out, NerModel):
+            out.encoder = quantize_linears(out.encoder)
+            return out
+        return quantize_linears(out)
+
+
+def quantize_linears(module: _M) -> _M:
+    quantized: _M = torch.ao.quantization.quantize_dynamic(  # type: ignore[no-untyped-call]
+        module, {nn.Linear}, dtype=torch.qint8, inplace=True
+    )
+    return quantized
+
+
 def for_inference(model: _M, cfg: NerConfig, device: torch.device) -> _M:
-    """`model` ready to predict: a bf16 encoder copy where `cfg` and the hardware allow, else
-    the model itself in eval mode."""
-    if cfg.bf16 and bf16_available(device):
+    """`model` ready to predict in `cfg.infer_dtype`: 'bf16' a bf16 encoder copy where `cfg.bf16`
+    and the hardware allow; 'int8' (CPU only; bf16 on a GPU) a dynamically quantised encoder
+    copy; otherwise the model itself in eval mode (fp32)."""
+    dtype = cfg.infer_dtype
+    if dtype == "int8" and device.type == "cpu":
+        return int8_encoder_copy(model)
+    if dtype in ("bf16", "int8") and cfg.bf16 and bf16_available(device):
         return bf16_encoder_copy(model)
     return model.eval()
 
@@ -264,7 +292,18 @@ def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    return sa.keys() == sb.keys() and all(_same_value(sa[k], sb[k]) for k in sa)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal state-dict entries; int8 layers hold packed (weight, bias) tuples and a dtype."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.is_quantized or b.is_quantized:
+            return a.is_quantized == b.is_quantized and torch.equal(a.dequantize(), b.dequantize())
+        return torch.equal(a, b)
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def shared_depth(models: Sequence[nn.Module]) -> int:

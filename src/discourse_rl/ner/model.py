@@ -131,6 +131,17 @@ class NerModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         inputs = encoder_inputs(self.encoder, input_ids, attention_mask)
         hidden = self.encoder(**inputs).last_hidden_state
+        return self.from_hidden(hidden, token_word, word_features, word_count, labels)
+
+    def from_hidden(
+        self,
+        hidden: torch.Tensor,
+        token_word: torch.Tensor,
+        word_features: torch.Tensor,
+        word_count: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The encoder's (B, T, H) output -> logits per word (and the loss given labels)."""
         words = pool_words(hidden.float(), token_word, word_features.shape[1])
         logits = self.head(words, word_features, word_count.clamp(min=1))
         out = {"logits": logits}

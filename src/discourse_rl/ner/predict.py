@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,20 @@ class NerPredictor:
 
     @classmethod
     def load(
-        cls, run_dir: str | Path, threads: int | None = None, device: torch.device | None = None
+        cls,
+        run_dir: str | Path,
+        threads: int | None = None,
+        device: torch.device | None = None,
+        infer_dtype: str | None = None,
     ) -> NerPredictor:
         """Read the run's NER settings, tokenizer, encoder and every fold model.
 
-        `threads` overrides the run's torch thread count (0 = torch's setting as it is)."""
+        `threads` overrides the run's torch thread count (0 = torch's setting as it is);
+        `infer_dtype` the run's `ner.infer_dtype` ('bf16', 'int8' or 'fp32')."""
         layout = RunLayout(run_dir)
         cfg = run_ner_config(layout.root)
+        if infer_dtype is not None:
+            cfg = replace(cfg, infer_dtype=infer_dtype)
         encoder_dir = require_encoder(layout)
         device = default_device() if device is None else device
         threads = cfg.threads if threads is None else threads
@@ -101,9 +108,11 @@ def predict_word_probs(
     essays: Mapping[str, Essay],
     progress: bool = False,
     threads: int | None = None,
+    infer_dtype: str | None = None,
 ) -> dict[str, FloatArray]:
     """Word probabilities (n_words, 15) for new essays: the mean of the run's fold models.
     Loads the run on every call; `NerPredictor` loads it once.
 
-    `threads` overrides the run's torch thread count (0 = torch's setting as it is)."""
-    return NerPredictor.load(run_dir, threads).predict(essays, progress)
+    `threads` overrides the run's torch thread count (0 = torch's setting as it is),
+    `infer_dtype` its encoder precision."""
+    return NerPredictor.load(run_dir, threads, infer_dtype=infer_dtype).predict(essays, progress)
