@@ -6,13 +6,23 @@ time to predict a batch of essays with a trained run.
     .venv/bin/python -m benchmarks.ner_speed --predict-run runs/reference \\
         --data ../shared/data/feedback-prize-2021 --predict-essays 1500 [--predict-only]
     .venv/bin/python -m benchmarks.ner_speed --batch 1 --seq 64 --steps 1 --json   # seconds
+    .venv/bin/python -m benchmarks.ner_speed --freeze-layers 3 --hidden-dropout 0 \
+        --background nice19 --json      # idle, then beside a busy `nice -n 19` process
 
 Training tokens/s is one fine-tuning step (forward, backward, AdamW) of encoder + head on
 windows of `--seq` sub-tokens, with the encoder dropout of `NerConfig` (attention dropout 0 lets
 PyTorch use its fused attention kernel; `--attention-dropout 0.1` shows the unfused cost) and
 `--freeze-layers` lower layers frozen; inference is the encoder's forward pass (autocast; the
-`bf16 w.` row: bf16 weights without autocast, as prediction runs it). The uptime load
-average is printed because shared cores make every figure here pessimistic.
+`bf16 w.` row: bf16 weights without autocast, as prediction runs it; `int8 w.`: the encoder's
+linear layers dynamically quantised, `ner.infer_dtype = "int8"`). With `--freeze-layers`, the
+`cached` row is a training step of `ner.cache_frozen`: upper layers + head from cached states.
+
+`--background nice19|nice0` measures one training row (bf16; `--cache-frozen` for the cached
+step) and one inference row (`--infer-dtype`) idle, then again beside one busy single-threaded
+process that it starts at that niceness and always stops (benchmarks/background.py); `--json`
+gives `{"idle": {"train_tokens_per_s", "infer_tokens_per_s"}, "background": {...},
+"background_kind": ...}` and the slowdowns. The uptime load average is printed because shared
+cores make every figure here pessimistic.
 """
 
 from __future__ import annotations
@@ -25,19 +35,37 @@ from typing import Any
 
 import torch
 
+from benchmarks.background import KINDS, busy_background
 from benchmarks.common import add_json_flag, report, require
-from discourse_rl.common import torch_threads
+from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerConfig, predict_word_probs
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, resolve_backbone
-from discourse_rl.ner.inference import autocast, bf16_available, bf16_encoder_copy
+from discourse_rl.ner.config import INFER_DTYPES
+from discourse_rl.ner.frozen_states import UpperModel, layer_range
+from discourse_rl.ner.inference import (
+    autocast,
+    bf16_available,
+    bf16_encoder_copy,
+    for_inference,
+    int8_encoder_copy,
+)
 from discourse_rl.ner.model import NerModel
 
 
 def tokens_per_second(
-    model: NerModel, batch: int, seq: int, steps: int, bf16: bool, train: bool
+    model: NerModel,
+    batch: int,
+    seq: int,
+    steps: int,
+    bf16: bool,
+    train: bool,
+    cached_depth: int = 0,
 ) -> float:
+    """Tokens/s of `steps` training steps (or encoder forward passes) after one warm-up step.
+    `cached_depth` > 0: train as `ner.cache_frozen` does, from the states after that many
+    layers (computed once, outside the timing)."""
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 20000, (batch, seq), generator=gen)
     mask = torch.ones_like(ids, dtype=torch.bool)
@@ -52,14 +80,20 @@ def tokens_per_second(
         "labels": torch.randint(0, NUM_LABELS, (batch, words), generator=gen),
     }
     device = torch.device("cpu")
+    step_model: torch.nn.Module = model
+    if cached_depth:
+        with layer_range(model, 0, cached_depth), torch.inference_mode(), autocast(device, bf16):
+            hidden = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        inputs["hidden"] = hidden.to(torch.bfloat16 if bf16 else torch.float32).float()
+        step_model = UpperModel(model, cached_depth)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     times = []
     for _ in range(steps + 1):  # the first step warms up kernels and is not counted
         t0 = time.perf_counter()
         if train:
-            model.train()
+            step_model.train()
             with autocast(device, bf16):
-                loss = model(**inputs)["loss"]
+                loss = step_model(**inputs)["loss"]
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             opt.zero_grad()
@@ -85,6 +119,25 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=None, help="essays for --predict-run")
     ap.add_argument("--predict-essays", type=int, default=1500, help="essays to predict")
     ap.add_argument("--predict-only", action="store_true", help="skip the tokens/s table")
+    ap.add_argument(
+        "--background",
+        choices=sorted(KINDS),
+        default=None,
+        help="measure training (bf16) and inference (--infer-dtype) tokens/s idle, then beside "
+        "one busy single-threaded process at nice 19 or 0 (started and stopped here)",
+    )
+    ap.add_argument(
+        "--infer-dtype",
+        choices=INFER_DTYPES,
+        default="bf16",
+        help="--background's inference row: as prediction runs with ner.infer_dtype",
+    )
+    ap.add_argument(
+        "--cache-frozen",
+        action="store_true",
+        help="--background's training row: ner.cache_frozen (upper layers + head from states "
+        "cached after --freeze-layers layers)",
+    )
     add_json_flag(ap)
     args = ap.parse_args(argv)
     report(lambda: measure(args), args.json)
@@ -93,12 +146,7 @@ def main(argv: list[str] | None = None) -> None:
 def token_rates(args: argparse.Namespace) -> dict[str, float]:
     """Training and inference tokens/s of a fresh encoder + head, fp32 and bf16."""
     out: dict[str, float] = {}
-    torch.manual_seed(0)
-    encoder = load_encoder(
-        resolve_backbone(args.backbone), args.attention_dropout, args.hidden_dropout
-    )
-    model = NerModel(encoder, NerConfig())
-    freeze_lower(model, args.freeze_layers)
+    model = fresh_model(args)
     print(
         f"attention dropout {args.attention_dropout}, hidden dropout {args.hidden_dropout}, "
         f"frozen layers {args.freeze_layers}"
@@ -115,7 +163,70 @@ def token_rates(args: argparse.Namespace) -> dict[str, float]:
         infer = tokens_per_second(fast, args.batch * 2, args.seq, args.steps, False, False)
         print(f"{'bf16 w.':<10}{'':>14}{infer:>14,.0f}", flush=True)
         out["bf16_weights_infer_tokens_per_s"] = infer
+    # What prediction runs with ner.infer_dtype = "int8".
+    fast = int8_encoder_copy(model)
+    infer = tokens_per_second(fast, args.batch * 2, args.seq, args.steps, False, False)
+    print(f"{'int8 w.':<10}{'':>14}{infer:>14,.0f}", flush=True)
+    out["int8_weights_infer_tokens_per_s"] = infer
+    if args.freeze_layers > 0:
+        bf16 = bf16_available(torch.device("cpu"))
+        train = tokens_per_second(
+            model, args.batch, args.seq, args.steps, bf16, True, args.freeze_layers
+        )
+        print(f"{'cached':<10}{train:>14,.0f}{'':>14}  (ner.cache_frozen)", flush=True)
+        out["cached_frozen_train_tokens_per_s"] = train
     return out
+
+
+def fresh_model(args: argparse.Namespace) -> NerModel:
+    torch.manual_seed(0)
+    encoder = load_encoder(
+        resolve_backbone(args.backbone), args.attention_dropout, args.hidden_dropout
+    )
+    model = NerModel(encoder, NerConfig())
+    freeze_lower(model, args.freeze_layers)
+    return model
+
+
+def pair_rates(args: argparse.Namespace, model: NerModel, ready: NerModel) -> dict[str, float]:
+    """Training tokens/s (bf16 where available, as the reference trains) and inference tokens/s
+    of the prediction copy `ready`."""
+    bf16 = bf16_available(torch.device("cpu"))
+    depth = args.freeze_layers if args.cache_frozen else 0
+    train = tokens_per_second(model, args.batch, args.seq, args.steps, bf16, True, depth)
+    infer = tokens_per_second(ready, args.batch * 2, args.seq, args.steps, False, False)
+    print(f"train {train:,.0f} tokens/s, infer {infer:,.0f} tokens/s", flush=True)
+    return {"train_tokens_per_s": train, "infer_tokens_per_s": infer}
+
+
+def background_rates(args: argparse.Namespace) -> dict[str, Any]:
+    """The same two rates idle and beside one busy process (`--background`)."""
+    if args.cache_frozen and args.freeze_layers <= 0:
+        raise DiscourseRLError("--cache-frozen needs --freeze-layers > 0")
+    model = fresh_model(args)
+    ready = for_inference(model, NerConfig(infer_dtype=args.infer_dtype), torch.device("cpu"))
+    print(f"idle (load average {os.getloadavg()})", flush=True)
+    idle = pair_rates(args, model, ready)
+    with busy_background(args.background):
+        time.sleep(1.0)  # let the busy loop start before timing
+        print(f"beside one busy process, {args.background}", flush=True)
+        loaded = pair_rates(args, model, ready)
+    slower = {k: idle[k] / loaded[k] for k in idle}
+    print(
+        f"slowdown: train {slower['train_tokens_per_s']:.2f}x, "
+        f"infer {slower['infer_tokens_per_s']:.2f}x"
+    )
+    return {
+        "idle": idle,
+        "background": loaded,
+        "background_kind": args.background,
+        "slowdown": slower,
+        "infer_dtype": args.infer_dtype,
+        "cache_frozen": args.cache_frozen,
+        "freeze_layers": args.freeze_layers,
+        "hidden_dropout": args.hidden_dropout,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,7 +239,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with torch_threads(args.threads):
         out["threads"] = torch.get_num_threads()
         print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()}")
-        if not args.predict_only:
+        if args.background is not None:
+            out.update(background_rates(args))
+        elif not args.predict_only:
             out.update(token_rates(args))
         if args.predict_run is not None:
             corpus = load_corpus(args.data)

@@ -1,0 +1,116 @@
+"""Does int8 inference cost quality? Out-of-fold word probabilities of a trained run recomputed
+with the encoder in bf16, int8 (dynamically quantised linear layers) and fp32, and the decoded
+macro F1 of each.
+
+    .venv/bin/python -m experiments.infer_dtype --run /tmp/cpu-demo            # the demo run
+    .venv/bin/python -m experiments.infer_dtype --run runs/reference-ft \\
+        --data ../shared/data/feedback-prize-2021 --max-essays 1000 --json
+
+Each fold's model predicts the essays it did not see (as the NER stage's out-of-fold pass), so
+the F1 is the run's out-of-fold F1 with only the encoder's precision changed. `--threads`
+sets torch's threads; the seconds are the whole pass (tokenising, encoder, heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import add_json_flag, report, require
+from discourse_rl.common import torch_threads
+from discourse_rl.data import Essay, load_corpus, sample_dir
+from discourse_rl.decode import evaluate_decoding
+from discourse_rl.layout import RunLayout
+from discourse_rl.ner import NerPredictor
+from discourse_rl.ner.config import INFER_DTYPES, FloatArray
+from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
+from discourse_rl.ner.run import read_json
+from discourse_rl.ner.stage import stage_config
+from discourse_rl.ner.tokens import word_features
+
+
+def out_of_fold(
+    predictor: NerPredictor, essays: dict[str, Essay], folds: dict[str, int]
+) -> dict[str, FloatArray]:
+    """Each essay's probabilities from the fold model that did not train on it."""
+    ids = list(essays)
+    listed = [essays[i] for i in ids]
+    cfg, device = predictor.cfg, predictor.device
+    out: dict[str, FloatArray] = {}
+    if predictor.encoder is not None:
+        vectors = encode_word_vectors(
+            predictor.encoder, predictor.tokenizer, listed, cfg, device, prepared=True
+        )
+        feats = [word_features(e) for e in listed]
+        for k, head in enumerate(predictor.heads):
+            mine = [n for n, i in enumerate(ids) if folds[i] == k]
+            probs = head_probs([head], [vectors[n] for n in mine], [feats[n] for n in mine], device)
+            out.update({ids[n]: p for n, p in zip(mine, probs, strict=True)})
+        return out
+    for k, model in enumerate(predictor.models):
+        mine = [i for i in ids if folds[i] == k]
+        probs = window_probs(
+            [model], predictor.tokenizer, [essays[i] for i in mine], cfg, device, prepared=True
+        )
+        out.update(dict(zip(mine, probs, strict=True)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a trained run folder")
+    ap.add_argument("--data", type=Path, default=None, help="its data (default: the sample)")
+    ap.add_argument("--max-essays", type=int, default=0, help="first N essays by id (0 = all)")
+    ap.add_argument("--dtypes", nargs="+", default=list(INFER_DTYPES), choices=INFER_DTYPES)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    add_json_flag(ap)
+    args = ap.parse_args(argv)
+    report(lambda: measure(args), args.json)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    layout = RunLayout(args.run)
+    folds = read_json(require(layout.ner_folds, "missing: --run needs a trained run"))
+    decode = stage_config(layout.root / "config.toml").decode
+    corpus = load_corpus(args.data or sample_dir())
+    ids = sorted(i for i in folds if i in corpus.essays)
+    if args.max_essays:
+        ids = ids[: args.max_essays]
+    corpus = corpus.subset(ids)
+    essays = {i: corpus.essays[i] for i in ids}
+    out: dict[str, Any] = {"run": str(args.run), "essays": len(ids), "load": os.getloadavg()}
+    probs: dict[str, dict[str, FloatArray]] = {}
+    with torch_threads(args.threads):
+        out["threads"] = torch.get_num_threads()
+        for dtype in args.dtypes:
+            predictor = NerPredictor.load(args.run, threads=args.threads, infer_dtype=dtype)
+            t0 = time.perf_counter()
+            probs[dtype] = out_of_fold(predictor, essays, folds)
+            seconds = time.perf_counter() - t0
+            rep = evaluate_decoding(probs[dtype], corpus, folds, decode)
+            row = {
+                "seconds": seconds,
+                "naive_macro_f1": rep.naive.macro_f1,
+                "tuned_cross_fitted_macro_f1": rep.tuned_cross_fitted.macro_f1,
+            }
+            print(f"{dtype}: {row} (load {os.getloadavg()})", flush=True)
+            out[dtype] = row
+    for dtype in args.dtypes:
+        if dtype != "bf16" and "bf16" in probs:
+            diff = np.concatenate([np.abs(probs[dtype][i] - probs["bf16"][i]).ravel() for i in ids])
+            out[dtype]["max_abs_diff_vs_bf16"] = float(diff.max())
+            out[dtype]["mean_abs_diff_vs_bf16"] = float(diff.mean())
+            for key in ("naive_macro_f1", "tuned_cross_fitted_macro_f1"):
+                out[dtype][f"{key}_minus_bf16"] = out[dtype][key] - out["bf16"][key]
+            print(f"{dtype} vs bf16: {out[dtype]}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
