@@ -15,7 +15,7 @@ from discourse_rl.common import progress as progress_bar
 from discourse_rl.data import Essay
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
-from discourse_rl.ner.config import FloatArray, NerConfig
+from discourse_rl.ner.config import FloatArray, InferDtype, NerConfig
 from discourse_rl.ner.inference import (
     default_device,
     encode_word_vectors,
@@ -55,7 +55,7 @@ class NerPredictor:
         run_dir: str | Path,
         threads: int | None = None,
         device: torch.device | None = None,
-        infer_dtype: str | None = None,
+        infer_dtype: InferDtype | None = None,
     ) -> NerPredictor:
         """Read the run's NER settings, tokenizer, encoder and every fold model.
 
@@ -108,7 +108,7 @@ def predict_word_probs(
     essays: Mapping[str, Essay],
     progress: bool = False,
     threads: int | None = None,
-    infer_dtype: str | None = None,
+    infer_dtype: InferDtype | None = None,
 ) -> dict[str, FloatArray]:
     """Word probabilities (n_words, 15) for new essays: the mean of the run's fold models.
     Loads the run on every call; `NerPredictor` loads it once.
