@@ -25,7 +25,7 @@ from torch import nn
 
 from discourse_rl.common import DiscourseRLError, atomic_write_text
 from discourse_rl.layout import RunLayout
-from discourse_rl.ner.backbone import encoder_parts, hidden_size
+from discourse_rl.ner.backbone import hidden_size
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import autocast
 from discourse_rl.ner.model import NerModel
@@ -44,11 +44,12 @@ class _Given(nn.Module):
 def layer_range(model: NerModel, start: int, stop: int | None) -> Iterator[None]:
     """While inside, `model.encoder` runs only layers [start, stop); from a `start` above 0 its
     embeddings pass `inputs_embeds` through (the states after layer `start` - 1)."""
-    parts = encoder_parts(model)
-    if parts is None:
-        raise DiscourseRLError("ner.cache_frozen: the backbone is not BERT-style")
     hf: Any = model.encoder
-    embeddings, layers = parts
+    embeddings = getattr(hf, "embeddings", None)
+    layers = getattr(getattr(hf, "encoder", None), "layer", None)
+    if not isinstance(embeddings, nn.Module) or not isinstance(layers, nn.ModuleList):
+        # The swap below names BERT-style modules (embeddings, encoder.layer).
+        raise DiscourseRLError("ner.cache_frozen: only BERT-style backbones (set it to false)")
     hf.encoder.layer = nn.ModuleList(list(layers)[start:stop])
     if start > 0:
         hf.embeddings = _Given()
