@@ -81,8 +81,9 @@ class NerConfig:
     grad_accum: int = 1
     """Batches accumulated per optimiser step."""
     threads: int = 0
-    """CPU threads for torch (0 = leave torch's setting; see `common.torch_threads`). On cores
-    shared with other jobs, 1 is about twice as fast as 2 (spinning threads wait on each other)."""
+    """CPU threads for torch (0 = leave torch's setting; see `common.torch_threads`). Spinning
+    OpenMP threads made 2 collapse beside other jobs; the package now makes them sleep
+    (OMP_WAIT_POLICY=PASSIVE, docs/ner.md)."""
     freeze_layers: int = 0
     """'finetune': freeze the embeddings and this many lower encoder layers."""
     attention_dropout: float = 0.0
