@@ -250,8 +250,10 @@ def test_run_writes_every_artefact_resumes_and_predicts(
 
 
 def _error_lines(err: str) -> int:
-    """Lines the command wrote (transformers' own progress bars aside)."""
-    return sum(1 for line in err.splitlines() if line.startswith("discourse-rl:"))
+    """Lines on stderr, each one of the command's (no library's progress bar in between)."""
+    lines = err.splitlines()
+    assert all(line.startswith("discourse-rl:") for line in lines), err
+    return len(lines)
 
 
 def _damage_is_one_line_and_rebuilt(
@@ -284,6 +286,7 @@ def _damage_is_one_line_and_rebuilt(
 
     head = lay.fold(1).head
     head.write_bytes(b"")
+    capsys.readouterr()
     assert main([*predict, "--stage", "ner-naive"]) == 2
     err = capsys.readouterr().err
     assert _error_lines(err) == 1 and f"{head}: damaged: 0 bytes" in err, err

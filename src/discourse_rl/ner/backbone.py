@@ -10,6 +10,7 @@ settings for pre-split words (byte-level BPE needs `add_prefix_space`), extra in
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,14 @@ def load_encoder(
 ) -> nn.Module:
     """The backbone; dropout given here replaces the backbone config's own (None keeps it)."""
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
 
     from discourse_rl import artefacts
+    from discourse_rl.common import is_terminal
 
+    if not is_terminal(sys.stderr):
+        # Its "Loading weights" bar would be '\r'-joined noise in a log (and in one-line errors).
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if Path(path).is_dir():
         # A run's saved encoder: its files must be those the NER stage wrote.
         for f in sorted(Path(path).iterdir()):
