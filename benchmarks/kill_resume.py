@@ -4,6 +4,7 @@ no temporary file behind.
 
     .venv/bin/python -m benchmarks.kill_resume --kills 2
     .venv/bin/python -m benchmarks.kill_resume --kills 5 --seed 1 --json
+    .venv/bin/python -m benchmarks.kill_resume --kills 3 --phases bc,ppo,episode
 
 First an uninterrupted `python -m discourse_rl run` (the demo config unless `--config`) into a
 temporary folder, its output read line by line to time its phases: NER (encoding the essays,
@@ -199,6 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--kills", type=int, default=3, help="how many times to kill the job")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    ap.add_argument(
+        "--phases",
+        default=",".join(PHASE_NAMES),
+        help="phases to kill in, cycled through in order (default: all of them)",
+    )
     ap.add_argument("--config", type=Path, default=None, help="run config (default: the demo)")
     ap.add_argument("--data", type=Path, default=None, help="data folder (default: the sample)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the run folders here")
@@ -210,6 +216,9 @@ def main(argv: list[str] | None = None) -> None:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.kills < 1:
         raise DiscourseRLError("--kills: at least 1")
+    unknown = set(p.strip() for p in args.phases.split(",")) - set(PHASE_NAMES)
+    if unknown:
+        raise DiscourseRLError(f"--phases: unknown {sorted(unknown)}; known: {PHASE_NAMES}")
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="kill_resume_")
     work = Path(args.workdir or tmp.name)  # type: ignore[union-attr]
     try:
@@ -241,7 +250,10 @@ def _measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     print(
         f"  {total:.0f} s; phases began at " + ", ".join(f"{p} {s:.0f} s" for p, s in began.items())
     )
-    seen = [p for p in PHASE_NAMES if p in began]
+    wanted = [p.strip() for p in args.phases.split(",") if p.strip()]
+    seen = [p for p in PHASE_NAMES if p in began and p in wanted]
+    if not seen:
+        raise DiscourseRLError(f"--phases {args.phases}: none of them showed in the run")
 
     kills: list[dict[str, Any]] = []
     half: list[str] = []

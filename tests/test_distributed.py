@@ -19,6 +19,7 @@ from discourse_rl.common import WRITE_TRACE, DiscourseRLError
 from discourse_rl.data import load_corpus, load_word_probs, sample_dir
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerPredictor
+from discourse_rl.pipeline import train_ner
 
 SKIP = ("checkpoints", "tensorboard", "tb")
 """Folders written by libraries (the Trainer's checkpoints, TensorBoard), not by the stage."""
@@ -43,7 +44,7 @@ def _config(path: Path, backbone: str) -> Path:
     path.write_text(
         "seed = 0\nsure_only = false\n\n[ner]\n"
         f'backbone = "{backbone}"\nmode = "finetune"\nfolds = 2\nwindow = 64\noverlap = 16\n'
-        "epochs = 3.0\nbatch_size = 2\nlr = 0.002\nhead_lr = 0.01\nbf16 = false\n"
+        "epochs = 2.0\nbatch_size = 2\nlr = 0.002\nhead_lr = 0.01\nbf16 = false\n"
         "save_every = 1000\nthreads = 1\n",
         encoding="utf-8",
     )
@@ -80,7 +81,7 @@ def test_torchrun_two_processes_train_ner(tiny_backbone: str, tmp_path: Path) ->
     }
     args = ["-m", "discourse_rl", "train-ner", "--data", str(data), "--config", str(config)]
     one = tmp_path / "one"
-    subprocess.run([sys.executable, *args, "--out", str(one)], env=env, check=True, timeout=300)
+    train_ner(one, data, config, log=lambda _: None)
 
     two = tmp_path / "two"
     trace = tmp_path / "writes.txt"
@@ -109,8 +110,9 @@ def test_torchrun_two_processes_train_ner(tiny_backbone: str, tmp_path: Path) ->
     # its numbers differ from one process's by design: both must learn about as much.
     uniform = float(np.log(15))
     nll_one, nll_two = _held_out_nll(one, data), _held_out_nll(two, data)
+    print(f"held-out NLL: one process {nll_one:.3f}, two {nll_two:.3f}, uniform {uniform:.3f}")
     assert nll_one < 0.8 * uniform and nll_two < 0.8 * uniform
-    assert abs(nll_one - nll_two) < 0.25 * uniform
+    assert abs(nll_one - nll_two) < 0.1 * uniform  # seen: 1.594 and 1.583
 
     # The test essays were predicted in two shares and gathered: the same as one process
     # predicting them all with the saved models (float16 on disk).
