@@ -169,8 +169,11 @@ class AgentResume:
         if rec is not None:
             log(f"[agent] seed {seed}: {trainer} finished earlier, reusing it")
             return rec
+        # What an interrupted attempt left (its record first, then checkpoints such as best.pt
+        # that the trainer would otherwise find) goes: the trainer starts from nothing.
         done = self.lay.trainer_done(trainer, k, seed)
         done.unlink(missing_ok=True)
+        shutil.rmtree(self.lay.trainer_dir(trainer, k, seed), ignore_errors=True)
         t0 = time.perf_counter()
         made = train()
         seconds = time.perf_counter() - t0
