@@ -1,7 +1,7 @@
 """gbdt's fit time at a given scale, to size the reference config (and negative subsampling).
 
     .venv/bin/python -m benchmarks.gbdt_fit --data ../shared/data/feedback-prize-2021 \\
-        --essays 1200 --negative-share 1.0 0.3
+        --essays 1500 --negative-share 1.0 0.3
 
 Word probabilities are simulated from the gold labels (`segments.simulate_word_probs`, noise 0.5
 puts naive decoding near the real tagger's); a seeded 80% of `--essays` essays trains, the rest
@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--essays", type=int, default=300, help="essays drawn (seeded)")
     ap.add_argument("--negative-share", type=float, nargs="+", default=[1.0])
     ap.add_argument("--n-estimators", type=int, default=spans.SpanConfig().n_estimators)
+    ap.add_argument("--learning-rate", type=float, default=spans.SpanConfig().learning_rate)
+    ap.add_argument("--threshold-folds", type=int, default=spans.SpanConfig().threshold_folds)
     ap.add_argument("--threads", type=int, default=2, help="LightGBM threads")
     add_json_flag(ap)
     args = ap.parse_args(argv)
@@ -49,7 +51,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     split = heldout_split(ids, 0.2, 0)
     train, held = list(split.train), list(split.heldout)
     gt = gold_frame(corpus, held)
-    base = spans.SpanConfig(n_estimators=args.n_estimators, num_threads=args.threads)
+    base = spans.SpanConfig(
+        n_estimators=args.n_estimators,
+        learning_rate=args.learning_rate,
+        threshold_folds=args.threshold_folds,
+        num_threads=args.threads,
+    )
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
     )
