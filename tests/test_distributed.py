@@ -143,14 +143,20 @@ def test_frozen_mode_under_several_processes_is_one_clear_error(
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
-def test_predict_shards_combine_into_the_unsharded_output(
-    tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from discourse_rl.cli import main
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.tiny_run import make_tiny_run
 
-    run = make_tiny_run(tmp_path / "model")
+    return make_tiny_run(tmp_path_factory.mktemp("model"))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_predict_shards_combine_into_the_unsharded_output(
+    tiny_run: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from discourse_rl.cli import main
+
+    run = tiny_run
     essays = sample_dir() / "test"
     base = ["predict", "--model", str(run), "--essays", str(essays), "--format", fmt]
     whole, out = tmp_path / f"whole.{fmt}", tmp_path / f"sharded.{fmt}"
@@ -164,3 +170,24 @@ def test_predict_shards_combine_into_the_unsharded_output(
     )
     assert "combined 3 parts" in capsys.readouterr().out
     assert main([*base, "--out", str(out), "--shard", "3/3"]) == 2
+
+
+def test_torchrun_predict_shares_the_essays_and_combines(tiny_run: Path, tmp_path: Path) -> None:
+    """Under a launcher each process labels its share; process 0 writes what one process would."""
+    from discourse_rl.cli import main
+
+    essays = sample_dir() / "test"
+    args = ["predict", "--model", str(tiny_run), "--essays", str(essays), "--stage", "ner-naive"]
+    assert main([*args, "--out", str(tmp_path / "one.csv")]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*launch, "-m", "discourse_rl", *args, "--out", str(tmp_path / "two.csv")],
+        env={**env, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.csv", "two.csv"]
