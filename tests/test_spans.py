@@ -130,3 +130,21 @@ def test_bad_inputs_are_clear_errors(corpus, probs, model, tmp_path: Path) -> No
         spans.SpanModel.load(tmp_path / "missing")
     with pytest.raises(DiscourseRLError, match="no training essay"):
         spans.fit(probs, corpus, ["nope"], CFG)
+
+
+def test_negative_subsampling_keeps_every_hit(corpus, probs, model, train_ids) -> None:  # type: ignore[no-untyped-def]
+    cfg = dataclasses.replace(CFG, negative_share=0.3)
+    data = spans.gbdt.training_table(probs, corpus, train_ids, cfg)
+    hit = data.table.hit
+    assert hit is not None
+    rows = spans.gbdt._training_rows(hit, cfg)
+    assert rows[hit].all() and 0.2 < rows[~hit].mean() < 0.4
+    a, b = (spans.gbdt.fit_table(data, corpus, cfg) for _ in range(2))
+    assert a.report.n_train_rows == int(rows.sum()) < model.report.n_train_rows
+    assert model.report.n_train_rows == model.report.n_candidates
+    assert [x.model_to_string() for x in a.boosters.values()] == [
+        x.model_to_string() for x in b.boosters.values()
+    ]
+    # The table built once gives what fit() gives from scratch.
+    direct = spans.fit(probs, corpus, train_ids, cfg)
+    assert direct.thresholds == a.thresholds
