@@ -148,3 +148,24 @@ def test_negative_subsampling_keeps_every_hit(corpus, probs, model, train_ids) -
     # The table built once gives what fit() gives from scratch.
     direct = spans.fit(probs, corpus, train_ids, cfg)
     assert direct.thresholds == a.thresholds
+
+
+def test_paragraph_breaks_make_paragraph_candidates(corpus, probs) -> None:  # type: ignore[no-untyped-def]
+    from discourse_rl.spans.candidates import essay_candidates
+    from discourse_rl.spans.features import essay_layout
+
+    eid = corpus.ids[0]
+    p = probs[eid]
+    breaks = np.flatnonzero(essay_layout(corpus.essays[eid]).paragraph)
+    vit = constrained.constrained_spans(p, ())
+    plain = essay_candidates(p, vit, CFG.candidates())
+    with_breaks = essay_candidates(p, vit, CFG.candidates(), breaks)
+    ends = np.append(breaks[1:], p.shape[0])
+
+    def paragraphs(c) -> int:  # type: ignore[no-untyped-def]
+        pairs = set(zip(c.start.tolist(), c.end.tolist(), strict=True))
+        return sum((s, e) in pairs for s, e in zip(breaks.tolist(), ends.tolist(), strict=True))
+
+    # Whole paragraphs the tagger's boundaries alone did not offer become candidates.
+    assert len(breaks) > 2 and paragraphs(with_breaks) > paragraphs(plain)
+    assert with_breaks.size >= plain.size

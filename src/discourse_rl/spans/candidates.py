@@ -64,8 +64,10 @@ def essay_candidates(
     probs: npt.NDArray[np.floating],
     viterbi_spans: Spans,
     cfg: CandidateSettings,
+    breaks: npt.NDArray[np.integer] | None = None,
 ) -> EssayCandidates:
-    """Candidates of one essay from its word probabilities and its constrained decoder spans."""
+    """Candidates of one essay from its word probabilities and its constrained decoder spans;
+    `breaks` (paragraph starts) are further likely starts and boundaries."""
     n = probs.shape[0]
     naive = labels_to_spans(np.argmax(probs, axis=1))
     start_p = probs[:, 1::2].sum(1)
@@ -82,6 +84,8 @@ def essay_candidates(
     # Stretches between boundaries, each with the classes that dominate it.
     starts = np.union1d(np.flatnonzero(start_p > cfg.start_threshold), [0])
     starts = np.union1d(starts, np.concatenate([naive[1], viterbi_spans[1]]))
+    if breaks is not None:
+        starts = np.union1d(starts, np.asarray(breaks, dtype=np.int64))
     bounds = np.union1d(starts, np.concatenate([naive[2], viterbi_spans[2], [n]]))
     bounds = bounds[bounds > 0]
     first = np.searchsorted(bounds, starts, side="right")

@@ -71,6 +71,10 @@ class SpanConfig:
     """... of at most this many classes (the most probable)."""
     shift: int = 1
     """Naive and Viterbi spans also give variants with start and end moved by up to this."""
+    paragraph_candidates: bool = False
+    """Paragraph starts are also likely starts and boundaries (whole paragraphs and runs of
+    them become candidates: elements often follow paragraphs where the tagger's boundaries are
+    weak)."""
     per_class: bool = False
     """One model per class instead of one model with the class as a feature."""
     n_estimators: int = 300
@@ -185,8 +189,10 @@ def build_candidates(
         if p.ndim != 2 or p.shape != (essay.n_words, 15):
             raise DiscourseRLError(f"{eid}: {essay.n_words} words but probabilities {p.shape}")
         vit = constrained.constrained_spans(p, limits.unique_classes)
-        cand = essay_candidates(p, vit, settings)
-        rows.append((cand, candidate_features(p, cand, essay_layout(essay))))
+        layout = essay_layout(essay)
+        breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
+        cand = essay_candidates(p, vit, settings, breaks)
+        rows.append((cand, candidate_features(p, cand, layout)))
         if corpus is not None:
             el = corpus.essay_elements(eid)
             gold = tuple(el[c].to_numpy(np.int64) for c in ("class_idx", "word_start", "word_end"))
