@@ -28,7 +28,8 @@ from discourse_rl.data import Essay, load_corpus, sample_dir
 from discourse_rl.decode import evaluate_decoding
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerPredictor
-from discourse_rl.ner.config import INFER_DTYPES, FloatArray
+from discourse_rl.arrays import FloatArray
+from discourse_rl.ner.config import INFER_DTYPES
 from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
 from discourse_rl.ner.run import read_json
 from discourse_rl.ner.stage import stage_config

@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
+from discourse_rl.arrays import FloatArray, IntArray
 from discourse_rl.common import (
     DiscourseRLError,
     at_most,
@@ -39,14 +40,12 @@ from discourse_rl.decode import (
     PUBLIC_MIN_PROB,
     PUBLIC_MIN_WORDS,
     DecodeConfig,
-    FloatArray,
     Spans,
     TunedThresholds,
     filter_spans,
     fit_tuned,
 )
 
-IntArray = npt.NDArray[np.int64]
 N_CLASSES = len(CLASSES)
 # log(0) would make every path through an impossible-looking label -inf, ties everywhere.
 _LOG_FLOOR = 1e-12

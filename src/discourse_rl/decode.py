@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from discourse_rl.arrays import FloatArray, IntArray
 from discourse_rl.common import (
     ConfigValueError,
     DiscourseRLError,
@@ -35,8 +36,6 @@ from discourse_rl.common import (
 from discourse_rl.data import CLASSES, Corpus, labels_to_spans, spans_to_frame
 from discourse_rl.metric import Score, essay_counts, score
 
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 Spans = tuple[IntArray, IntArray, IntArray]
 N_CLASSES = len(CLASSES)
 

@@ -21,12 +21,12 @@ import numpy.typing as npt
 from gymnasium import spaces
 
 from discourse_rl.agent.reward import ESSAY_REWARDS, Spans, essay_counts, gold_table
+from discourse_rl.arrays import IntArray
 from discourse_rl.segments import N_ACTIONS, EssaySegments, allowed_actions
 
 # gold_table and Spans are the environment's answer key; importable from here for its users.
 __all__ = ["SegmentLabelEnv", "Spans", "gold_table", "observation_space"]
 
-IntArray = npt.NDArray[np.int64]
 Obs = dict[str, Any]
 # Features are probabilities, shares and embeddings: far inside this bound.
 FEATURE_BOUND = 100.0

@@ -24,17 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from discourse_rl.arrays import FloatArray
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.layout import RunLayout
 
 if TYPE_CHECKING:
-    import numpy as np
-    import numpy.typing as npt
-
     from discourse_rl.data import Essay
     from discourse_rl.ner import NerPredictor
 
-    FloatArray = npt.NDArray[np.float32]
 
 STAGES = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", "bc", "ppo", "episode")
 """Every stage a run may offer for labelling, in pipeline order."""

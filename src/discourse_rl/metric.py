@@ -20,17 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as arrow_compute
 from numpy.lib.stride_tricks import sliding_window_view
 
+from discourse_rl.arrays import BoolArray, IntArray
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import CLASSES
 
-IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 N_CLASSES = len(CLASSES)
 _CLASS_CODES = pd.Index(CLASSES)
 

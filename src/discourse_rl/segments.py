@@ -24,6 +24,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl import metric
+from discourse_rl.arrays import BoolArray, FloatArray, IntArray
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_save,
@@ -33,9 +34,6 @@ from discourse_rl.common import (
 )
 from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, Essay, spans_to_frame
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
 Probs = Mapping[str, npt.NDArray[np.floating]]
 
 N_CLASSES = len(CLASSES)

@@ -27,7 +27,6 @@ from discourse_rl.common import (
 from discourse_rl.common import torch_threads as torch_threads  # its home is common
 from discourse_rl.segments import N_ACTIONS, EssaySegments, action_masks
 
-IntArray = npt.NDArray[np.int64]
 StepLogits = Callable[[int, torch.Tensor], torch.Tensor]
 EssayReward = Literal["f1", "jaccard"]
 """Rewards of one essay alone (`agent.reward.ESSAY_REWARDS`)."""

@@ -59,6 +59,7 @@ from discourse_rl.agent.reward import (
     labelling_counts,
     rewards,
 )
+from discourse_rl.arrays import IntArray
 from discourse_rl.common import (
     ConfigValueError,
     atomic_write_text,
@@ -76,7 +77,6 @@ from discourse_rl.segments import EssaySegments
 Estimator = Literal["rloo", "self_critical", "ppo"]
 EpisodeReward = Literal["macro", "f1", "jaccard"]
 ESTIMATORS: tuple[str, ...] = get_args(Estimator)
-IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)

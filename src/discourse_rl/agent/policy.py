@@ -32,11 +32,11 @@ from discourse_rl.agent.common import (
     sample_labellings,
     unpad,
 )
+from discourse_rl.arrays import IntArray
 from discourse_rl.common import DiscourseRLError, atomic_open, atomic_save
 from discourse_rl.data import Corpus
 from discourse_rl.segments import N_ACTIONS, EssaySegments, allowed_actions, gold_frame, spans_frame
 
-IntArray = npt.NDArray[np.int64]
 KINDS = ("plain", "autoregressive")
 CHECKPOINT_FORMAT = 2
 """Version of the checkpoint layout; 1 (no config, SB3 parameter names) is no longer read."""

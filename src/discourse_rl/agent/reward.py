@@ -21,11 +21,11 @@ import numpy.typing as npt
 import torch
 
 from discourse_rl import metric
+from discourse_rl.arrays import IntArray
 from discourse_rl.data import CLASSES, Corpus
 from discourse_rl.segments import EssaySegments, actions_to_spans, gold_spans
 
-IntArray = npt.NDArray[np.int64]
-FloatArray = npt.NDArray[np.float64]
+Float64Array = npt.NDArray[np.float64]
 Spans = tuple[IntArray, IntArray, IntArray]
 """One essay's spans: (class index, word_start, word_end)."""
 
@@ -81,7 +81,7 @@ class MacroReward:
         self.stats = self._stats(counts)
 
     @staticmethod
-    def _stats(counts: IntArray) -> FloatArray:
+    def _stats(counts: IntArray) -> Float64Array:
         """(7, 3) mean per-essay TP, FP, FN."""
         return np.asarray(counts.reshape(-1, len(CLASSES), 3).mean(0), dtype=np.float64)
 
@@ -89,7 +89,7 @@ class MacroReward:
         m = self.momentum
         self.stats = m * self.stats + (1 - m) * self._stats(counts)
 
-    def __call__(self, counts: IntArray) -> FloatArray:
+    def __call__(self, counts: IntArray) -> Float64Array:
         tp, fp, fn = self.stats.T
         d = 2 * tp + fp + fn
         live = d > 1e-9
@@ -99,7 +99,7 @@ class MacroReward:
         return np.asarray(np.where(live, gain, 0.0).sum(-1) / max(int(live.sum()), 1))
 
 
-def rewards(counts: IntArray, kind: str, macro: MacroReward | None = None) -> FloatArray:
+def rewards(counts: IntArray, kind: str, macro: MacroReward | None = None) -> Float64Array:
     """Reward of each labelling from its (..., 7, 3) counts; 'macro' needs `macro`."""
     if kind == "macro":
         if macro is None:

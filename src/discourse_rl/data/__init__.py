@@ -1,6 +1,7 @@
 """Essays and their discourse elements: the corpus (`corpus`) and reading it from a folder in
 the Kaggle layout, with every check of the files (`read`)."""
 
+from discourse_rl.arrays import IntArray
 from discourse_rl.data.corpus import (
     CLASS_INDEX,
     CLASSES,
@@ -9,7 +10,6 @@ from discourse_rl.data.corpus import (
     SURE_CONFIDENCE,
     Corpus,
     Essay,
-    IntArray,
     Quirks,
     class_counts,
     elements_to_labels,

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from discourse_rl.arrays import IntArray
 from discourse_rl.common import DiscourseRLError, atomic_save
 
 CLASSES: tuple[str, ...] = (
@@ -36,8 +37,6 @@ LABELS: tuple[str, ...] = ("O", *(f"{p}-{c}" for c in CLASSES for p in ("B", "I"
 NUM_LABELS = len(LABELS)
 # Essays whose annotations were matched to them without doubt (see the data README).
 SURE_CONFIDENCE = frozenset({"clear_margin", "unique_length"})
-
-IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)

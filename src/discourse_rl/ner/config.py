@@ -5,9 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-import numpy as np
-import numpy.typing as npt
-
 from discourse_rl.common import (
     ConfigValueError,
     at_least,
@@ -17,9 +14,6 @@ from discourse_rl.common import (
     positive,
     probability,
 )
-
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 
 Mode = Literal["frozen", "finetune"]
 Head = Literal["sentence", "gru", "mlp"]

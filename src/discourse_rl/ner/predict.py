@@ -10,12 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from discourse_rl.arrays import FloatArray
 from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.common import progress as progress_bar
 from discourse_rl.data import Essay
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
-from discourse_rl.ner.config import FloatArray, InferDtype, NerConfig
+from discourse_rl.ner.config import InferDtype, NerConfig
 from discourse_rl.ner.inference import (
     default_device,
     encode_word_vectors,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from discourse_rl import distributed
+from discourse_rl.arrays import FloatArray
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_dir,
@@ -33,7 +34,7 @@ from discourse_rl.decode import (
 )
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner.backbone import check_marker, load_encoder, load_tokenizer, resolve_backbone
-from discourse_rl.ner.config import MODES, FloatArray, NerConfig
+from discourse_rl.ner.config import MODES, NerConfig
 from discourse_rl.ner.finetune import train_finetune
 from discourse_rl.ner.frozen import train_frozen
 from discourse_rl.ner.predict import predict_word_probs

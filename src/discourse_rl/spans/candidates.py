@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from discourse_rl.arrays import IntArray
 from discourse_rl.data import CLASSES, labels_to_spans
 from discourse_rl.metric import _hits
 
-IntArray = npt.NDArray[np.int64]
 Spans = tuple[IntArray, IntArray, IntArray]
 N_CLASSES = len(CLASSES)
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from discourse_rl.arrays import BoolArray, FloatArray
 from discourse_rl.data import CLASSES, Essay
 from discourse_rl.spans.candidates import EssayCandidates
 
-FloatArray = npt.NDArray[np.float32]
-BoolArray = npt.NDArray[np.bool_]
 N_CLASSES = len(CLASSES)
 LEVELS = (0.2, 0.4, 0.6, 0.8)
 EDGE = 3  # words on each side of a boundary that its sharpness compares

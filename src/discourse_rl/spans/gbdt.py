@@ -23,12 +23,12 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl import artefacts, constrained
+from discourse_rl.arrays import FloatArray
 from discourse_rl.common import DiscourseRLError, atomic_write_text, config_from_dict
 from discourse_rl.data import CLASSES, Corpus, Essay, spans_to_frame
 from discourse_rl.decode import TunedThresholds
 from discourse_rl.spans.model import (
     CandidateTable,
-    FloatArray,
     SpanConfig,
     build_candidates,
     fit_thresholds,

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from discourse_rl import constrained, decode
+from discourse_rl.arrays import FloatArray, IntArray
 from discourse_rl.common import (
     ConfigValueError,
     DiscourseRLError,
@@ -52,8 +53,6 @@ from discourse_rl.spans.features import (
     essay_layout,
 )
 
-FloatArray = npt.NDArray[np.float32]
-IntArray = npt.NDArray[np.int64]
 N_CLASSES = len(CLASSES)
 
 
