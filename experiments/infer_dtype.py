@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from benchmarks.common import add_json_flag, report, require
+from discourse_rl.arrays import FloatArray
 from discourse_rl.common import torch_threads
 from discourse_rl.data import Essay, load_corpus, sample_dir
 from discourse_rl.decode import evaluate_decoding
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerPredictor
-from discourse_rl.arrays import FloatArray
 from discourse_rl.ner.config import INFER_DTYPES
 from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
 from discourse_rl.ner.run import read_json
