@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from discourse_rl.shards import Shard
@@ -32,16 +32,74 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+def _command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str,
+    handler: Handler,
+    help: str,
+    examples: str,
+) -> argparse.ArgumentParser:
+    """A sub-command laid out as all of them are: one-line help, then examples in the epilog."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        name, help=help, formatter_class=_formatter, epilog="examples:\n" + examples
+    )
+    p.set_defaults(handler=handler)
+    return p
+
+
+# Options several commands share, under one spelling and one help text.
+_SHARED: dict[str, tuple[str, dict[str, Any]]] = {
+    "data": (
+        "--data",
+        {"type": Path, "default": None, "help": "data folder (default: embedded sample)"},
+    ),
+    "json": ("--json", {"action": "store_true", "help": "print machine-readable JSON"}),
+    "model": ("--model", {"required": True, "type": Path, "help": "trained run folder"}),
+    "model-or-demo": (
+        "--model",
+        {
+            "type": Path,
+            "default": Path("runs/demo"),
+            "help": "run folder or model .zip (runs/demo)",
+        },
+    ),
+}
+
+
+def _options(p: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        flag, kwargs = _SHARED[name]
+        p.add_argument(flag, **kwargs)
+
+
+def _stage_option(p: argparse.ArgumentParser) -> None:
+    """--stage of the commands that label with one stage (label, serve)."""
+    from discourse_rl.labeller import STAGES
+
+    p.add_argument(
+        "--stage", choices=STAGES, type=_stage_name, default=None, help="default: the run's best"
+    )
+
+
+def _print_report(run_dir: Path, note: str = "") -> None:
+    """The run's results table (RUN/results.md), then where it is."""
+    from discourse_rl.layout import RunLayout
+
+    report = RunLayout(run_dir).report
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"wrote {report}{note}")
+
+
 # ---------------------------------------------------------------------------------------------
 # score
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "score",
-        help="score a submission against ground truth (competition metric, one-to-one)",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_score,
+        "score a submission against ground truth (competition metric, one-to-one)",
         "  discourse-rl score --pred submission.csv --gt train.csv\n"
         "  discourse-rl score --pred submission.csv --gt train.csv --json",
     )
@@ -49,8 +107,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "--gt", required=True, type=Path, help="csv with id,discourse_type,predictionstring"
     )
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(handler=_cmd_score)
+    _options(p, "json")
 
 
 def _read_csv(path: Path, what: str, columns: Sequence[str]) -> object:
@@ -108,17 +165,15 @@ def format_score_table(result: object) -> str:
 
 
 def _add_data_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "data-report",
-        help="summarise a Kaggle-layout data folder (default: the embedded sample)",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_data_report,
+        "summarise a Kaggle-layout data folder (default: the embedded sample)",
         "  discourse-rl data-report\n"
         "  discourse-rl data-report --data ../shared/data/feedback-prize-2021",
     )
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(handler=_cmd_data_report)
+    _options(p, "data", "json")
 
 
 def _cmd_data_report(args: argparse.Namespace) -> int:
@@ -134,11 +189,11 @@ def _cmd_data_report(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "run",
-        help="the main job: train every stage and write the results table, plots and models",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_run,
+        "the main job: train every stage and write the results table, plots and models",
         "  discourse-rl run          # embedded sample, demo config, runs/demo: about 2 min\n"
         "  discourse-rl run --data ../shared/data/feedback-prize-2021 \\\n"
         "      --out runs/reference --config configs/reference.toml      # about 2 h 10 min\n"
@@ -146,22 +201,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "Running the same command again reuses every stage whose config and inputs are\n"
         "unchanged; a changed config re-runs that stage and the ones after it.",
     )
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
+    _options(p, "data")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (runs/demo)")
     p.add_argument(
         "--config", type=Path, default=None, help="run config TOML (default: the demo config)"
     )
-    p.set_defaults(handler=_cmd_run)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from discourse_rl.layout import RunLayout
     from discourse_rl.pipeline import run_pipeline
 
     summary = run_pipeline(args.data, args.out, args.config)
-    report = RunLayout(summary.run_dir).report
-    print(report.read_text(encoding="utf-8"), end="")
-    print(f"wrote {report} (stages run: {', '.join(summary.ran) or 'none'})")
+    _print_report(summary.run_dir, f" (stages run: {', '.join(summary.ran) or 'none'})")
     return 0
 
 
@@ -170,11 +221,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "train-ner",
-        help="train the NER fold models; write out-of-fold word probabilities and thresholds",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_train_ner,
+        "train the NER fold models; write out-of-fold word probabilities and thresholds",
         "  discourse-rl train-ner --out runs/demo --config configs/demo.toml      # about 45 s\n"
         "  discourse-rl train-ner --data ../shared/data/feedback-prize-2021 \\\n"
         "      --out runs/reference --config configs/reference.toml             # about 82 min\n"
@@ -183,7 +234,7 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         f"{TIMES}\n"
         "An interrupted run resumes when the same command is run again.",
     )
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
+    _options(p, "data")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument(
         "--config",
@@ -194,7 +245,6 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--backbone", default=None, help="Hugging Face model name or folder")
     p.add_argument("--mode", choices=("frozen", "finetune"), default=None, help="training mode")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
-    p.set_defaults(handler=_cmd_train_ner)
 
 
 def _cmd_train_ner(args: argparse.Namespace) -> int:
@@ -219,11 +269,11 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from discourse_rl.labeller import STAGES
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "predict",
-        help="label new essays with a trained run; write a Kaggle submission csv or jsonl",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_predict,
+        "label new essays with a trained run; write a Kaggle submission csv or jsonl",
         "  discourse-rl predict --model runs/demo --essays essays/ --out submission.csv\n"
         "  discourse-rl predict --model runs/reference --essays one_essay.txt --out sub.csv \\\n"
         "      --stage ner-naive\n"
@@ -258,7 +308,6 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="label share I (from 0) of N of the essays into OUT.shard-I-of-N; the share that "
         "finds all N parts combines them into OUT (under torchrun: one share per process)",
     )
-    p.set_defaults(handler=_cmd_predict)
 
 
 def _stage_name(name: str) -> str:
@@ -350,26 +399,20 @@ def _combine_shards(args: argparse.Namespace, shard: Shard, stages: list[str]) -
 
 
 def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from discourse_rl.labeller import STAGES
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "label",
-        help="show one essay in the terminal with its elements coloured, and what is missing",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_label,
+        "show one essay in the terminal with its elements coloured, and what is missing",
         "  discourse-rl label my_essay.txt                 # the model in runs/demo\n"
         "  discourse-rl label my_essay.txt --model runs/reference --stage ner-tuned\n"
         "  discourse-rl label my_essay.txt --json          # the elements and summary as JSON",
     )
     p.add_argument("essay", type=Path, help="the essay, a UTF-8 .txt file")
-    p.add_argument(
-        "--model", type=Path, default=Path("runs/demo"), help="run folder or model .zip (runs/demo)"
-    )
-    p.add_argument(
-        "--stage", choices=STAGES, type=_stage_name, default=None, help="default: the run's best"
-    )
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(handler=_cmd_label)
+    _options(p, "model-or-demo")
+    _stage_option(p)
+    _options(p, "json")
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
@@ -400,13 +443,12 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from discourse_rl.labeller import STAGES
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "serve",
-        help="a local web page (and JSON API) that labels pasted or uploaded essays",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_serve,
+        "a local web page (and JSON API) that labels pasted or uploaded essays",
         "  discourse-rl serve --model runs/demo             # http://127.0.0.1:8000\n"
         "  discourse-rl serve --model model.zip --port 8080\n"
         'API: POST /api/label {"text": "..."} -> {"elements": [...], "summary": {...}};\n'
@@ -414,15 +456,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0: non-commercial use,\n"
         "with attribution (see src/discourse_rl/sample/LICENSE.md).",
     )
-    p.add_argument(
-        "--model", type=Path, default=Path("runs/demo"), help="run folder or model .zip (runs/demo)"
-    )
-    p.add_argument(
-        "--stage", choices=STAGES, type=_stage_name, default=None, help="default: the run's best"
-    )
+    _options(p, "model-or-demo")
+    _stage_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
-    p.set_defaults(handler=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -439,21 +476,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from discourse_rl.labeller import STAGES
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
-        help="pack what labelling needs from a run into one compact .zip",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_export,
+        "pack what labelling needs from a run into one compact .zip",
         "  discourse-rl export --model runs/demo --out demo-model.zip\n"
         "  discourse-rl label essay.txt --model demo-model.zip\n"
         "Fold weights in float16, without tensors equal to the installed backbone's; the\n"
         "thresholds, the stage's policy, the run's held-out scores, licence and attribution.\n"
         "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0 (non-commercial).",
     )
-    p.add_argument("--model", required=True, type=Path, help="trained run folder")
+    _options(p, "model")
     p.add_argument("--out", required=True, type=Path, help="the .zip to write")
     p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
-    p.set_defaults(handler=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -470,11 +506,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "train-agent",
-        help="cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_train_agent,
+        "cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out",
         "  discourse-rl train-agent --run runs/demo                    # after train-ner: ~70 s\n"
         "  discourse-rl train-agent --run runs/sim --simulate --max-essays 300    # ~2-3 min\n"
         "  discourse-rl train-agent --run runs/reference \\\n"
@@ -487,7 +523,7 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "and updates RUN/config.toml, RUN/stages.json and RUN/results.md as `run` would.",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder")
-    p.add_argument("--data", type=Path, default=None, help="data folder (default: embedded sample)")
+    _options(p, "data")
     p.add_argument(
         "--config",
         type=Path,
@@ -501,11 +537,9 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument(
         "--max-essays", type=int, default=None, help="PPO learns from at most this many essays"
     )
-    p.set_defaults(handler=_cmd_train_agent)
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
-    from discourse_rl.layout import RunLayout
     from discourse_rl.pipeline import train_agent
 
     train_agent(
@@ -516,9 +550,7 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
         max_essays=args.max_essays,
         simulate=args.simulate,
     )
-    report = RunLayout(args.run).report
-    print(report.read_text(encoding="utf-8"), end="")
-    print(f"wrote {report}")
+    _print_report(args.run)
     return 0
 
 
@@ -527,19 +559,17 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "info",
-        help="list the stages a trained run can predict with and their held-out scores",
-        formatter_class=_formatter,
-        epilog="examples:\n"
+        _cmd_info,
+        "list the stages a trained run can predict with and their held-out scores",
         "  discourse-rl info --model runs/demo\n"
         "  discourse-rl info --model runs/reference --json\n"
         "--json prints a list of rows with the keys stage, macro_f1, sd, seeds, n_heldout,\n"
         "n_train, heldout, essay_f1, essay_jaccard, seconds, data, config, model.",
     )
-    p.add_argument("--model", required=True, type=Path, help="trained run folder")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.set_defaults(handler=_cmd_info)
+    _options(p, "model", "json")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
