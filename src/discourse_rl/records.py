@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -60,6 +60,23 @@ class HeldOutScore:
     """Mean per-essay F-score (the RL reward)."""
     essay_jaccard: float
     """Mean per-essay TP / (TP + FP + FN), the seed's essay score."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "macro_f1": _num(self.macro_f1),
+            "per_class": {c: _num(self.per_class[c]) for c in CLASSES},
+            "essay_f1": _num(self.essay_f1),
+            "essay_jaccard": _num(self.essay_jaccard),
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> HeldOutScore:
+        return cls(
+            _float(d["macro_f1"]),
+            {c: _float(d["per_class"][c]) for c in CLASSES},
+            _float(d["essay_f1"]),
+            _float(d["essay_jaccard"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -220,22 +237,27 @@ class TradeoffRow:
     oracle_macro_f1: float
 
 
+def _find(rows: Sequence[StageScores], name: str) -> StageScores | None:
+    return next((s for s in rows if s.stage == name), None)
+
+
 @dataclass(frozen=True)
-class AgentResults:
-    """RUN/agent/results.json: the agent stage's table and what it took."""
+class _SecondStageResults:
+    """What every second stage's results.json starts with: its held-out essays and rows.
+
+    A subclass adds its own fields (with defaults) and extends `to_json`, `_own_fields` and
+    `what`; `read` and `write` are shared."""
 
     n_train: int
     n_heldout: int
     heldout: HeldOutEssays
     stages: tuple[StageScores, ...]
-    """ner-naive, ner-tuned, oracle, then the agent trainers, all on the same essays."""
-    seeds: tuple[SeedRecord, ...] = ()
-    tradeoff: tuple[TradeoffRow, ...] = ()
-    segments_per_essay: float = math.nan
-    segments_seconds: float = math.nan
+
+    what: ClassVar[str] = "results"
+    """Names the file in the error that an unreadable one gives."""
 
     def stage(self, name: str) -> StageScores | None:
-        return next((s for s in self.stages if s.stage == name), None)
+        return _find(self.stages, name)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -244,6 +266,56 @@ class AgentResults:
             "n_heldout": self.n_heldout,
             "heldout": vars(self.heldout).copy(),
             "stages": {s.stage: s.to_json() for s in self.stages},
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Self:
+        return cls(
+            int(d["n_train"]),
+            int(d["n_heldout"]),
+            HeldOutEssays(**d["heldout"]),
+            tuple(StageScores.from_json(s) for s in d["stages"].values()),
+            *cls._own_fields(d),
+        )
+
+    @classmethod
+    def _own_fields(cls, d: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The subclass's fields after the shared four, in declaration order."""
+        return ()
+
+    @classmethod
+    def _check(cls, d: Mapping[str, Any], path: str | Path) -> None:
+        """Raise a clearer error than 'unreadable' for a file a known older format wrote."""
+
+    def write(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, path: str | Path) -> Self:
+        d = _read_json(path)
+        cls._check(d, path)
+        try:
+            return cls.from_json(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DiscourseRLError(f"{path}: unreadable {cls.what} ({exc!r})") from None
+
+
+@dataclass(frozen=True)
+class AgentResults(_SecondStageResults):
+    """RUN/agent/results.json: the agent stage's table and what it took.
+
+    `stages`: ner-naive, ner-tuned, oracle, then the agent trainers, all on the same essays."""
+
+    seeds: tuple[SeedRecord, ...] = ()
+    tradeoff: tuple[TradeoffRow, ...] = ()
+    segments_per_essay: float = math.nan
+    segments_seconds: float = math.nan
+
+    what: ClassVar[str] = "agent results"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **super().to_json(),
             "seeds": [vars(r).copy() for r in self.seeds],
             "tradeoff": [vars(t).copy() for t in self.tradeoff],
             "segments_per_essay": _num(self.segments_per_essay),
@@ -251,30 +323,18 @@ class AgentResults:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> AgentResults:
-        return cls(
-            int(d["n_train"]),
-            int(d["n_heldout"]),
-            HeldOutEssays(**d["heldout"]),
-            tuple(StageScores.from_json(s) for s in d["stages"].values()),
+    def _own_fields(cls, d: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (
             tuple(SeedRecord(**r) for r in d["seeds"]),
             tuple(TradeoffRow(**t) for t in d["tradeoff"]),
             _float(d["segments_per_essay"]),
             _float(d["segments_seconds"]),
         )
 
-    def write(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
-
     @classmethod
-    def read(cls, path: str | Path) -> AgentResults:
-        d = _read_json(path)
+    def _check(cls, d: Mapping[str, Any], path: str | Path) -> None:
         if "summary" in d and "stages" not in d:
             raise DiscourseRLError(older_format(Path(path).parent.parent, 1))
-        try:
-            return cls.from_json(d)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DiscourseRLError(f"{path}: unreadable agent results ({exc!r})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,14 +350,11 @@ def _recall(d: Mapping[str, Any]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class SpansResults:
-    """RUN/spans/results.json: the non-RL rows on the held-out essays and what gbdt saw."""
+class SpansResults(_SecondStageResults):
+    """RUN/spans/results.json: the non-RL rows on the held-out essays and what gbdt saw.
 
-    n_train: int
-    n_heldout: int
-    heldout: HeldOutEssays
-    stages: tuple[StageScores, ...]
-    """ner-naive, ner-tuned, ner-constrained, gbdt (mean over seeds)."""
+    `stages`: ner-naive, ner-tuned, ner-constrained, gbdt (mean over seeds)."""
+
     unique_classes: tuple[str, ...] = ()
     """Classes ner-constrained (and gbdt's Viterbi candidates) allow once per essay."""
     recall_train: Mapping[str, float] = field(default_factory=dict)
@@ -315,16 +372,11 @@ class SpansResults:
     candidates_seconds: float = math.nan
     """Building the training and held-out candidates and features (once for all seeds)."""
 
-    def stage(self, name: str) -> StageScores | None:
-        return next((s for s in self.stages if s.stage == name), None)
+    what: ClassVar[str] = "spans results"
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format": FORMAT_VERSION,
-            "n_train": self.n_train,
-            "n_heldout": self.n_heldout,
-            "heldout": vars(self.heldout).copy(),
-            "stages": {s.stage: s.to_json() for s in self.stages},
+            **super().to_json(),
             "unique_classes": list(self.unique_classes),
             "recall_train": _recall_json(self.recall_train),
             "recall_heldout": _recall_json(self.recall_heldout),
@@ -337,12 +389,8 @@ class SpansResults:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> SpansResults:
-        return cls(
-            int(d["n_train"]),
-            int(d["n_heldout"]),
-            HeldOutEssays(**d["heldout"]),
-            tuple(StageScores.from_json(s) for s in d["stages"].values()),
+    def _own_fields(cls, d: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (
             tuple(str(c) for c in d["unique_classes"]),
             _recall(d["recall_train"]),
             _recall(d["recall_heldout"]),
@@ -353,16 +401,6 @@ class SpansResults:
             tuple(_float(x) for x in d["gbdt_seconds"]),
             _float(d.get("candidates_seconds")),
         )
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
-
-    @classmethod
-    def read(cls, path: str | Path) -> SpansResults:
-        try:
-            return cls.from_json(_read_json(path))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DiscourseRLError(f"{path}: unreadable spans results ({exc!r})") from None
 
 
 @dataclass(frozen=True)
@@ -376,7 +414,7 @@ class HeldOutTable:
     agent: AgentResults | None
 
     def stage(self, name: str) -> StageScores | None:
-        return next((s for s in self.rows if s.stage == name), None)
+        return _find(self.rows, name)
 
 
 def heldout_table(run: str | Path) -> HeldOutTable:

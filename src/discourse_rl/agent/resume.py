@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,20 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from discourse_rl.common import DiscourseRLError, atomic_write_text
-from discourse_rl.data import CLASSES, Corpus
+from discourse_rl.data import Corpus
 from discourse_rl.layout import RunLayout
 from discourse_rl.records import HeldOutScore, TrainedPolicy
 from discourse_rl.segments import EssaySegments
 
 DONE_FORMAT = 1
-
-
-def _num(x: float) -> float | None:
-    return x if math.isfinite(x) else None
-
-
-def _float(x: Any) -> float:
-    return math.nan if x is None else float(x)
 
 
 @dataclass(frozen=True)
@@ -53,36 +44,24 @@ class FinishedTrainer:
     """The trainer's own figures (PPO's env_steps and steps_per_second)."""
 
     def to_json(self) -> dict[str, Any]:
-        h = self.heldout
         return {
             "format": DONE_FORMAT,
             "trainer": self.trainer,
             "seed": self.seed,
             "key": self.key,
             "seconds": self.seconds,
-            "heldout": {
-                "macro_f1": _num(h.macro_f1),
-                "per_class": {c: _num(h.per_class[c]) for c in CLASSES},
-                "essay_f1": _num(h.essay_f1),
-                "essay_jaccard": _num(h.essay_jaccard),
-            },
+            "heldout": self.heldout.to_json(),
             "stats": {k: v for k, v in self.stats.items() if isinstance(v, (int, float, str))},
         }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FinishedTrainer:
-        h = d["heldout"]
         return cls(
             str(d["trainer"]),
             int(d["seed"]),
             str(d["key"]),
             float(d["seconds"]),
-            HeldOutScore(
-                _float(h["macro_f1"]),
-                {c: _float(h["per_class"][c]) for c in CLASSES},
-                _float(h["essay_f1"]),
-                _float(h["essay_jaccard"]),
-            ),
+            HeldOutScore.from_json(d["heldout"]),
             dict(d["stats"]),
         )
 
