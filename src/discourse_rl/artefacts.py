@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from discourse_rl.common import DiscourseRLError, atomic_write_text
 from discourse_rl.layout import FoldLayout, RunLayout
@@ -188,6 +189,25 @@ def unreadable(path: str | Path, what: str, exc: BaseException | None = None) ->
     return DiscourseRLError(
         f"{path}: damaged or not {what}{why}; rebuild it with `{rebuild_command(path)}`"
     )
+
+
+def load_npz(path: str | Path, name: str, what: str) -> dict[str, Any]:
+    """Every array of an .npz artefact, checked against its run's manifest first; one clear line
+    when the file is missing ('{path}: {name} not found'), differs from its record, or does not
+    load ('damaged or not {what}')."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise DiscourseRLError(f"{path}: {name} not found")
+    verify(path)
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise unreadable(path, what, exc) from None
 
 
 def verify(path: str | Path) -> None:

@@ -558,19 +558,9 @@ def save_segments(path: str | Path, segs: Sequence[EssaySegments]) -> None:
 
 
 def load_segments(path: str | Path) -> list[EssaySegments]:
-    import zipfile
-
     from discourse_rl import artefacts
 
-    path = Path(path)
-    if not path.is_file():
-        raise DiscourseRLError(f"{path}: segments file not found")
-    artefacts.verify(path)
-    try:
-        with np.load(path) as z:
-            data = {k: z[k] for k in z.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise artefacts.unreadable(path, "a segments file", exc) from None
+    data = artefacts.load_npz(path, "segments file", "a segments file")
     need = {"ids", "n_words", "counts", "word_start", "word_end", "features", "gold_action"}
     if not need <= set(data):
         raise DiscourseRLError(f"{path}: not a segments file (missing {sorted(need - set(data))})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import zipfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -327,15 +326,12 @@ def save_word_probs(path: str | Path, probs: Mapping[str, npt.NDArray[np.floatin
 def load_word_probs(path: str | Path) -> dict[str, npt.NDArray[np.float32]]:
     from discourse_rl import artefacts
 
-    path = Path(path)
-    if not path.is_file():
-        raise DiscourseRLError(f"{path}: word probabilities not found")
-    artefacts.verify(path)
+    what = "a word-probability file"
+    z = artefacts.load_npz(path, "word probabilities", what)
     try:
-        with np.load(path) as z:
-            ids, lengths, stacked = list(z["ids"]), z["lengths"], z["probs"]
-    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise artefacts.unreadable(path, "a word-probability file", exc) from None
+        ids, lengths, stacked = list(z["ids"]), z["lengths"], z["probs"]
+    except KeyError as exc:
+        raise artefacts.unreadable(path, what, exc) from None
     bounds = np.concatenate(([0], np.cumsum(lengths)))
     return {
         str(i): stacked[bounds[k] : bounds[k + 1]].astype(np.float32) for k, i in enumerate(ids)
