@@ -18,13 +18,18 @@ AGENT_TRAINERS = ("bc", "ppo", "episode")
 
 
 @dataclass(frozen=True)
-class RunLayout:
-    """The paths of one run folder. Pure naming: nothing here touches the disk."""
+class _Folder:
+    """A folder named by its root; subclasses name the paths inside it."""
 
     root: Path
 
     def __init__(self, root: str | Path) -> None:
         object.__setattr__(self, "root", Path(root))
+
+
+@dataclass(frozen=True, init=False)
+class RunLayout(_Folder):
+    """The paths of one run folder. Pure naming: nothing here touches the disk."""
 
     # --- run level -----------------------------------------------------------------------------
     @property
@@ -221,14 +226,9 @@ class RunLayout:
         return self.trainer_dir(trainer, seed_index, seed) / "done.json"
 
 
-@dataclass(frozen=True)
-class FoldLayout:
+@dataclass(frozen=True, init=False)
+class FoldLayout(_Folder):
     """The files of one NER fold folder (`RUN/ner/fold<k>`, or any folder a study trains in)."""
-
-    root: Path
-
-    def __init__(self, root: str | Path) -> None:
-        object.__setattr__(self, "root", Path(root))
 
     @property
     def name(self) -> str:

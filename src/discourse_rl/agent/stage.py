@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +26,7 @@ from discourse_rl.agent.bc import train_bc
 from discourse_rl.agent.common import AgentConfig, split_validation
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.ppo import train_ppo
-from discourse_rl.agent.resume import AgentResume, inputs_key
+from discourse_rl.agent.resume import AgentResume, FinishedTrainer, inputs_key
 from discourse_rl.common import (
     DiscourseRLError,
     atomic_write_text,
@@ -44,6 +45,7 @@ from discourse_rl.records import (
     SeedRecord,
     StageScores,
     TradeoffRow,
+    TrainedPolicy,
 )
 from discourse_rl.segments import (
     PUNCTUATION,
@@ -157,6 +159,31 @@ def train_agent_stage(
     def score(path: Path) -> HeldOutScore:
         return heldout_score(predict_spans(path, test_segs), gt)
 
+    def from_bc(
+        trainer: str,
+        train: Callable[..., TrainedPolicy],
+        segs: Sequence[EssaySegments],
+        trainer_cfg: AgentConfig | EpisodeConfig,
+        k: int,
+        seed: int,
+        val: Sequence[EssaySegments],
+        **extra: Any,
+    ) -> FinishedTrainer:
+        """Run (or reuse) PPO or the episode trainer: both fine-tune seed k's BC policy and take
+        the same arguments."""
+        made_by = partial(
+            train,
+            segs,
+            corpus,
+            lay.policy("bc", k, seed),
+            trainer_cfg,
+            lay.trainer_dir(trainer, k, seed),
+            val_segs=val,
+            tb_dir=lay.tensorboard(f"agent_{trainer}_seed{seed}"),
+            **extra,
+        )
+        return resume.run(trainer, k, seed, made_by, score)
+
     for k, seed in enumerate(seeds):
         scfg = dataclasses.replace(cfg, seed=int(seed))
         tr, val = split_validation(train_segs, scfg.val_fraction, scfg.seed)
@@ -179,45 +206,13 @@ def train_agent_stage(
             ),
             score,
         )
-        bc_path = lay.policy("bc", k, seed)
-        ppo = resume.run(
-            "ppo",
-            k,
-            seed,
-            partial(
-                train_ppo,
-                tr_ppo,
-                corpus,
-                bc_path,
-                scfg,
-                lay.trainer_dir("ppo", k, seed),
-                val_segs=val,
-                tb_dir=lay.tensorboard(f"agent_ppo_seed{seed}"),
-            ),
-            score,
-        )
+        ppo = from_bc("ppo", train_ppo, tr_ppo, scfg, k, seed, val)
         scores["bc"].append(bc.heldout)
         scores["ppo"].append(ppo.heldout)
         episode_s = None
         if episode_cfg is not None:
             ep_cfg = dataclasses.replace(episode_cfg, seed=int(seed))
-            ep = resume.run(
-                "episode",
-                k,
-                seed,
-                partial(
-                    train_episode,
-                    tr,
-                    corpus,
-                    bc_path,
-                    ep_cfg,
-                    lay.trainer_dir("episode", k, seed),
-                    val_segs=val,
-                    tb_dir=lay.tensorboard(f"agent_episode_seed{seed}"),
-                    agent_cfg=scfg,
-                ),
-                score,
-            )
+            ep = from_bc("episode", train_episode, tr, ep_cfg, k, seed, val, agent_cfg=scfg)
             episode_s = ep.seconds
             scores["episode"].append(ep.heldout)
         records.append(
