@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import add_json_flag, report
+from benchmarks.common import run_benchmark
 from discourse_rl.agent import AgentConfig, train_bc, train_ppo
 from discourse_rl.agent.common import torch_threads
 from discourse_rl.agent.policy import make_policy, predict_actions
@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--policy-steps", type=int, default=300, help="vectorised policy steps")
     ap.add_argument("--ppo-steps", type=int, default=8192)
     ap.add_argument("--threads", type=int, default=1)
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

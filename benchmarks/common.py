@@ -11,7 +11,7 @@ import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,18 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the results as one JSON line on stdout (the human lines go to stderr)",
     )
+
+
+def run_benchmark(
+    parser: argparse.ArgumentParser,
+    measure: Callable[[argparse.Namespace], Mapping[str, Any]],
+    argv: Sequence[str] | None,
+) -> None:
+    """The end of every benchmark's main(): add `--json`, parse `argv`, then `report` what
+    `measure` returns."""
+    add_json_flag(parser)
+    args = parser.parse_args(argv)
+    report(lambda: measure(args), args.json)
 
 
 def require(path: Path, problem: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import add_json_flag, one_line_errors, report
+from benchmarks.common import one_line_errors, run_benchmark
 from discourse_rl import constrained, metric, spans
 from discourse_rl.data import load_corpus
 from discourse_rl.protocol import heldout_split
@@ -36,9 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--learning-rate", type=float, default=spans.SpanConfig().learning_rate)
     ap.add_argument("--threshold-folds", type=int, default=spans.SpanConfig().threshold_folds)
     ap.add_argument("--threads", type=int, default=2, help="LightGBM threads")
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import add_json_flag, report
+from benchmarks.common import run_benchmark
 from discourse_rl.common import TEMP_PATTERN, DiscourseRLError
 from discourse_rl.layout import RunLayout
 
@@ -208,9 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", type=Path, default=None, help="run config (default: the demo)")
     ap.add_argument("--data", type=Path, default=None, help="data folder (default: the sample)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the run folders here")
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import add_json_flag, report
+from benchmarks.common import run_benchmark
 from benchmarks.serve_load import _post, start_server, stop_server
 from discourse_rl import Labeller
 from discourse_rl.common import DiscourseRLError
@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stage", default=None, help="default: the run's best")
     ap.add_argument("--words", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=20)
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

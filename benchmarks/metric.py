@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import SHARED_DATA, add_json_flag, report, require
+from benchmarks.common import SHARED_DATA, require, run_benchmark
 from discourse_rl.data import CLASS_INDEX, CLASSES, predictionstring
 from discourse_rl.metric import essay_counts, essay_f1, score
 from discourse_rl.metric_oracle import oracle_score
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--data", type=Path, default=SHARED_DATA, help="a Kaggle-layout folder")
     parser.add_argument("--seed", type=int, default=0)
-    add_json_flag(parser)
-    args = parser.parse_args(argv)
-    report(lambda: measure(args.data, args.seed), args.json)
+    run_benchmark(parser, lambda args: measure(args.data, args.seed), argv)
 
 
 def measure(data: Path, seed: int) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from benchmarks.background import KINDS, busy_background
-from benchmarks.common import add_json_flag, report, require
+from benchmarks.common import require, run_benchmark
 from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
 from discourse_rl.layout import RunLayout
@@ -138,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         help="--background's training row: ner.cache_frozen (upper layers + head from states "
         "cached after --freeze-layers layers)",
     )
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def token_rates(args: argparse.Namespace) -> dict[str, float]:

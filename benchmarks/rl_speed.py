@@ -22,19 +22,21 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, SHARED_DATA, add_json_flag, report
+from benchmarks.common import ROOT, SHARED_DATA, run_benchmark
 from benchmarks.episode_data import SETUP, fresh_heldout, prepare
 from discourse_rl import metric
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.ppo import train_ppo
 from discourse_rl.common import atomic_write_text
+from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import gold_frame
 
 
@@ -54,9 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         "--reuse-sb3", action="store_true", help="keep the SB3 run of an earlier call in --out"
     )
     ap.add_argument("--fresh", type=int, default=2000, help="also score on this many new essays")
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -81,26 +81,27 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         value_warmup_steps=args.warmup_steps,
         eval_every=10,
     )
+
+    def timed(train: Callable[..., TrainedPolicy], cfg: Any, name: str) -> tuple[Path, float]:
+        """Train from the BC policy into OUT/name: the policy and the wall seconds."""
+        t = time.perf_counter()
+        path = train(s.train, s.corpus, s.bc_path, cfg, args.out / name, val_segs=s.val).path
+        return path, time.perf_counter() - t
+
+    def history(name: str) -> dict[str, Any]:
+        return dict(json.loads((args.out / name / "history.json").read_text(encoding="utf-8")))
+
     sb3_path = args.out / "sb3" / "policy.pt"
     earlier = args.out / "results.json"
     if args.reuse_sb3 and sb3_path.is_file() and earlier.is_file():
         sb3_s = json.loads(earlier.read_text(encoding="utf-8"))["SB3 MaskablePPO"]["seconds"]
     else:
-        t = time.perf_counter()
-        sb3_path = train_ppo(
-            s.train, s.corpus, s.bc_path, acfg, args.out / "sb3", val_segs=s.val
-        ).path
-        sb3_s = time.perf_counter() - t
-    sb3_hist = json.loads((args.out / "sb3" / "history.json").read_text(encoding="utf-8"))
-    sb3_essays = sb3_hist["env_steps"] / seg_per_essay
+        sb3_path, sb3_s = timed(train_ppo, acfg, "sb3")
+    sb3_essays = history("sb3")["env_steps"] / seg_per_essay
 
     ecfg = EpisodeConfig(seed=args.seed, passes=1e6, max_seconds=sb3_s, progress_bar=False)
-    t = time.perf_counter()
-    ep_path = train_episode(
-        s.train, s.corpus, s.bc_path, ecfg, args.out / "episode", val_segs=s.val
-    ).path
-    ep_s = time.perf_counter() - t
-    ep_hist = json.loads((args.out / "episode" / "history.json").read_text(encoding="utf-8"))
+    ep_path, ep_s = timed(train_episode, ecfg, "episode")
+    ep_hist = history("episode")
 
     rows: dict[str, dict[str, Any]] = {
         "BC": {"seconds": 0.0, "essays": 0, "essays_per_s": float("nan")},

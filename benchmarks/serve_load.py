@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks.common import add_json_flag, report, require
+from benchmarks.common import require, run_benchmark
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import read_essay, sample_dir
 
@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--url", default=None, help="an already running server on 127.0.0.1")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from benchmarks.background import KINDS, busy_background
-from benchmarks.common import ROOT, add_json_flag, report
+from benchmarks.common import ROOT, run_benchmark
 
 # name -> (torch intra-op threads, environment, processes at once)
 OPTIONS: dict[str, tuple[int, dict[str, str], int]] = {
@@ -80,9 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq", type=int, default=512, help="sub-tokens per window")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per child at most")
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import add_json_flag, report, require
+from benchmarks.common import require, run_benchmark
 from discourse_rl.arrays import FloatArray
 from discourse_rl.common import torch_threads
 from discourse_rl.data import Essay, load_corpus, sample_dir
@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-essays", type=int, default=0, help="first N essays by id (0 = all)")
     ap.add_argument("--dtypes", nargs="+", default=list(INFER_DTYPES), choices=INFER_DTYPES)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    add_json_flag(ap)
-    args = ap.parse_args(argv)
-    report(lambda: measure(args), args.json)
+    run_benchmark(ap, measure, argv)
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.utils import obs_as_tensor
 
-from discourse_rl.agent import AgentConfig, predict_spans, train_bc, train_ppo
+from discourse_rl.agent import predict_spans, train_bc, train_ppo
 from discourse_rl.agent.common import pad_batch, split_validation
 from discourse_rl.agent.policy import (
     AttentionPolicy,
@@ -40,26 +40,9 @@ from discourse_rl.segments import (
     segment_gold_actions,
     simulate_word_probs,
 )
+from tests.tiny import tiny_agent
 
-TINY = AgentConfig(
-    max_segments=64,
-    d_model=16,
-    n_heads=2,
-    n_layers=1,
-    dim_feedforward=32,
-    bc_epochs=25,
-    bc_batch_essays=8,
-    bc_lr=3e-3,
-    ppo_timesteps=512,
-    value_warmup_steps=256,
-    n_envs=4,
-    n_steps=64,
-    batch_size=64,
-    n_epochs=2,
-    ppo_lr=1e-4,
-    eval_every=2,
-    progress_bar=False,
-)
+TINY = tiny_agent(bc_epochs=25, bc_lr=3e-3, value_warmup_steps=256, ppo_lr=1e-4)
 SEG = SegmentConfig(max_segments=64)
 
 

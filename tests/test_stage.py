@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from discourse_rl.agent import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.agent.policy import load_policy
 from discourse_rl.agent.stage import predict_stage, train_agent_stage
@@ -18,25 +17,9 @@ from discourse_rl.layout import RunLayout
 from discourse_rl.protocol import heldout_split, read_split
 from discourse_rl.records import AgentResults
 from discourse_rl.segments import SegmentConfig, paragraph_starts, simulate_word_probs
+from tests.tiny import tiny_agent
 
-TINY = AgentConfig(
-    max_segments=64,
-    d_model=16,
-    n_heads=2,
-    n_layers=1,
-    dim_feedforward=32,
-    bc_epochs=2,
-    bc_batch_essays=8,
-    ppo_timesteps=512,
-    value_warmup_steps=0,
-    kl_target=1e-4,
-    n_envs=4,
-    n_steps=64,
-    batch_size=64,
-    n_epochs=2,
-    eval_every=2,
-    progress_bar=False,
-)
+TINY = tiny_agent(bc_epochs=2, value_warmup_steps=0, kl_target=1e-4)
 SEG = SegmentConfig(max_segments=64)
 
 

@@ -1,11 +1,12 @@
-"""A tiny randomly initialised BERT with MiniLM's tokenizer, saved as a backbone folder, and NER
-settings to match."""
+"""A tiny randomly initialised BERT with MiniLM's tokenizer, saved as a backbone folder, NER
+settings to match, and agent settings of the same scale."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
 
+from discourse_rl.agent.common import AgentConfig
 from discourse_rl.ner import NerConfig
 
 
@@ -40,5 +41,26 @@ def tiny_cfg(backbone: str, **kw: object) -> NerConfig:
         epochs=2.0,
         batch_size=4,
         encode_tokens=1024,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def tiny_agent(**kw: object) -> AgentConfig:
+    """Agent settings small enough for a test: a 16-wide one-layer encoder, PPO rollouts of
+    4 x 64 steps; a test sets its own cloning and warm-up lengths."""
+    base = AgentConfig(
+        max_segments=64,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        dim_feedforward=32,
+        bc_batch_essays=8,
+        ppo_timesteps=512,
+        n_envs=4,
+        n_steps=64,
+        batch_size=64,
+        n_epochs=2,
+        eval_every=2,
+        progress_bar=False,
     )
     return replace(base, **kw)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.tiny import save_tiny_bert
+from tests.tiny import save_tiny_bert, tiny_cfg
 
 
 def make_tiny_run(folder: Path) -> Path:
@@ -15,7 +15,7 @@ def make_tiny_run(folder: Path) -> Path:
     from discourse_rl.data import CLASSES, load_corpus, load_word_probs
     from discourse_rl.decode import DecodeConfig
     from discourse_rl.layout import RunLayout
-    from discourse_rl.ner import NerConfig, NerStageConfig, train_ner_stage
+    from discourse_rl.ner import NerStageConfig, train_ner_stage
     from discourse_rl.records import (
         AgentResults,
         HeldOutEssays,
@@ -28,14 +28,8 @@ def make_tiny_run(folder: Path) -> Path:
     backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)
     corpus = load_corpus()
     corpus = corpus.subset(sorted(corpus.essays)[:6])
-    ner = NerConfig(
-        backbone=str(backbone),
-        folds=2,
-        window=64,
-        overlap=16,
-        head_hidden=8,
-        epochs=1.0,
-        bf16=False,
+    ner = tiny_cfg(
+        str(backbone), head_hidden=8, epochs=1.0, batch_size=16, encode_tokens=8192, bf16=False
     )
     run = folder / "run"
     train_ner_stage(corpus, NerStageConfig(1, ner, DecodeConfig(max_min_words=5)), run)
