@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from discourse_rl.arrays import FloatArray
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.layout import RunLayout
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy stays out of `discourse-rl --help` (STAGES is read from here)
+    from discourse_rl.arrays import FloatArray
     from discourse_rl.data import Essay
     from discourse_rl.ner import NerPredictor
 
