@@ -24,6 +24,17 @@ SHARED_DATA = ROOT / ".." / "shared" / "data" / "feedback-prize-2021"
 """The shared Kaggle-layout data beside a checkout (where the reference runs read it)."""
 
 
+def parser(doc: str | None, *, model: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's argument parser, its docstring as the help; `model`: the `--model` of the
+    benchmarks that label with a trained run (a run folder or an exported .zip)."""
+    ap = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if model:
+        ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
+    return ap
+
+
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",

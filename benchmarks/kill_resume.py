@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import run_benchmark
+from benchmarks.common import parser, run_benchmark
 from discourse_rl.common import TEMP_PATTERN, DiscourseRLError
 from discourse_rl.layout import RunLayout
 
@@ -195,9 +195,7 @@ def leftover_temporaries(run: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__)
     ap.add_argument("--kills", type=int, default=3, help="how many times to kill the job")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     ap.add_argument(

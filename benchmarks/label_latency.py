@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import run_benchmark
+from benchmarks.common import parser, run_benchmark
 from benchmarks.serve_load import _post, start_server, stop_server
 from discourse_rl import Labeller
 from discourse_rl.common import DiscourseRLError
@@ -31,10 +30,7 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
+    ap = parser(__doc__, model=True)
     ap.add_argument("--stage", default=None, help="default: the run's best")
     ap.add_argument("--words", type=int, default=500)
     ap.add_argument("--repeats", type=int, default=20)

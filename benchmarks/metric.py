@@ -14,7 +14,6 @@ microseconds per essay.
 
 from __future__ import annotations
 
-import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from benchmarks.common import SHARED_DATA, require, run_benchmark
+from benchmarks.common import SHARED_DATA, parser, require, run_benchmark
 from discourse_rl.data import CLASS_INDEX, CLASSES, predictionstring
 from discourse_rl.metric import essay_counts, essay_f1, score
 from discourse_rl.metric_oracle import oracle_score
@@ -79,12 +78,10 @@ def with_ranges(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", type=Path, default=SHARED_DATA, help="a Kaggle-layout folder")
-    parser.add_argument("--seed", type=int, default=0)
-    run_benchmark(parser, lambda args: measure(args.data, args.seed), argv)
+    ap = parser(__doc__)
+    ap.add_argument("--data", type=Path, default=SHARED_DATA, help="a Kaggle-layout folder")
+    ap.add_argument("--seed", type=int, default=0)
+    run_benchmark(ap, lambda args: measure(args.data, args.seed), argv)
 
 
 def measure(data: Path, seed: int) -> dict[str, Any]:

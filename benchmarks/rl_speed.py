@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import ROOT, SHARED_DATA, run_benchmark
+from benchmarks.common import ROOT, SHARED_DATA, parser, run_benchmark
 from benchmarks.episode_data import SETUP, fresh_heldout, prepare
 from discourse_rl import metric
 from discourse_rl.agent import predict_spans
@@ -41,9 +41,7 @@ from discourse_rl.segments import gold_frame
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = parser(__doc__)
     ap.add_argument("--essays", type=int, default=2000)
     ap.add_argument("--sb3-steps", type=int, default=60_000, help="PPO steps after warm-up")
     ap.add_argument("--warmup-steps", type=int, default=6_000, help="SB3 value warm-up steps")

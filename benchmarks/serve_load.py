@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from benchmarks.common import require, run_benchmark
+from benchmarks.common import parser, require, run_benchmark
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import read_essay, sample_dir
 
@@ -138,10 +138,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
+    ap = parser(__doc__, model=True)
     ap.add_argument("--url", default=None, help="an already running server on 127.0.0.1")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0)

@@ -14,20 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+# One module's many names: qualified, so a reader sees where each comes from.
+from discourse_rl import records
 from discourse_rl.common import DiscourseRLError
 from discourse_rl.layout import RunLayout
-from discourse_rl.records import (
-    PREDICT_STAGES,
-    AgentResults,
-    HeldOutTable,
-    NerMetrics,
-    RunFormat,
-    SpansResults,
-    StageRecord,
-    check_format,
-    heldout_table,
-    read_stages,
-)
 
 
 @dataclass(frozen=True)
@@ -58,7 +48,7 @@ class StageInfo:
 @dataclass(frozen=True)
 class RunInfo:
     run: Path
-    format: RunFormat | None
+    format: records.RunFormat | None
     stages: list[StageInfo]
     best: str | None
     """The stage `predict` uses by default."""
@@ -85,17 +75,17 @@ def run_info(run: str | Path) -> RunInfo:
     lay = RunLayout(run)
     if not lay.root.is_dir():
         raise DiscourseRLError(f"{lay.root}: no such run folder")
-    fmt = check_format(lay.root)
+    fmt = records.check_format(lay.root)
     if fmt is None:
         raise DiscourseRLError(f"{lay.root}: not a run folder (see `discourse-rl run`)")
-    records = read_stages(lay.stages)
-    table = heldout_table(lay.root)
-    ner = NerMetrics.read(lay.ner_metrics) if lay.ner_metrics.is_file() else None
+    stage_records = records.read_stages(lay.stages)
+    table = records.heldout_table(lay.root)
+    ner = records.NerMetrics.read(lay.ner_metrics) if lay.ner_metrics.is_file() else None
     rows = []
-    for stage in PREDICT_STAGES:
+    for stage in records.PREDICT_STAGES:
         model = _can_predict(lay, stage)
         if model is not None:
-            rows.append(_row(lay, stage, model, records, table, ner))
+            rows.append(_row(lay, stage, model, stage_records, table, ner))
     if not rows:
         raise DiscourseRLError(f"{lay.root}: no trained stage yet (see `discourse-rl run`)")
     from discourse_rl.pipeline import best_stage
@@ -117,9 +107,9 @@ def _row(
     lay: RunLayout,
     stage: str,
     model: Path,
-    records: dict[str, StageRecord],
-    table: HeldOutTable,
-    ner: NerMetrics | None,
+    records: dict[str, records.StageRecord],
+    table: records.HeldOutTable,
+    ner: records.NerMetrics | None,
 ) -> StageInfo:
     pipeline_stage = PIPELINE_STAGE.get(stage, "agent")
     rec = records.get(pipeline_stage)
@@ -162,13 +152,13 @@ def _row(
     return StageInfo(stage, None, None, [], None, None, None, None, None, seconds, **where)
 
 
-def _spans_seconds(spans: SpansResults | None, stage: str) -> float | None:
+def _spans_seconds(spans: records.SpansResults | None, stage: str) -> float | None:
     if spans is None:
         return None
     return spans.constrained_seconds if stage == "ner-constrained" else sum(spans.gbdt_seconds)
 
 
-def _trainer_seconds(agent: AgentResults | None, stage: str) -> float | None:
+def _trainer_seconds(agent: records.AgentResults | None, stage: str) -> float | None:
     if agent is None or not agent.seeds:
         return None
     per_seed = [getattr(r, f"{stage}_seconds") for r in agent.seeds]
