@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from discourse_rl import rules
+
 
 class DiscourseRLError(Exception):
     """A problem with the user's input, reported by the CLI as one line (no traceback)."""
@@ -146,108 +148,6 @@ def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
 C = TypeVar("C")
 
 
-class ConfigValueError(ValueError):
-    """A config value outside what its field accepts: the key, the value and why.
-
-    Raised by the config classes' `__post_init__`; `config_from_dict` adds the file and table."""
-
-    def __init__(self, key: str, value: Any, problem: str, table: str = "") -> None:
-        self.key, self.value, self.problem, self.table = key, value, problem, table
-        super().__init__(self.describe())
-
-    def describe(self) -> str:
-        where = f"[{self.table}] " if self.table else ""
-        return f"{where}{self.key} = {_shown(self.value)}: {self.problem}"
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (str, bool, int, float, list, tuple)):
-        try:
-            return _toml_value(value)
-        except (TypeError, ValueError):
-            pass
-    return repr(value)
-
-
-Rule = Callable[[Any], "str | None"]
-"""A check of one value: None when it is fine, else what is wrong ('must be > 0')."""
-
-
-def positive(v: Any) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-def non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be >= 0"
-
-
-def probability(v: Any) -> str | None:
-    return None if 0 <= v <= 1 else "must be between 0 and 1"
-
-
-def below_one(v: Any) -> str | None:
-    return None if 0 <= v < 1 else "must be >= 0 and < 1"
-
-
-def at_least(n: int | float) -> Rule:
-    return lambda v: None if v >= n else f"must be >= {n}"
-
-
-def at_most(n: int | float) -> Rule:
-    return lambda v: None if v <= n else f"must be <= {n}"
-
-
-def unit_interval(v: Any) -> str | None:
-    """In (0, 1]: a share that cannot be empty."""
-    return None if 0 < v <= 1 else "must be > 0 and <= 1"
-
-
-def grid(values: Any) -> str | None:
-    """A (start, stop, step) search grid over probabilities."""
-    start, stop, step = values
-    if not all(0 <= v <= 1 for v in values):
-        return "must hold values between 0 and 1"
-    return None if start <= stop and step > 0 else "needs start <= stop and step > 0"
-
-
-def each(rule: Rule) -> Rule:
-    """`rule` applied to every item of a tuple."""
-
-    def check(values: Any) -> str | None:
-        for v in values:
-            if (problem := rule(v)) is not None:
-                return f"{problem} (item {_shown(v)})"
-        return None
-
-    return check
-
-
-def check_fields(cfg: Any, rules: Mapping[str, Rule] | None = None) -> None:
-    """Check a config dataclass's values: every `Literal` field against its choices, then
-    `rules` (field name -> its check). The first failure raises
-    `ConfigValueError`, so a bad value stops a run before any work starts."""
-    for name, hint in _hints(type(cfg)).items():
-        if typing.get_origin(hint) is typing.Literal:
-            choices = typing.get_args(hint)
-            value = getattr(cfg, name)
-            if value not in choices:
-                shown = ", ".join(_shown(c) for c in choices)
-                raise ConfigValueError(name, value, f"must be one of {shown}")
-    for name, rule in (rules or {}).items():
-        value = getattr(cfg, name)
-        if (problem := rule(value)) is not None:
-            raise ConfigValueError(name, value, problem)
-
-
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
-
-
 def config_from_dict(
     cls: type[C], values: Mapping[str, Any], *, where: str = "config", table: str = ""
 ) -> C:
@@ -257,7 +157,7 @@ def config_from_dict(
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = _hints(cls)
+    hints = rules.field_types(cls)
     unknown = sorted(set(values) - set(fields))
     in_table = f" [{table}]" if table else ""
     if unknown:
@@ -273,17 +173,17 @@ def config_from_dict(
             continue
         try:
             kwargs[name] = _coerce(value, hint)
-        except ConfigValueError as exc:
+        except rules.ConfigValueError as exc:
             raise DiscourseRLError(f"{where}: {_in(exc, name, table).describe()}") from None
     try:
         return cls(**kwargs)
-    except ConfigValueError as exc:
+    except rules.ConfigValueError as exc:
         raise DiscourseRLError(f"{where}: {_in(exc, exc.key, table).describe()}") from None
 
 
-def _in(exc: ConfigValueError, key: str, table: str) -> ConfigValueError:
+def _in(exc: rules.ConfigValueError, key: str, table: str) -> rules.ConfigValueError:
     """`exc` located in `table` (a check across tables names its own)."""
-    return exc if exc.table else ConfigValueError(key, exc.value, exc.problem, table)
+    return exc if exc.table else rules.ConfigValueError(key, exc.value, exc.problem, table)
 
 
 def _coerce(value: Any, hint: Any) -> Any:
@@ -294,20 +194,20 @@ def _coerce(value: Any, hint: Any) -> Any:
         args = typing.get_args(hint)
         items = [a for a in args if a is not Ellipsis]
         if Ellipsis not in args and len(args) != len(value):
-            raise ConfigValueError("", value, f"expected {len(args)} values")
+            raise rules.ConfigValueError("", value, f"expected {len(args)} values")
         kind = items[0] if items and all(a is items[0] for a in items) else None
         if kind in (int, float):
             numbers = (int, float) if kind is float else (int,)
             if any(isinstance(v, bool) or not isinstance(v, numbers) for v in value):
-                raise ConfigValueError("", value, f"expected a list of {kind.__name__}")
+                raise rules.ConfigValueError("", value, f"expected a list of {kind.__name__}")
             return tuple(kind(v) for v in value)
         return tuple(value)
     if hint in (int, float, str, bool) and not (
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
-        raise ConfigValueError("", value, f"expected {hint.__name__}")
+        raise rules.ConfigValueError("", value, f"expected {hint.__name__}")
     if origin is typing.Literal and not isinstance(value, str):
-        raise ConfigValueError("", value, "expected str")
+        raise rules.ConfigValueError("", value, "expected str")
     return value
 
 
@@ -327,13 +227,14 @@ def config_to_toml(cfg: Any) -> str:
     data = dataclasses.asdict(cfg)
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    lines = [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
     for name, table in tables.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+        lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
     return "\n".join(lines) + "\n"
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """`v` as a TOML value (also how a config error shows the value it refuses)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -341,7 +242,7 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if v is None:
         raise ValueError("TOML has no null; use an empty string for 'unset'")
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

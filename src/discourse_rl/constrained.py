@@ -18,16 +18,9 @@ from functools import partial
 import numpy as np
 import numpy.typing as npt
 
+from discourse_rl import rules
 from discourse_rl.arrays import FloatArray, IntArray
-from discourse_rl.common import (
-    DiscourseRLError,
-    at_most,
-    check_fields,
-    grid,
-    non_negative,
-    positive,
-    probability,
-)
+from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import (
     CLASS_INDEX,
     CLASSES,
@@ -67,13 +60,13 @@ class ConstrainedConfig:
     """Minimum mean probabilities the fit tries: start, stop (inclusive), step."""
 
     def __post_init__(self) -> None:
-        check_fields(
+        rules.check_fields(
             self,
             {
-                "unique_share": probability,
-                "max_unique": lambda v: non_negative(v) or at_most(len(CLASSES))(v),
-                "max_min_words": positive,
-                "prob_grid": grid,
+                "unique_share": rules.probability,
+                "max_unique": lambda v: rules.non_negative(v) or rules.at_most(len(CLASSES))(v),
+                "max_min_words": rules.positive,
+                "prob_grid": rules.grid,
             },
         )
 

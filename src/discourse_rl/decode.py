@@ -21,18 +21,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from discourse_rl import rules
 from discourse_rl.arrays import FloatArray, IntArray
-from discourse_rl.common import (
-    ConfigValueError,
-    DiscourseRLError,
-    atomic_write_text,
-    check_fields,
-    each,
-    grid,
-    non_negative,
-    positive,
-    probability,
-)
+from discourse_rl.common import DiscourseRLError, atomic_write_text
 from discourse_rl.data import CLASSES, Corpus, labels_to_spans, spans_to_frame
 from discourse_rl.metric import Score, essay_counts, score
 
@@ -64,14 +55,16 @@ class DecodeConfig:
         for name in ("min_words", "min_prob"):
             value = getattr(self, name)
             if len(value) != N_CLASSES:
-                raise ConfigValueError(name, value, f"needs {N_CLASSES} values, one per class")
-        check_fields(
+                raise rules.ConfigValueError(
+                    name, value, f"needs {N_CLASSES} values, one per class"
+                )
+        rules.check_fields(
             self,
             {
-                "min_words": each(non_negative),
-                "min_prob": each(probability),
-                "max_min_words": positive,
-                "prob_grid": grid,
+                "min_words": rules.each(rules.non_negative),
+                "min_prob": rules.each(rules.probability),
+                "max_min_words": rules.positive,
+                "prob_grid": rules.grid,
             },
         )
 

@@ -25,19 +25,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl import artefacts, distributed
+from discourse_rl import artefacts, distributed, rules
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.common import (
-    ConfigValueError,
     DiscourseRLError,
     atomic_write_text,
-    check_fields,
     config_from_dict,
     config_to_toml,
-    each,
     load_toml,
-    non_negative,
     remove_temporaries,
 )
 from discourse_rl.constrained import ConstrainedConfig
@@ -108,19 +104,21 @@ class RunConfig:
     def __post_init__(self) -> None:
         # Checks across tables, so that a bad combination stops the run before any work.
         if self.segments.max_segments > self.agent.max_segments:
-            raise ConfigValueError(
+            raise rules.ConfigValueError(
                 "max_segments",
                 self.segments.max_segments,
                 f"exceeds [agent] max_segments ({self.agent.max_segments})",
                 table="segments",
             )
-        check_fields(self, {"seed": non_negative, "agent_seeds": each(non_negative)})
+        rules.check_fields(
+            self, {"seed": rules.non_negative, "agent_seeds": rules.each(rules.non_negative)}
+        )
         if not self.agent_seeds:
-            raise ConfigValueError("agent_seeds", [], "list at least one seed")
+            raise rules.ConfigValueError("agent_seeds", [], "list at least one seed")
         if len(set(self.agent_seeds)) != len(self.agent_seeds):
-            raise ConfigValueError("agent_seeds", list(self.agent_seeds), "seeds repeat")
+            raise rules.ConfigValueError("agent_seeds", list(self.agent_seeds), "seeds repeat")
         if not 0.0 < self.heldout_share < 1.0:
-            raise ConfigValueError("heldout_share", self.heldout_share, "must be > 0 and < 1")
+            raise rules.ConfigValueError("heldout_share", self.heldout_share, "must be > 0 and < 1")
 
 
 def packaged_config(name: str) -> Path:
@@ -485,7 +483,7 @@ def _options() -> Iterator[None]:
     """A command-line override that a config check refuses: one line naming the option."""
     try:
         yield
-    except ConfigValueError as exc:
+    except rules.ConfigValueError as exc:
         name = OPTIONS.get(exc.key)
         if name is None:  # a check across tables, tripped by an override
             raise DiscourseRLError(f"command line: {exc.describe()}") from None

@@ -23,15 +23,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl import metric
+from discourse_rl import metric, rules
 from discourse_rl.arrays import BoolArray, FloatArray, IntArray
-from discourse_rl.common import (
-    DiscourseRLError,
-    atomic_save,
-    check_fields,
-    positive,
-    probability,
-)
+from discourse_rl.common import DiscourseRLError, atomic_save
 from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, Essay, spans_to_frame
 
 Probs = Mapping[str, npt.NDArray[np.floating]]
@@ -69,9 +63,13 @@ class SegmentConfig:
     essays' words and paragraph starts. Off: the seed's plain features."""
 
     def __post_init__(self) -> None:
-        check_fields(
+        rules.check_fields(
             self,
-            {"start_threshold": probability, "max_segments": positive, "start_window": positive},
+            {
+                "start_threshold": rules.probability,
+                "max_segments": rules.positive,
+                "start_window": rules.positive,
+            },
         )
 
 

@@ -15,15 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from discourse_rl.common import (
-    ConfigValueError,
-    at_least,
-    below_one,
-    check_fields,
-    non_negative,
-    positive,
-    probability,
-)
+from discourse_rl import rules
 from discourse_rl.common import torch_threads as torch_threads  # its home is common
 from discourse_rl.segments import N_ACTIONS, EssaySegments, action_masks
 
@@ -107,45 +99,45 @@ class AgentConfig:
     is fastest, above all on a shared machine, where more threads wait on each other)."""
 
     def __post_init__(self) -> None:
-        check_fields(self, _AGENT_RULES)
+        rules.check_fields(self, _AGENT_RULES)
         if self.d_model % self.n_heads:
-            raise ConfigValueError(
+            raise rules.ConfigValueError(
                 "n_heads", self.n_heads, f"must divide d_model (d_model = {self.d_model})"
             )
 
 
 _AGENT_RULES = {
-    "seed": non_negative,
-    "max_essays": non_negative,
-    "sim_noise": non_negative,
-    "max_segments": positive,
-    "d_model": positive,
-    "n_heads": positive,
-    "n_layers": positive,
-    "dim_feedforward": positive,
-    "dropout": below_one,
-    "val_fraction": below_one,
-    "bc_epochs": positive,
-    "bc_batch_essays": positive,
-    "bc_lr": positive,
-    "bc_weight_decay": non_negative,
-    "bc_class_weight": non_negative,
-    "ppo_timesteps": non_negative,
-    "value_warmup_steps": non_negative,
-    "value_warmup_lr": positive,
-    "n_envs": positive,
-    "n_steps": at_least(2),
-    "batch_size": at_least(2),
-    "n_epochs": positive,
-    "ppo_lr": positive,
-    "clip_range": positive,
-    "gae_lambda": probability,
-    "ent_coef": non_negative,
-    "vf_coef": non_negative,
-    "kl_beta": non_negative,
-    "kl_target": non_negative,
-    "eval_every": positive,
-    "torch_threads": non_negative,
+    "seed": rules.non_negative,
+    "max_essays": rules.non_negative,
+    "sim_noise": rules.non_negative,
+    "max_segments": rules.positive,
+    "d_model": rules.positive,
+    "n_heads": rules.positive,
+    "n_layers": rules.positive,
+    "dim_feedforward": rules.positive,
+    "dropout": rules.below_one,
+    "val_fraction": rules.below_one,
+    "bc_epochs": rules.positive,
+    "bc_batch_essays": rules.positive,
+    "bc_lr": rules.positive,
+    "bc_weight_decay": rules.non_negative,
+    "bc_class_weight": rules.non_negative,
+    "ppo_timesteps": rules.non_negative,
+    "value_warmup_steps": rules.non_negative,
+    "value_warmup_lr": rules.positive,
+    "n_envs": rules.positive,
+    "n_steps": rules.at_least(2),
+    "batch_size": rules.at_least(2),
+    "n_epochs": rules.positive,
+    "ppo_lr": rules.positive,
+    "clip_range": rules.positive,
+    "gae_lambda": rules.probability,
+    "ent_coef": rules.non_negative,
+    "vf_coef": rules.non_negative,
+    "kl_beta": rules.non_negative,
+    "kl_target": rules.non_negative,
+    "eval_every": rules.positive,
+    "torch_threads": rules.non_negative,
 }
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from discourse_rl import rules
 from discourse_rl.agent.common import (
     AgentConfig,
     labelling_masks,
@@ -60,16 +61,7 @@ from discourse_rl.agent.reward import (
     rewards,
 )
 from discourse_rl.arrays import IntArray
-from discourse_rl.common import (
-    ConfigValueError,
-    atomic_write_text,
-    below_one,
-    check_fields,
-    config_to_toml,
-    non_negative,
-    positive,
-    progress,
-)
+from discourse_rl.common import atomic_write_text, config_to_toml, progress
 from discourse_rl.data import Corpus
 from discourse_rl.records import TrainedPolicy
 from discourse_rl.segments import EssaySegments
@@ -128,27 +120,27 @@ class EpisodeConfig:
 
 
 _EPISODE_RULES = {
-    "seed": non_negative,
-    "samples": positive,
-    "batch_essays": positive,
-    "passes": positive,
-    "max_seconds": non_negative,
-    "lr": positive,
-    "kl_beta": non_negative,
-    "ent_coef": non_negative,
-    "ppo_epochs": positive,
-    "clip_range": positive,
-    "max_grad_norm": positive,
-    "macro_momentum": below_one,
-    "eval_every": positive,
-    "torch_threads": non_negative,
+    "seed": rules.non_negative,
+    "samples": rules.positive,
+    "batch_essays": rules.positive,
+    "passes": rules.positive,
+    "max_seconds": rules.non_negative,
+    "lr": rules.positive,
+    "kl_beta": rules.non_negative,
+    "ent_coef": rules.non_negative,
+    "ppo_epochs": rules.positive,
+    "clip_range": rules.positive,
+    "max_grad_norm": rules.positive,
+    "macro_momentum": rules.below_one,
+    "eval_every": rules.positive,
+    "torch_threads": rules.non_negative,
 }
 
 
 def check_config(cfg: EpisodeConfig) -> None:
-    check_fields(cfg, _EPISODE_RULES)
+    rules.check_fields(cfg, _EPISODE_RULES)
     if cfg.estimator == "rloo" and cfg.samples < 2:
-        raise ConfigValueError(
+        raise rules.ConfigValueError(
             "samples", cfg.samples, "must be >= 2 with estimator 'rloo' (leave-one-out baseline)"
         )
 

@@ -5,15 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from discourse_rl.common import (
-    ConfigValueError,
-    at_least,
-    below_one,
-    check_fields,
-    non_negative,
-    positive,
-    probability,
-)
+from discourse_rl import rules
 
 Mode = Literal["frozen", "finetune"]
 Head = Literal["sentence", "gru", "mlp"]
@@ -103,10 +95,10 @@ class NerConfig:
     """'finetune': optimiser steps between Trainer checkpoints."""
 
     def __post_init__(self) -> None:
-        check_fields(self, _RULES)
+        rules.check_fields(self, _RULES)
         # A window holds two special tokens; the rest must move forward from window to window.
         if self.overlap >= self.window - 2:
-            raise ConfigValueError(
+            raise rules.ConfigValueError(
                 "overlap", self.overlap, f"must be < window - 2 (window = {self.window})"
             )
         if self.cache_frozen and (
@@ -115,40 +107,40 @@ class NerConfig:
             or self.hidden_dropout > 0
             or self.attention_dropout > 0
         ):
-            raise ConfigValueError(
+            raise rules.ConfigValueError(
                 "cache_frozen",
                 self.cache_frozen,
                 "needs mode = 'finetune', freeze_layers > 0, hidden_dropout = 0 and "
                 "attention_dropout = 0 (the frozen layers must give the same output every epoch)",
             )
         if self.encode_tokens < self.window:
-            raise ConfigValueError(
+            raise rules.ConfigValueError(
                 "encode_tokens", self.encode_tokens, f"must be >= window (window = {self.window})"
             )
 
 
 _RULES = {
-    "folds": at_least(2),
-    "max_essays": non_negative,
-    "window": at_least(16),
-    "overlap": non_negative,
-    "head_hidden": positive,
-    "head_layers": positive,
-    "word_conv": non_negative,
-    "b_weight": positive,
-    "class_balance": non_negative,
-    "dropout": below_one,
-    "epochs": positive,
-    "lr": positive,
-    "head_lr": non_negative,
-    "weight_decay": non_negative,
-    "warmup": probability,
-    "batch_size": positive,
-    "grad_accum": positive,
-    "threads": non_negative,
-    "freeze_layers": non_negative,
-    "attention_dropout": below_one,
-    "hidden_dropout": below_one,
-    "encode_tokens": positive,
-    "save_every": positive,
+    "folds": rules.at_least(2),
+    "max_essays": rules.non_negative,
+    "window": rules.at_least(16),
+    "overlap": rules.non_negative,
+    "head_hidden": rules.positive,
+    "head_layers": rules.positive,
+    "word_conv": rules.non_negative,
+    "b_weight": rules.positive,
+    "class_balance": rules.non_negative,
+    "dropout": rules.below_one,
+    "epochs": rules.positive,
+    "lr": rules.positive,
+    "head_lr": rules.non_negative,
+    "weight_decay": rules.non_negative,
+    "warmup": rules.probability,
+    "batch_size": rules.positive,
+    "grad_accum": rules.positive,
+    "threads": rules.non_negative,
+    "freeze_layers": rules.non_negative,
+    "attention_dropout": rules.below_one,
+    "hidden_dropout": rules.below_one,
+    "encode_tokens": rules.positive,
+    "save_every": rules.positive,
 }

@@ -23,20 +23,9 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl import constrained, decode
+from discourse_rl import constrained, decode, rules
 from discourse_rl.arrays import FloatArray, IntArray
-from discourse_rl.common import (
-    ConfigValueError,
-    DiscourseRLError,
-    at_least,
-    at_most,
-    check_fields,
-    grid,
-    non_negative,
-    positive,
-    probability,
-    unit_interval,
-)
+from discourse_rl.common import DiscourseRLError
 from discourse_rl.data import CLASSES, Corpus, Essay
 from discourse_rl.spans.candidates import (
     CandidateSettings,
@@ -103,9 +92,9 @@ class SpanConfig:
     """LightGBM threads (fixed, so the result does not depend on the machine)."""
 
     def __post_init__(self) -> None:
-        check_fields(self, _SPAN_RULES)
+        rules.check_fields(self, _SPAN_RULES)
         if self.threshold_folds == 1:
-            raise ConfigValueError("threshold_folds", 1, "must be 0 (in-sample) or >= 2")
+            raise rules.ConfigValueError("threshold_folds", 1, "must be 0 (in-sample) or >= 2")
 
     def candidates(self) -> CandidateSettings:
         return CandidateSettings(
@@ -128,23 +117,23 @@ class SpanConfig:
 
 
 _SPAN_RULES = {
-    "start_threshold": probability,
-    "max_ends": positive,
-    "class_min_prob": probability,
-    "max_classes": lambda v: at_least(1)(v) or at_most(len(CLASSES))(v),
-    "shift": non_negative,
-    "n_estimators": positive,
-    "learning_rate": positive,
-    "num_leaves": at_least(2),
-    "min_child_samples": positive,
-    "feature_fraction": unit_interval,
-    "negative_share": unit_interval,
-    "threshold_folds": non_negative,
-    "min_score": probability,
-    "max_min_words": positive,
-    "score_grid": grid,
-    "seed": non_negative,
-    "num_threads": positive,
+    "start_threshold": rules.probability,
+    "max_ends": rules.positive,
+    "class_min_prob": rules.probability,
+    "max_classes": lambda v: rules.at_least(1)(v) or rules.at_most(len(CLASSES))(v),
+    "shift": rules.non_negative,
+    "n_estimators": rules.positive,
+    "learning_rate": rules.positive,
+    "num_leaves": rules.at_least(2),
+    "min_child_samples": rules.positive,
+    "feature_fraction": rules.unit_interval,
+    "negative_share": rules.unit_interval,
+    "threshold_folds": rules.non_negative,
+    "min_score": rules.probability,
+    "max_min_words": rules.positive,
+    "score_grid": rules.grid,
+    "seed": rules.non_negative,
+    "num_threads": rules.positive,
 }
 
 
