@@ -106,7 +106,17 @@ def essay_counts(
     # whole-matrix numpy, whose fixed cost per call (about a microsecond) adds up over the dozen
     # calls it needs; numpy wins back on big essays.
     if pred_cls.size * gt_cls.size > _VECTORISE_PAIRS:
-        return _essay_counts_vectorised(pred_cls, pred_start, pred_end, gt_cls, gt_start, gt_end)
+        overlap = np.minimum.outer(pred_end, gt_end) - np.maximum.outer(pred_start, gt_start)
+        longer = np.maximum.outer(pred_end - pred_start, gt_end - gt_start)
+        hit = _hits(overlap, longer) & np.equal.outer(pred_cls, gt_cls)
+        p, g = np.nonzero(hit)
+        matched_gt = _matched_gts(p, g, pred_cls.size, gt_cls.size)
+        tp = np.bincount(gt_cls[matched_gt], minlength=N_CLASSES)
+        whole = np.empty((N_CLASSES, 3), dtype=np.int64)
+        whole[:, 0] = tp
+        whole[:, 1] = np.bincount(pred_cls, minlength=N_CLASSES) - tp
+        whole[:, 2] = np.bincount(gt_cls, minlength=N_CLASSES) - tp
+        return whole
     counts = [0] * (3 * N_CLASSES)  # (7, 3) flattened
     gt_slot: list[int] = []
     by_class: dict[int, list[tuple[int, int, int, int]]] = {}
@@ -156,27 +166,6 @@ def essay_counts(
 # Above this many (prediction, true span) pairs `essay_counts` goes whole-matrix.
 _VECTORISE_PAIRS = 600
 _TP_SLOT = {c: 3 * c for c in range(N_CLASSES)}  # a dict, so a bad class raises, never wraps
-
-
-def _essay_counts_vectorised(
-    pred_cls: IntArray,
-    pred_start: IntArray,
-    pred_end: IntArray,
-    gt_cls: IntArray,
-    gt_start: IntArray,
-    gt_end: IntArray,
-) -> IntArray:
-    inter = np.minimum.outer(pred_end, gt_end) - np.maximum.outer(pred_start, gt_start)
-    longer = np.maximum.outer(pred_end - pred_start, gt_end - gt_start)
-    hit = _hits(inter, longer) & np.equal.outer(pred_cls, gt_cls)
-    p, g = np.nonzero(hit)
-    matched = _matched_gts(p, g, pred_cls.size, gt_cls.size)
-    tp = np.bincount(gt_cls[matched], minlength=N_CLASSES)
-    counts = np.empty((N_CLASSES, 3), dtype=np.int64)
-    counts[:, 0] = tp
-    counts[:, 1] = np.bincount(pred_cls, minlength=N_CLASSES) - tp
-    counts[:, 2] = np.bincount(gt_cls, minlength=N_CLASSES) - tp
-    return counts
 
 
 def essay_f1(counts: IntArray) -> float:
