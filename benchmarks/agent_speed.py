@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import run_benchmark
-from discourse_rl.agent import AgentConfig, train_bc, train_ppo
+from discourse_rl.agent import AgentConfig, FineTuneInputs, train_bc, train_ppo
 from discourse_rl.agent.common import torch_threads
 from discourse_rl.agent.policy import make_policy, predict_actions
 from discourse_rl.agent.ppo import make_env
@@ -117,7 +117,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         out["bc_epoch_s"] = time.perf_counter() - t
         print(f"BC: {out['bc_epoch_s']:.1f} s per epoch over {len(segs)} essays")
         t = time.perf_counter()
-        train_ppo(segs, corpus, bc, cfg, Path(tmp) / "ppo")
+        train_ppo(FineTuneInputs(segs, corpus, bc, Path(tmp) / "ppo"), cfg)
         dt = time.perf_counter() - t
         out.update(ppo_steps=args.ppo_steps, ppo_s=dt, ppo_env_steps_per_s=args.ppo_steps / dt)
         print(f"PPO (rollouts + updates): {args.ppo_steps / dt:,.0f} env steps/s ({dt:.0f} s)")

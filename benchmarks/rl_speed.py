@@ -32,7 +32,7 @@ import torch
 from benchmarks.common import ROOT, SHARED_DATA, parser, run_benchmark
 from benchmarks.episode_data import SETUP, fresh_heldout, prepare
 from discourse_rl import metric
-from discourse_rl.agent import predict_spans
+from discourse_rl.agent import FineTuneInputs, predict_spans
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.ppo import train_ppo
 from discourse_rl.common import atomic_write_text
@@ -83,7 +83,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     def timed(train: Callable[..., TrainedPolicy], cfg: Any, name: str) -> tuple[Path, float]:
         """Train from the BC policy into OUT/name: the policy and the wall seconds."""
         t = time.perf_counter()
-        path = train(s.train, s.corpus, s.bc_path, cfg, args.out / name, val_segs=s.val).path
+        path = train(FineTuneInputs(s.train, s.corpus, s.bc_path, args.out / name, s.val), cfg).path
         return path, time.perf_counter() - t
 
     def history(name: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import one_line_errors, require
-from discourse_rl.agent import predict_spans, train_bc
+from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc
 from discourse_rl.agent.common import split_validation
 from discourse_rl.agent.episode import train_episode
 from discourse_rl.data import load_corpus, load_word_probs
@@ -77,7 +77,7 @@ def main() -> None:
                     bc_s = time.perf_counter() - t
                     t = time.perf_counter()
                     ep = train_episode(
-                        tr, corpus, bc.path, ecfg, Path(tmp) / "ep", val_segs=val, agent_cfg=scfg
+                        FineTuneInputs(tr, corpus, bc.path, Path(tmp) / "ep", val), ecfg
                     )
                     ep_s = time.perf_counter() - t
                     b = heldout_score(predict_spans(bc.path, held), gt)

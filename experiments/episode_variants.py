@@ -27,7 +27,7 @@ import torch
 from benchmarks.common import ROOT, SHARED_DATA, one_line_errors
 from benchmarks.episode_data import SETUP, prepare
 from discourse_rl import metric
-from discourse_rl.agent import predict_spans
+from discourse_rl.agent import FineTuneInputs, predict_spans
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.common import atomic_write_text
 from discourse_rl.data import CLASSES
@@ -73,7 +73,8 @@ def main() -> None:
                 **{**VARIANTS[name], **overrides},
             )
             out = args.out / f"{name}_s{seed}"
-            path = train_episode(s.train, s.corpus, s.bc_path, cfg, out, val_segs=s.val).path
+            inputs = FineTuneInputs(s.train, s.corpus, s.bc_path, out, s.val)
+            path = train_episode(inputs, cfg).path
             best, last = (
                 metric.score(predict(p, s.test), gt) for p in (path, last_checkpoint(path))
             )

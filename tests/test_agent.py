@@ -16,7 +16,7 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.utils import obs_as_tensor
 
-from discourse_rl.agent import predict_spans, train_bc, train_ppo
+from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc, train_ppo
 from discourse_rl.agent.common import pad_batch, split_validation
 from discourse_rl.agent.policy import (
     AttentionPolicy,
@@ -192,7 +192,7 @@ def test_bc_then_ppo_beat_a_random_policy(tmp_path: Path) -> None:
     test = essays()[40:]
     bc = train_bc(train, TINY, tmp_path / "bc", val_segs=val, corpus=corpus()).path
     rl = train_ppo(
-        train, corpus(), bc, TINY, tmp_path / "rl", val_segs=val, tb_dir=tmp_path / "tb"
+        FineTuneInputs(train, corpus(), bc, tmp_path / "rl", val, tmp_path / "tb"), TINY
     ).path
     history = json.loads((tmp_path / "rl" / "history.json").read_text())
     assert history["env_steps"] >= TINY.ppo_timesteps + TINY.value_warmup_steps

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from discourse_rl import metric
-from discourse_rl.agent import predict_spans, train_bc
+from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc
 from discourse_rl.agent.common import labelling_masks, masks_after, sample_labellings
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.episode_loss import episode_loss
@@ -254,14 +254,19 @@ def test_trainer_beats_bc_and_is_deterministic(root: Path) -> None:
     cfg = EpisodeConfig(
         passes=6, batch_essays=8, samples=4, lr=3e-3, kl_beta=0.0, progress_bar=False
     )
-    path = train_episode(segs, corpus, bc, cfg, root / "rloo", tb_dir=root / "tb").path
+    path = train_episode(
+        FineTuneInputs(segs, corpus, bc, root / "rloo", tb_dir=root / "tb"), cfg
+    ).path
     before, after = greedy_f1(bc, segs, corpus), greedy_f1(path, segs, corpus)
     assert after > before + 0.03, (before, after)
     hist = json.loads((root / "rloo" / "history.json").read_text())
     assert hist["essays"] == 6 * len(segs) and hist["essays_per_second"] > 0
     assert any((root / "tb").iterdir())
     short = dataclasses.replace(cfg, passes=1)
-    once, again = (train_episode(segs, corpus, bc, short, root / f"det{k}").path for k in range(2))
+    once, again = (
+        train_episode(FineTuneInputs(segs, corpus, bc, root / f"det{k}"), short).path
+        for k in range(2)
+    )
     for (n, x), (_, y) in zip(
         load_policy(once).state_dict().items(), load_policy(again).state_dict().items(), strict=True
     ):
@@ -287,7 +292,7 @@ def test_other_estimators_learn(root: Path, estimator: str) -> None:
         kl_beta=0.0,
         progress_bar=False,
     )
-    path = train_episode(segs, corpus, bc, cfg, root / estimator).path
+    path = train_episode(FineTuneInputs(segs, corpus, bc, root / estimator), cfg).path
     assert greedy_f1(path, segs, corpus) > greedy_f1(bc, segs, corpus) + 0.02
 
 
@@ -296,10 +301,10 @@ def test_kl_penalty_holds_the_policy_at_bc(root: Path) -> None:
     bc = bc_policy(root)
     cfg = EpisodeConfig(passes=3, batch_essays=8, samples=4, lr=3e-3, progress_bar=False)
     free = train_episode(
-        segs, corpus, bc, dataclasses.replace(cfg, kl_beta=0.0), root / "free"
+        FineTuneInputs(segs, corpus, bc, root / "free"), dataclasses.replace(cfg, kl_beta=0.0)
     ).path
     held = train_episode(
-        segs, corpus, bc, dataclasses.replace(cfg, kl_beta=5.0), root / "held"
+        FineTuneInputs(segs, corpus, bc, root / "held"), dataclasses.replace(cfg, kl_beta=5.0)
     ).path
 
     def kl_to_bc(path: Path) -> float:
@@ -345,7 +350,7 @@ def test_autoregressive_policy_is_saved_as_policy_pt_and_predicted_with_its_head
     cfg = EpisodeConfig(
         autoregressive=True, passes=2, batch_essays=8, samples=4, lr=3e-3, progress_bar=False
     )
-    path = train_episode(segs, corpus, bc, cfg, root / "ar", val_segs=segs[:8]).path
+    path = train_episode(FineTuneInputs(segs, corpus, bc, root / "ar", segs[:8]), cfg).path
     assert path == root / "ar" / "policy.pt"  # where `predict --stage episode` looks
     policy = load_policy(path)
     assert policy.config.kind == "autoregressive" and policy.head is not None

@@ -29,8 +29,8 @@ SEEDS = (0, 3)
 TRAINERS = {
     # name: (the stage's trainer function, where its seed is among the positional arguments)
     "bc": (stage_mod.train_bc, 1),
-    "ppo": (stage_mod.train_ppo, 3),
-    "episode": (stage_mod.train_episode, 3),
+    "ppo": (stage_mod.train_ppo, 1),
+    "episode": (stage_mod.train_episode, 1),
 }
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from discourse_rl.agent.bc import train_bc
-from discourse_rl.agent.common import AgentConfig
+from discourse_rl.agent.common import AgentConfig, FineTuneInputs
 from discourse_rl.agent.policy import AttentionPolicy, load_policy, predict_actions
 from discourse_rl.segments import EssaySegments, spans_frame
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AgentConfig",
     "AttentionPolicy",
+    "FineTuneInputs",
     "load_policy",
     "predict_spans",
     "train_bc",

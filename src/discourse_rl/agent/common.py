@@ -17,6 +17,7 @@ import torch
 
 from discourse_rl import rules
 from discourse_rl.common import torch_threads as torch_threads  # its home is common
+from discourse_rl.data import Corpus
 from discourse_rl.segments import N_ACTIONS, EssaySegments, action_masks
 
 StepLogits = Callable[[int, torch.Tensor], torch.Tensor]
@@ -210,6 +211,25 @@ def split_validation(
     val = sorted(order[:n_val].tolist())
     train = sorted(order[n_val:].tolist())
     return [segs[i] for i in train], [segs[i] for i in val]
+
+
+@dataclass(frozen=True)
+class FineTuneInputs:
+    """What PPO and the episode trainer both start from: each fine-tunes a BC policy on the
+    training essays and keeps its best checkpoint on the validation essays."""
+
+    train_segs: Sequence[EssaySegments]
+    """The essays trained on."""
+    corpus: Corpus
+    """Their gold spans (the reward) and the validation essays'."""
+    bc_path: Path
+    """The BC policy fine-tuned (also the frozen reference of the KL penalty)."""
+    out_dir: Path
+    """Where the trainer writes its checkpoints, config and history."""
+    val_segs: Sequence[EssaySegments] = ()
+    """Essays scored at each evaluation; the best checkpoint is kept (none: the last one)."""
+    tb_dir: Path | None = None
+    """TensorBoard log folder (None: no log)."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
@@ -37,7 +36,7 @@ import torch
 
 from discourse_rl import rules
 from discourse_rl.agent.common import (
-    AgentConfig,
+    FineTuneInputs,
     labelling_masks,
     pad_batch,
     tensorboard_writer,
@@ -171,40 +170,28 @@ def _advantages(
 
 
 def train_episode(
-    train_segs: Sequence[EssaySegments],
-    corpus: Corpus,
-    bc_path: str | Path,
+    inputs: FineTuneInputs,
     cfg: EpisodeConfig,
-    out_dir: str | Path,
     *,
-    val_segs: Sequence[EssaySegments] = (),
-    tb_dir: str | Path | None = None,
-    agent_cfg: AgentConfig | None = None,
     callback: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedPolicy:
-    """Fine-tune the BC policy at `bc_path` essay by essay; returns what it saved.
+    """Fine-tune the BC policy `inputs.bc_path` essay by essay; returns what it saved.
 
     The saved policy is the checkpoint with the best validation macro F1 (the BC policy itself
-    counts as the first), or the last one without `val_segs`. `agent_cfg` is not needed any
-    more (the BC checkpoint carries its architecture) and is ignored. `callback` receives each
+    counts as the first), or the last one without validation essays. `callback` receives each
     evaluation's row (benchmarks use it).
     """
     check_config(cfg)
     with torch_threads(cfg.torch_threads):
-        return _train(train_segs, corpus, bc_path, cfg, out_dir, val_segs, tb_dir, callback)
+        return _train(inputs, cfg, callback)
 
 
 def _train(
-    train_segs: Sequence[EssaySegments],
-    corpus: Corpus,
-    bc_path: str | Path,
+    inputs: FineTuneInputs,
     cfg: EpisodeConfig,
-    out_dir: str | Path,
-    val_segs: Sequence[EssaySegments],
-    tb_dir: str | Path | None,
     callback: Callable[[dict[str, float]], None] | None,
 ) -> TrainedPolicy:
-    out = Path(out_dir)
+    out = inputs.out_dir
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -212,14 +199,14 @@ def _train(
     rng = np.random.default_rng(cfg.seed)
     # Loading reseeds torch's global generator, so the new head's initialisation (after both
     # loads) does not depend on cfg.seed; kept so that same-seed runs repeat earlier ones.
-    policy, ref = load_policy(bc_path), load_policy(bc_path)
+    policy, ref = load_policy(inputs.bc_path), load_policy(inputs.bc_path)
     ref.requires_grad_(False)
     if cfg.autoregressive and policy.head is None:
         policy.add_head()
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-    gold = gold_table(corpus, [s.essay_id for s in train_segs])
-    macro = _init_macro(policy, train_segs, gold, cfg) if cfg.reward == "macro" else None
-    writer = tensorboard_writer(tb_dir)
+    gold = gold_table(inputs.corpus, [s.essay_id for s in inputs.train_segs])
+    macro = _init_macro(policy, inputs.train_segs, gold, cfg) if cfg.reward == "macro" else None
+    writer = tensorboard_writer(inputs.tb_dir)
 
     history: list[dict[str, float]] = []
     best = -math.inf
@@ -230,9 +217,9 @@ def _train(
     def checkpoint(update: int) -> None:
         nonlocal best
         save_policy(policy, out / "last.pt")
-        if not val_segs:
+        if not inputs.val_segs:
             return
-        f1 = evaluate(policy, val_segs, corpus)
+        f1 = evaluate(policy, inputs.val_segs, inputs.corpus)
         row = {"update": update, "essays": essays_seen, "seconds": train_s, "val_macro_f1": f1}
         for key in ("reward", "greedy_reward", "kl", "entropy"):
             if recent:
@@ -248,16 +235,16 @@ def _train(
             save_policy(policy, out / "best.pt")
 
     checkpoint(0)
-    total = round(cfg.passes * len(train_segs))
+    total = round(cfg.passes * len(inputs.train_segs))
     n_updates = math.ceil(total / cfg.batch_essays)
     order: IntArray = np.zeros(0, np.int64)
     bar = progress(total=total, desc=f"episode RL ({cfg.estimator})", disable=not cfg.progress_bar)
     for update in range(1, n_updates + 1):
         t_up = time.perf_counter()
         if order.size < cfg.batch_essays:
-            order = np.concatenate([order, rng.permutation(len(train_segs))])
+            order = np.concatenate([order, rng.permutation(len(inputs.train_segs))])
         idx, order = order[: cfg.batch_essays], order[cfg.batch_essays :]
-        segs = [train_segs[i] for i in idx]
+        segs = [inputs.train_segs[i] for i in idx]
         stats = _update(policy, ref, opt, segs, gold, cfg, gen, macro)
         recent.append(stats)
         essays_seen += len(segs)

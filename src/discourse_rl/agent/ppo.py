@@ -31,7 +31,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 
-from discourse_rl.agent.common import AgentConfig, torch_threads
+from discourse_rl.agent.common import AgentConfig, FineTuneInputs, torch_threads
 from discourse_rl.agent.policy import (
     AttentionPolicy,
     PolicyConfig,
@@ -249,37 +249,22 @@ def make_env(segs: Sequence[EssaySegments], corpus: Corpus, cfg: AgentConfig) ->
     return VecMonitor(DummyVecEnv(fns))  # type: ignore[arg-type]
 
 
-def train_ppo(
-    train_segs: Sequence[EssaySegments],
-    corpus: Corpus,
-    bc_path: str | Path,
-    cfg: AgentConfig,
-    out_dir: str | Path,
-    *,
-    val_segs: Sequence[EssaySegments] = (),
-    tb_dir: str | Path | None = None,
-) -> TrainedPolicy:
-    """Fine-tune the BC policy at `bc_path` on the training essays; returns what it saved.
+def train_ppo(inputs: FineTuneInputs, cfg: AgentConfig) -> TrainedPolicy:
+    """Fine-tune the BC policy `inputs.bc_path` on the training essays; returns what it saved.
 
     The returned policy is the checkpoint with the best validation macro F1 (the BC policy
-    itself counts as the first checkpoint), or the last one without `val_segs`.
+    itself counts as the first checkpoint), or the last one without validation essays.
     """
     with torch_threads(cfg.torch_threads):
-        return _train_ppo(train_segs, corpus, bc_path, cfg, Path(out_dir), val_segs, tb_dir)
+        return _train_ppo(inputs, cfg)
 
 
-def _train_ppo(
-    train_segs: Sequence[EssaySegments],
-    corpus: Corpus,
-    bc_path: str | Path,
-    cfg: AgentConfig,
-    out_dir: Path,
-    val_segs: Sequence[EssaySegments],
-    tb_dir: str | Path | None,
-) -> TrainedPolicy:
+def _train_ppo(inputs: FineTuneInputs, cfg: AgentConfig) -> TrainedPolicy:
+    out_dir = inputs.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    env = make_env(train_segs, corpus, cfg)
+    env = make_env(inputs.train_segs, inputs.corpus, cfg)
+    n_features = int(inputs.train_segs[0].features.shape[1])
     model = MaskablePPO(
         SB3Policy,
         env,
@@ -292,19 +277,19 @@ def _train_ppo(
         clip_range=cfg.clip_range,
         ent_coef=cfg.ent_coef,
         vf_coef=cfg.vf_coef,
-        policy_kwargs={"config": PolicyConfig.of(cfg, int(train_segs[0].features.shape[1]))},
-        tensorboard_log=None if tb_dir is None else str(tb_dir),
+        policy_kwargs={"config": PolicyConfig.of(cfg, n_features)},
+        tensorboard_log=None if inputs.tb_dir is None else str(inputs.tb_dir),
         seed=cfg.seed,
         device="cpu",
     )
-    bc = load_policy(bc_path)
+    bc = load_policy(inputs.bc_path)
     policy: SB3Policy = model.policy  # type: ignore[assignment]
     policy.net.load_state_dict(bc.state_dict())
     bc.requires_grad_(False)
     ref = SB3Policy(model.observation_space, model.action_space, model.lr_schedule, net=bc)
     ref.set_training_mode(False)
     kl_cb = KLPenalty(ref, cfg.kl_beta, cfg.kl_target)
-    eval_cb = HeldOutEval(val_segs, corpus, cfg.eval_every, out_dir)
+    eval_cb = HeldOutEval(inputs.val_segs, inputs.corpus, cfg.eval_every, out_dir)
     eval_cb.init_callback(model)
     eval_cb.evaluate()  # the BC policy's own score, the bar PPO has to clear
     callbacks = [kl_cb, eval_cb]
@@ -313,7 +298,9 @@ def _train_ppo(
     # random projection; the warm-up then fits it at its own, larger learning rate.
     with torch.no_grad():
         model.policy.value_net.weight.zero_()
-        model.policy.value_net.bias.fill_(mean_reward(bc, train_segs, corpus, cfg.reward))
+        model.policy.value_net.bias.fill_(
+            mean_reward(bc, inputs.train_segs, inputs.corpus, cfg.reward)
+        )
     if cfg.value_warmup_steps > 0:
         value_head = set(id(p) for p in model.policy.value_net.parameters())
         for p in model.policy.parameters():

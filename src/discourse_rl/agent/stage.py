@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +22,7 @@ import pandas as pd
 from discourse_rl import decode
 from discourse_rl.agent import predict_spans
 from discourse_rl.agent.bc import train_bc
-from discourse_rl.agent.common import AgentConfig, split_validation
+from discourse_rl.agent.common import AgentConfig, FineTuneInputs, split_validation
 from discourse_rl.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.agent.ppo import train_ppo
 from discourse_rl.agent.resume import AgentResume, FinishedTrainer, inputs_key
@@ -167,22 +166,17 @@ def train_agent_stage(
         k: int,
         seed: int,
         val: Sequence[EssaySegments],
-        **extra: Any,
     ) -> FinishedTrainer:
-        """Run (or reuse) PPO or the episode trainer: both fine-tune seed k's BC policy and take
-        the same arguments."""
-        made_by = partial(
-            train,
+        """Run (or reuse) PPO or the episode trainer: both fine-tune seed k's BC policy."""
+        inputs = FineTuneInputs(
             segs,
             corpus,
-            lay.policy("bc", k, seed),
-            trainer_cfg,
-            lay.trainer_dir(trainer, k, seed),
+            bc_path=lay.policy("bc", k, seed),
+            out_dir=lay.trainer_dir(trainer, k, seed),
             val_segs=val,
             tb_dir=lay.tensorboard(f"agent_{trainer}_seed{seed}"),
-            **extra,
         )
-        return resume.run(trainer, k, seed, made_by, score)
+        return resume.run(trainer, k, seed, partial(train, inputs, trainer_cfg), score)
 
     for k, seed in enumerate(seeds):
         scfg = dataclasses.replace(cfg, seed=int(seed))
@@ -212,7 +206,7 @@ def train_agent_stage(
         episode_s = None
         if episode_cfg is not None:
             ep_cfg = dataclasses.replace(episode_cfg, seed=int(seed))
-            ep = from_bc("episode", train_episode, tr, ep_cfg, k, seed, val, agent_cfg=scfg)
+            ep = from_bc("episode", train_episode, tr, ep_cfg, k, seed, val)
             episode_s = ep.seconds
             scores["episode"].append(ep.heldout)
         records.append(
