@@ -70,6 +70,10 @@ class NerConfig:
     """CPU threads for torch (0 = leave torch's setting; see `common.torch_threads`). Spinning
     OpenMP threads made 2 collapse beside other jobs; the package now makes them sleep
     (OMP_WAIT_POLICY=PASSIVE, docs/ner.md)."""
+    fold_workers: int = 0
+    """'finetune' on the CPU: folds trained at once, each in its own process with `threads` /
+    `fold_workers` threads (0 = one per thread when `threads` >= 2, so 2 threads train 2 folds
+    in two single-thread processes; 1 = one process, folds one by one; docs/ner.md)."""
     freeze_layers: int = 0
     """'finetune': freeze the embeddings and this many lower encoder layers."""
     attention_dropout: float = 0.0
@@ -138,6 +142,7 @@ _RULES = {
     "batch_size": rules.positive,
     "grad_accum": rules.positive,
     "threads": rules.non_negative,
+    "fold_workers": rules.non_negative,
     "freeze_layers": rules.non_negative,
     "attention_dropout": rules.below_one,
     "hidden_dropout": rules.below_one,

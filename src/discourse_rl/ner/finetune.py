@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from discourse_rl.ner.tokens import (
     window_inputs,
     word_features,
 )
+from discourse_rl.workers import Job, run_jobs
 
 
 class _WindowData(torch.utils.data.Dataset[dict[str, Any]]):
@@ -61,35 +63,105 @@ class _WindowData(torch.utils.data.Dataset[dict[str, Any]]):
 def train_finetune(
     corpus: Corpus, cfg: NerConfig, layout: RunLayout, folds: dict[str, int], seed: int
 ) -> None:
-    """Train each unfinished fold's model and predict its held-out essays."""
-    from safetensors.torch import save_file
-    from transformers import Trainer
+    """Train each unfinished fold's model and predict its held-out essays: one fold after the
+    other in this process, or `fold_workers` of them at once, each in its own process."""
+    device = default_device()
+    todo = [k for k, fold in enumerate(layout.folds(cfg.folds)) if not _finished(fold)]
+    workers = fold_workers(cfg, len(todo), device)
+    if workers <= 1:
+        train_folds(corpus, cfg, layout, folds, seed, todo)
+        return
+    cache = None
+    if cfg.cache_frozen:
+        # Built once, here, with all the threads; each child then maps the finished file.
+        data = _prepare(corpus, cfg, layout)
+        cache = _state_cache(cfg, layout, data.per_essay, data.pad_id, device)
+    # The stage runs inside torch_threads(cfg.threads): this is `threads`, or torch's own count.
+    threads = max(1, torch.get_num_threads() // workers)
+    args = (corpus, cfg, layout, folds, seed)
+    jobs = [Job(f"fold {k}", train_folds, (*args, [k], False)) for k in todo]
+    run_jobs(jobs, workers, threads)
+    if cache is not None:
+        del cache
+        drop_state_cache(layout)
 
+
+def fold_workers(cfg: NerConfig, todo: int, device: torch.device) -> int:
+    """How many of `todo` folds train at once (`ner.fold_workers`; 0 = one per thread when
+    `threads` >= 2). A GPU, or a launcher's ranks sharing each fold, train them one by one."""
+    if todo <= 1 or device.type != "cpu" or distributed.distributed():
+        return 1
+    if cfg.fold_workers > 0:
+        return min(cfg.fold_workers, todo)
+    return min(todo, cfg.threads) if cfg.threads >= 2 else 1
+
+
+def _finished(fold: FoldLayout) -> bool:
+    return fold.oof.is_file() and fold.model.is_file()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """Every essay tokenised and cut into windows once: a fold's training windows are its
+    essays' in id order."""
+
+    tokenizer: Any
+    essays: list[Essay]
+    feats: list[Any]
+    labels: list[Any]
+    position: dict[str, int]
+    per_essay: list[list[Window]]
+    first_row: list[int]
+    pad_id: int
+
+
+def _prepare(corpus: Corpus, cfg: NerConfig, layout: RunLayout) -> _Prepared:
     tokenizer = load_tokenizer(layout.ner_encoder)
     ids = sorted(corpus.essays)
     essays: list[Essay] = [corpus.essays[i] for i in ids]
-    feats = [word_features(e) for e in essays]
-    labels = [corpus.word_labels(i) for i in ids]
     tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
     cls_id, sep_id, pad_id = special_ids(tokenizer)
-    position = {i: n for n, i in enumerate(ids)}
-    device = default_device()
-    todo = [
-        (k, fold)
-        for k, fold in enumerate(layout.folds(cfg.folds))
-        if not (fold.oof.is_file() and fold.model.is_file())
-    ]
-    # Every essay's windows, cut once: a fold's training windows are its essays' in id order.
     per_essay = [
         essay_windows(t, n, cfg.window, cfg.overlap, cls_id, sep_id) for n, t in enumerate(tokens)
     ]
-    first_row = np.cumsum([0] + [len(ws) for ws in per_essay]).tolist()
-    cache = _state_cache(cfg, layout, per_essay, pad_id, device) if todo else None
-    for k, fold in todo:
+    return _Prepared(
+        tokenizer=tokenizer,
+        essays=essays,
+        feats=[word_features(e) for e in essays],
+        labels=[corpus.word_labels(i) for i in ids],
+        position={i: n for n, i in enumerate(ids)},
+        per_essay=per_essay,
+        first_row=np.cumsum([0] + [len(ws) for ws in per_essay]).tolist(),
+        pad_id=pad_id,
+    )
+
+
+def train_folds(
+    corpus: Corpus,
+    cfg: NerConfig,
+    layout: RunLayout,
+    folds: dict[str, int],
+    seed: int,
+    todo: list[int],
+    drop_cache: bool = True,
+) -> None:
+    """Train the folds `todo`, one after the other, in this process (a fold child's job: one
+    fold, the cache left to the parent)."""
+    from safetensors.torch import save_file
+    from transformers import Trainer
+
+    if not todo:
+        return
+    device = default_device()
+    data = _prepare(corpus, cfg, layout)
+    per_essay, position = data.per_essay, data.position
+    cache = _state_cache(cfg, layout, per_essay, data.pad_id, device)
+    for k in todo:
+        fold = layout.fold(k)
         train_ids, val_ids = fold_split(folds, k)
         windows = [w for i in train_ids for w in per_essay[position[i]]]
         rows = [
-            first_row[position[i]] + j
+            data.first_row[position[i]] + j
             for i in train_ids
             for j in range(len(per_essay[position[i]]))
         ]
@@ -100,7 +172,7 @@ def train_finetune(
 
         def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
             group = [it["window"] for it in items]
-            inputs = window_inputs(group, feats, pad_id, labels)
+            inputs = window_inputs(group, data.feats, data.pad_id, data.labels)
             if cache is not None:
                 lengths = [len(w.input_ids) for w in group]
                 t = inputs["input_ids"].shape[1]
@@ -129,13 +201,14 @@ def train_finetune(
             atomic_save(fold.model, write)
         # Each process predicts its share of the held-out essays; the main one writes them.
         mine = distributed.shard(val_ids)
-        probs = window_probs([model], tokenizer, [essays[position[i]] for i in mine], cfg, device)
+        held = [data.essays[position[i]] for i in mine]
+        probs = window_probs([model], data.tokenizer, held, cfg, device)
         held_out = distributed.gather(dict(zip(mine, probs, strict=True)))
         if distributed.is_main():
             save_word_probs(fold.oof, held_out)
         # Every process sees the fold finished before any checks the next one.
         distributed.barrier()
-    if cache is not None and distributed.is_main():
+    if cache is not None and drop_cache and distributed.is_main():
         del cache
         drop_state_cache(layout)
 
