@@ -4,7 +4,6 @@ with a tiny fine-tuned BERT on a few essays, against one process; `predict --sha
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -20,6 +19,7 @@ from discourse_rl.data import load_corpus, load_word_probs, sample_dir
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerPredictor
 from discourse_rl.pipeline import train_ner
+from discourse_rl.workers import child_env
 
 SKIP = ("checkpoints", "tensorboard", "tb")
 """Folders written by libraries (the Trainer's checkpoints, TensorBoard), not by the stage."""
@@ -73,12 +73,8 @@ def _held_out_nll(run: Path, data: Path) -> float:
 def test_torchrun_two_processes_train_ner(tiny_backbone: str, tmp_path: Path) -> None:
     data = _data(tmp_path / "data")
     config = _config(tmp_path / "tiny.toml", tiny_backbone)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(sys.path),
-        "OMP_NUM_THREADS": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
+    # The environment the package gives its own children: one thread each, this import path.
+    env = {**child_env(1), "CUDA_VISIBLE_DEVICES": ""}
     args = ["-m", "discourse_rl", "train-ner", "--data", str(data), "--config", str(config)]
     one = tmp_path / "one"
     train_ner(one, data, config, log=lambda _: None)
@@ -179,7 +175,7 @@ def test_torchrun_predict_shares_the_essays_and_combines(tiny_run: Path, tmp_pat
     essays = sample_dir() / "test"
     args = ["predict", "--model", str(tiny_run), "--essays", str(essays), "--stage", "ner-naive"]
     assert main([*args, "--out", str(tmp_path / "one.csv")]) == 0
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    env = child_env(1)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     done = subprocess.run(
         [*launch, "-m", "discourse_rl", *args, "--out", str(tmp_path / "two.csv")],

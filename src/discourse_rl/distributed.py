@@ -9,6 +9,10 @@ no process group, every guard open. The rules the stages follow:
 - work that splits by essay (prediction) is shared by `shard` and brought together on the main
   process by `gather`;
 - each process uses the device of its LOCAL_RANK (`default_device` in ner.inference).
+
+Processes the package starts itself on one machine (NER folds side by side, prediction shares)
+are not ranks: `discourse_rl.workers` launches them, clears these variables in their
+environment, and hands out their shares with `shard`.
 """
 
 from __future__ import annotations
