@@ -13,7 +13,8 @@ import pytest
 from discourse_rl import artefacts
 from discourse_rl.cli import main
 from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, load_corpus, sample_dir
+from discourse_rl.data import CLASSES, load_corpus, load_word_probs, sample_dir
+from discourse_rl.decode import fit_tuned, load_thresholds
 from discourse_rl.labeller import offered_stages
 from discourse_rl.layout import FORMAT_VERSION, RunLayout
 from discourse_rl.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
@@ -122,6 +123,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
         lay.agent_results,
         lay.split,
         lay.spans_results,
+        lay.spans_tuned,
         lay.constrained,
         lay.gbdt / "params.json",
     ):
@@ -142,6 +144,12 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     split = read_split(lay.split)
     assert len(split.heldout) == 6 and len(split.train) == N_ESSAYS - 6
     assert not set(split.heldout) & set(split.train)
+    # Deployed ner-tuned is the training essays' fit, not the NER stage's fit on every essay.
+    probs = load_word_probs(lay.oof)
+    train_fit = fit_tuned(
+        {i: probs[i] for i in split.train}, load_corpus(few_essays).subset(split.train)
+    )
+    assert lay.tuned == lay.spans_tuned and load_thresholds(lay.tuned) == train_fit
     spans, results = SpansResults.read(lay.spans_results), AgentResults.read(lay.agent_results)
     assert spans.heldout == results.heldout and spans.n_train == results.n_train == 24
     assert all(s.n_heldout == 6 for s in table.rows)

@@ -110,3 +110,12 @@ def test_rich_segment_features_are_finite_and_appended() -> None:
         assert (
             r.features[0, n_plain + 16 + len(CLASSES) + 3] == 1.0
         )  # the first segment opens a paragraph
+
+
+def test_deployed_ner_tuned_is_the_training_essays_fit(tmp_path: Path) -> None:
+    lay = RunLayout(tmp_path)
+    lay.decode.write_text("{}", encoding="utf-8")
+    assert lay.tuned == lay.decode  # an NER-only run: the one fit there is
+    lay.spans.mkdir()
+    lay.spans_tuned.write_text("{}", encoding="utf-8")
+    assert lay.tuned == lay.spans_tuned

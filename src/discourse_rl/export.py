@@ -131,6 +131,8 @@ def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> 
     ):
         if p.is_file():
             add(p)
+    if stage == "ner-tuned" and layout.spans_tuned.is_file():
+        add(layout.spans_tuned)
     if stage == "ner-constrained":
         add(layout.constrained)
     if stage == "gbdt":

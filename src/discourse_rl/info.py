@@ -62,7 +62,7 @@ def _can_predict(lay: RunLayout, stage: str) -> Path | None:
     if stage == "ner-naive":
         return lay.ner
     if stage == "ner-tuned":
-        return lay.decode if lay.decode.is_file() else None
+        return lay.tuned if lay.tuned.is_file() else None
     if stage == "ner-constrained":
         return lay.constrained if lay.constrained.is_file() else None
     if stage == "gbdt":

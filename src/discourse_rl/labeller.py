@@ -107,7 +107,7 @@ def offered_stages(run: str | Path) -> tuple[str, ...]:
     if not (layout.ner_encoder / "config.json").is_file():
         return ()
     stages = ["ner-naive"]
-    if layout.decode.is_file():
+    if layout.tuned.is_file():
         stages.append("ner-tuned")
     if layout.constrained.is_file():
         stages.append("ner-constrained")
@@ -271,7 +271,7 @@ class Labeller:
             if stage == "ner-tuned":
                 from discourse_rl.decode import load_thresholds
 
-                self._decoders[stage] = load_thresholds(self._layout.decode)
+                self._decoders[stage] = load_thresholds(self._layout.tuned)
             elif stage == "ner-constrained":
                 from discourse_rl.spans.stage import load_constrained
 

@@ -165,6 +165,17 @@ class RunLayout(_Folder):
         return self.spans / "results.json"
 
     @property
+    def spans_tuned(self) -> Path:
+        """ner-tuned's minima fitted on the training essays only (scored on the held-out ones)."""
+        return self.spans / "tuned.json"
+
+    @property
+    def tuned(self) -> Path:
+        """The thresholds `ner-tuned` predicts with: the training essays' fit where a spans stage
+        ran (the protocol's deployed model), else the NER stage's fit on every essay."""
+        return self.spans_tuned if self.spans_tuned.is_file() else self.decode
+
+    @property
     def constrained(self) -> Path:
         """ner-constrained: the at-most-one classes and the per-class minima."""
         return self.spans / "constrained.json"

@@ -71,6 +71,7 @@ def train_spans_stage(
         row("ner-naive", [heldout_score(decode.decode_all(held_probs, decode.decode_naive), gt)])
     ]
     tuned = decode.fit_tuned(train_probs, corpus.subset(train))
+    decode.save_thresholds(lay.spans_tuned, tuned)
     pred = decode.decode_all(held_probs, partial(decode.decode_tuned, thresholds=tuned))
     rows.append(row("ner-tuned", [heldout_score(pred, gt)]))
 
