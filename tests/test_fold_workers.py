@@ -1,5 +1,6 @@
 """Issue 15: NER folds trained side by side, each in its own single-thread process
-(`ner.fold_workers`), through the package's one launcher (`discourse_rl.workers`)."""
+(`ner.fold_workers`), and many essays predicted in shares by single-thread processes, both
+through the package's one launcher (`discourse_rl.workers`)."""
 
 from __future__ import annotations
 
@@ -116,3 +117,44 @@ def test_a_failing_fold_child_stops_the_stage_with_one_line(
     assert "\n" not in line
     assert line.startswith(("fold 0 failed in its own process", "fold 1 failed in its own process"))
     assert "checkpoint-1" in line, line
+
+
+def test_prediction_shared_by_processes_is_one_processs_in_order(
+    tiny_backbone: str,
+    corpus_small: Corpus,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Essays dealt to two single-thread children, in groups as one process forms them: the
+    same probabilities, bit for bit, as one single-thread process, in the order given."""
+    from discourse_rl.ner import NerPredictor, inference
+    from discourse_rl.ner import predict as predict_module
+
+    corpus = _few(corpus_small, 4)
+    cfg = tiny_cfg(tiny_backbone, mode="finetune", epochs=1.0, threads=1)
+    train_ner(corpus, cfg, tmp_path, seed=0)
+    # Small groups and pieces, so that 8 essays make several groups and a long essay is cut
+    # into pieces that may land in different shares.
+    monkeypatch.setattr(inference, "GROUP_WORDS", 1000)
+    monkeypatch.setattr(inference, "PIECE_WORDS", 400)
+    every = corpus_small.essays
+    essays = {i: every[i] for i in sorted(every, reverse=True)}  # not in id order
+    assert max(e.n_words for e in essays.values()) > 400
+    launched: list[int] = []
+
+    def counted(jobs: list[Job], at_once: int, threads: int) -> list[object]:
+        launched.append(len(jobs))
+        assert threads == 1
+        return run_jobs(jobs, at_once, threads)
+
+    monkeypatch.setattr(predict_module, "run_jobs", counted)
+
+    one = NerPredictor.load(tmp_path, threads=1).predict(essays)
+    shared = NerPredictor.load(tmp_path, threads=2)
+    assert shared._processes(8) == 2 and shared._processes(7) == 1  # automatic: 4 groups each
+    assert not launched
+    two = NerPredictor.load(tmp_path, threads=2, workers=2).predict(essays)
+    assert launched == [2]
+    assert list(two) == list(one) == list(essays)
+    for i in one:
+        np.testing.assert_array_equal(one[i], two[i])
