@@ -21,14 +21,21 @@ linear layers dynamically quantised, `ner.infer_dtype = "int8"`). With `--freeze
 step) and one inference row (`--infer-dtype`) idle, then again beside one busy single-threaded
 process that it starts at that niceness and always stops (benchmarks/background.py); `--json`
 gives `{"idle": {"train_tokens_per_s", "infer_tokens_per_s"}, "background": {...},
-"background_kind": ...}` and the slowdowns. The uptime load average is printed because shared
-cores make every figure here pessimistic.
+"background_kind": ...}` and the slowdowns. Those two rows are measured the way the package
+uses the cores: `--processes` single-thread processes at once, their tokens/s summed (default:
+one per `--threads`, as the NER stage trains its folds side by side and shares a large
+prediction); `--processes 1` measures this one process with `--threads` threads. The uptime load
+average is printed because shared cores make every figure here pessimistic.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +43,7 @@ from typing import Any
 import torch
 
 from benchmarks.background import KINDS, busy_background
-from benchmarks.common import require, run_benchmark
+from benchmarks.common import ROOT, require, run_benchmark
 from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
 from discourse_rl.layout import RunLayout
@@ -52,6 +59,7 @@ from discourse_rl.ner.inference import (
     int8_encoder_copy,
 )
 from discourse_rl.ner.model import NerModel
+from discourse_rl.workers import child_env
 
 
 def tokens_per_second(
@@ -138,6 +146,16 @@ def main(argv: list[str] | None = None) -> None:
         help="--background's training row: ner.cache_frozen (upper layers + head from states "
         "cached after --freeze-layers layers)",
     )
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="--background: single-thread processes measuring at once, rates summed (0 = one "
+        "per --threads, as the NER stage runs; 1 = this process with --threads threads)",
+    )
+    # A child of --processes: measures once, in step with its siblings, and prints one JSON line.
+    ap.add_argument("--child-of", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)
     run_benchmark(ap, measure, argv)
 
 
@@ -186,29 +204,88 @@ def fresh_model(args: argparse.Namespace) -> NerModel:
     return model
 
 
-def pair_rates(args: argparse.Namespace, model: NerModel, ready: NerModel) -> dict[str, float]:
+def pair_rates(
+    args: argparse.Namespace, model: NerModel, ready: NerModel, wait: Any = None
+) -> dict[str, float]:
     """Training tokens/s (bf16 where available, as the reference trains) and inference tokens/s
-    of the prediction copy `ready`."""
+    of the prediction copy `ready`; `wait(phase)` holds each phase until every sibling is ready."""
     bf16 = bf16_available(torch.device("cpu"))
     depth = args.freeze_layers if args.cache_frozen else 0
+    if wait is not None:
+        wait("train")
     train = tokens_per_second(model, args.batch, args.seq, args.steps, bf16, True, depth)
+    if wait is not None:
+        wait("infer")
     infer = tokens_per_second(ready, args.batch * 2, args.seq, args.steps, False, False)
-    print(f"train {train:,.0f} tokens/s, infer {infer:,.0f} tokens/s", flush=True)
     return {"train_tokens_per_s": train, "infer_tokens_per_s": infer}
+
+
+def child_rates(args: argparse.Namespace) -> dict[str, float]:
+    """One sibling's rates: a single-thread process, started with the others' environment."""
+    folder: Path = args.child_of
+
+    def wait(phase: str) -> None:
+        # A barrier through files: siblings load at different speeds, and the rates only
+        # mean "side by side" if every sibling starts each phase together.
+        (folder / f"{phase}-{os.getpid()}").touch()
+        end = time.monotonic() + 300
+        while len(list(folder.glob(f"{phase}-*"))) < args.siblings:
+            if time.monotonic() > end:
+                raise DiscourseRLError(f"ner_speed: siblings never reached {phase}")
+            time.sleep(0.02)
+
+    model = fresh_model(args)
+    ready = for_inference(model, NerConfig(infer_dtype=args.infer_dtype), torch.device("cpu"))
+    return pair_rates(args, model, ready, wait)
+
+
+def side_by_side(args: argparse.Namespace, processes: int) -> dict[str, float]:
+    """Summed rates of `processes` single-thread child processes measuring at once."""
+    own = ["--freeze-layers", str(args.freeze_layers), "--batch", str(args.batch)]
+    own += ["--seq", str(args.seq), "--steps", str(args.steps), "--infer-dtype", args.infer_dtype]
+    own += ["--attention-dropout", str(args.attention_dropout)]
+    own += ["--hidden-dropout", str(args.hidden_dropout), "--siblings", str(processes)]
+    own += ["--backbone", args.backbone] + (["--cache-frozen"] if args.cache_frozen else [])
+    env = child_env(1)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env["PYTHONPATH"]])
+    with tempfile.TemporaryDirectory(prefix="ner-speed-") as tmp:
+        cmd = [sys.executable, "-m", "benchmarks.ner_speed", *own, "--child-of", tmp, "--json"]
+        children = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(processes)
+        ]
+        outs = [c.communicate()[0] for c in children]
+    if any(c.returncode for c in children):
+        raise DiscourseRLError("ner_speed: a measuring process failed (its error is above)")
+    rates = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    return {k: sum(r[k] for r in rates) for k in rates[0]}
+
+
+def layout_rates(args: argparse.Namespace, processes: int, model: Any, ready: Any) -> Any:
+    """The two rates measured the way `processes` asks, printed."""
+    rates = pair_rates(args, model, ready) if processes == 1 else side_by_side(args, processes)
+    train, infer = rates["train_tokens_per_s"], rates["infer_tokens_per_s"]
+    print(f"train {train:,.0f} tokens/s, infer {infer:,.0f} tokens/s", flush=True)
+    return rates
 
 
 def background_rates(args: argparse.Namespace) -> dict[str, Any]:
     """The same two rates idle and beside one busy process (`--background`)."""
     if args.cache_frozen and args.freeze_layers <= 0:
         raise DiscourseRLError("--cache-frozen needs --freeze-layers > 0")
-    model = fresh_model(args)
-    ready = for_inference(model, NerConfig(infer_dtype=args.infer_dtype), torch.device("cpu"))
-    print(f"idle (load average {os.getloadavg()})", flush=True)
-    idle = pair_rates(args, model, ready)
+    threads = torch.get_num_threads()
+    processes = args.processes or (threads if threads >= 2 else 1)
+    model = ready = None
+    if processes == 1:
+        model = fresh_model(args)
+        ready = for_inference(model, NerConfig(infer_dtype=args.infer_dtype), torch.device("cpu"))
+    how = f"{processes} single-thread processes" if processes > 1 else f"{threads} threads"
+    print(f"idle, {how} (load average {os.getloadavg()})", flush=True)
+    idle = layout_rates(args, processes, model, ready)
     with busy_background(args.background):
         time.sleep(1.0)  # let the busy loop start before timing
         print(f"beside one busy process, {args.background}", flush=True)
-        loaded = pair_rates(args, model, ready)
+        loaded = layout_rates(args, processes, model, ready)
     slower = {k: idle[k] / loaded[k] for k in idle}
     print(
         f"slowdown: train {slower['train_tokens_per_s']:.2f}x, "
@@ -218,6 +295,7 @@ def background_rates(args: argparse.Namespace) -> dict[str, Any]:
         "idle": idle,
         "background": loaded,
         "background_kind": args.background,
+        "processes": processes,
         "slowdown": slower,
         "infer_dtype": args.infer_dtype,
         "cache_frozen": args.cache_frozen,
@@ -228,6 +306,8 @@ def background_rates(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.child_of is not None:
+        return child_rates(args)
     if args.predict_run is not None:
         # Fail before minutes of measuring, not after.
         require(

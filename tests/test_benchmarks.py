@@ -50,3 +50,23 @@ def test_missing_data_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
         captured.err
         == f"error: {tmp_path / 'train.csv'}: not found (pass --data, a Kaggle-layout folder)\n"
     )
+
+
+def test_ner_speed_background_measures_side_by_side_processes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The rows under load must be measured as the stage uses the cores: two single-thread
+    # processes at once, their rates summed; a broken child must fail the benchmark.
+    from benchmarks import ner_speed
+    from tests.tiny import save_tiny_bert
+
+    backbone = save_tiny_bert(tmp_path / "bert", hidden=32, layers=2, max_positions=64)
+    args = ["--backbone", str(backbone), "--batch", "2", "--seq", "32", "--steps", "1"]
+    args += ["--processes", "2"]
+    ner_speed.main([*args, "--freeze-layers", "1", "--background", "nice19", "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["processes"] == 2 and result["background_kind"] == "nice19"
+    for row in ("idle", "background"):
+        assert result[row]["train_tokens_per_s"] > 0 and result[row]["infer_tokens_per_s"] > 0
+    with pytest.raises(SystemExit):
+        ner_speed.main([*args, "--background", "nice19", "--backbone", str(tmp_path / "none")])
