@@ -1,10 +1,15 @@
-"""Does int8 inference cost quality? Out-of-fold word probabilities of a trained run recomputed
-with the encoder in bf16, int8 (dynamically quantised linear layers) and fp32, and the decoded
-macro F1 of each.
+"""Does int8 inference, or windows spread evenly, cost quality? Out-of-fold word probabilities of
+a trained run recomputed with the encoder in bf16, int8 (dynamically quantised linear layers) and
+fp32, and (finetune runs) with the training's windows (`full`: every window full length, the last
+pulled back) and/or evenly spread ones (`spread`: as many windows, equal and shorter;
+`ner.predict_windows`), and the decoded macro F1 of each against bf16 with full windows.
 
     .venv/bin/python -m experiments.infer_dtype --run /tmp/cpu-demo            # the demo run
     .venv/bin/python -m experiments.infer_dtype --run runs/reference-ft \\
         --data ../shared/data/feedback-prize-2021 --max-essays 1000 --json
+    .venv/bin/python -m experiments.infer_dtype --run runs/reference-s2 \\
+        --data ../shared/data/feedback-prize-2021 --max-essays 1000 --dtypes bf16 \\
+        --windows full spread --threads 2 --json
 
 Each fold's model predicts the essays it did not see (as the NER stage's out-of-fold pass), so
 the F1 is the run's out-of-fold F1 with only the encoder's precision changed. `--threads`
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,7 @@ from discourse_rl.data import Essay, load_corpus, sample_dir
 from discourse_rl.decode import evaluate_decoding
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner import NerPredictor
-from discourse_rl.ner.config import INFER_DTYPES
+from discourse_rl.ner.config import INFER_DTYPES, PREDICT_WINDOWS
 from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
 from discourse_rl.ner.run import read_json
 from discourse_rl.ner.stage import stage_config
@@ -46,7 +52,12 @@ def out_of_fold(
     out: dict[str, FloatArray] = {}
     if predictor.encoder is not None:
         vectors = encode_word_vectors(
-            predictor.encoder, predictor.tokenizer, listed, cfg, device, prepared=True
+            predictor.encoder,
+            predictor.tokenizer,
+            listed,
+            cfg,
+            device,
+            prepared=True,
         )
         feats = [word_features(e) for e in listed]
         for k, head in enumerate(predictor.heads):
@@ -57,7 +68,12 @@ def out_of_fold(
     for k, model in enumerate(predictor.models):
         mine = [i for i in ids if folds[i] == k]
         probs = window_probs(
-            [model], predictor.tokenizer, [essays[i] for i in mine], cfg, device, prepared=True
+            [model],
+            predictor.tokenizer,
+            [essays[i] for i in mine],
+            cfg,
+            device,
+            prepared=True,
         )
         out.update(dict(zip(mine, probs, strict=True)))
     return out
@@ -69,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=None, help="its data (default: the sample)")
     ap.add_argument("--max-essays", type=int, default=0, help="first N essays by id (0 = all)")
     ap.add_argument("--dtypes", nargs="+", default=list(INFER_DTYPES), choices=INFER_DTYPES)
+    ap.add_argument(
+        "--windows", nargs="+", default=["full"], choices=PREDICT_WINDOWS, help="finetune runs"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     run_benchmark(ap, measure, argv)
 
@@ -85,29 +104,33 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     essays = {i: corpus.essays[i] for i in ids}
     out: dict[str, Any] = {"run": str(args.run), "essays": len(ids), "load": os.getloadavg()}
     probs: dict[str, dict[str, FloatArray]] = {}
+    variants = [(d, w) for d in args.dtypes for w in args.windows]
+    names = [d if w == "full" else f"{d}-{w}" for d, w in variants]
     with torch_threads(args.threads):
         out["threads"] = torch.get_num_threads()
-        for dtype in args.dtypes:
+        for name, (dtype, windows) in zip(names, variants, strict=True):
             predictor = NerPredictor.load(args.run, threads=args.threads, infer_dtype=dtype)
+            cfg = replace(predictor.cfg, predict_windows=windows)
+            predictor = replace(predictor, cfg=cfg)
             t0 = time.perf_counter()
-            probs[dtype] = out_of_fold(predictor, essays, folds)
+            probs[name] = out_of_fold(predictor, essays, folds)
             seconds = time.perf_counter() - t0
-            rep = evaluate_decoding(probs[dtype], corpus, folds, decode)
+            rep = evaluate_decoding(probs[name], corpus, folds, decode)
             row = {
                 "seconds": seconds,
                 "naive_macro_f1": rep.naive.macro_f1,
                 "tuned_cross_fitted_macro_f1": rep.tuned_cross_fitted.macro_f1,
             }
-            print(f"{dtype}: {row} (load {os.getloadavg()})", flush=True)
-            out[dtype] = row
-    for dtype in args.dtypes:
-        if dtype != "bf16" and "bf16" in probs:
-            diff = np.concatenate([np.abs(probs[dtype][i] - probs["bf16"][i]).ravel() for i in ids])
-            out[dtype]["max_abs_diff_vs_bf16"] = float(diff.max())
-            out[dtype]["mean_abs_diff_vs_bf16"] = float(diff.mean())
+            print(f"{name}: {row} (load {os.getloadavg()})", flush=True)
+            out[name] = row
+    for name in names:
+        if name != "bf16" and "bf16" in probs:
+            diff = np.concatenate([np.abs(probs[name][i] - probs["bf16"][i]).ravel() for i in ids])
+            out[name]["max_abs_diff_vs_bf16"] = float(diff.max())
+            out[name]["mean_abs_diff_vs_bf16"] = float(diff.mean())
             for key in ("naive_macro_f1", "tuned_cross_fitted_macro_f1"):
-                out[dtype][f"{key}_minus_bf16"] = out[dtype][key] - out["bf16"][key]
-            print(f"{dtype} vs bf16: {out[dtype]}")
+                out[name][f"{key}_minus_bf16"] = out[name][key] - out["bf16"][key]
+            print(f"{name} vs bf16: {out[name]}")
     return out
 
 

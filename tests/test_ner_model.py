@@ -61,9 +61,10 @@ def test_every_word_gets_subtokens_and_markers_separate_paragraphs(tiny_backbone
     assert np.all(plain.token_word >= 0)
 
 
-@pytest.mark.parametrize("n", [1, 5, 48, 49, 50, 200, 333])
-def test_windows_cover_every_token(n: int) -> None:
-    bounds = window_bounds(n, 48, 12)
+@pytest.mark.parametrize("spread", [False, True])
+@pytest.mark.parametrize("n", [1, 5, 48, 49, 50, 83, 84, 85, 200, 333, 1001])
+def test_windows_cover_every_token(n: int, spread: bool) -> None:
+    bounds = window_bounds(n, 48, 12, spread)
     covered = np.zeros(n, dtype=bool)
     for s, e in bounds:
         assert 0 <= s < e <= n and e - s <= 48
@@ -72,7 +73,20 @@ def test_windows_cover_every_token(n: int) -> None:
     for (_, e0), (s1, _) in itertools.pairwise(bounds):
         assert e0 - s1 >= 12  # consecutive windows overlap
     with pytest.raises(DiscourseRLError):
-        window_bounds(10, 8, 8)
+        window_bounds(10, 8, 8, spread)
+
+
+@pytest.mark.parametrize("n", [49, 50, 83, 84, 85, 200, 333, 1001])
+def test_spread_windows_are_as_many_equal_and_no_longer(n: int) -> None:
+    # Prediction's windows: the training cut's count, one length, and fewer tokens encoded.
+    full, spread = window_bounds(n, 48, 12), window_bounds(n, 48, 12, spread=True)
+    assert len(spread) == len(full) > 1
+    assert len({e - s for s, e in spread}) == 1
+    assert spread[0][0] == 0 and spread[-1][1] == n
+    assert sum(e - s for s, e in spread) <= sum(e - s for s, e in full)
+    # No slack: one token shorter and some pair would share less than the overlap.
+    length = spread[0][1] - spread[0][0]
+    assert length == 48 or (length - 1) * len(spread) < n + (len(spread) - 1) * 12
 
 
 def test_essay_windows_cover_every_word(tiny_backbone: str) -> None:

@@ -149,12 +149,12 @@ def encode_word_vectors(
 
 
 def _windows(
-    tokenizer: Any, essays: Sequence[Essay], cfg: NerConfig
+    tokenizer: Any, essays: Sequence[Essay], cfg: NerConfig, spread: bool = False
 ) -> tuple[list[EssayTokens], list[Window], int]:
     """The essays' sub-tokens, the windows of them all, and the padding id."""
     tokens = tokenize_essays(tokenizer, essays, cfg.paragraph_marker)
     cls_id, sep_id, pad_id = special_ids(tokenizer)
-    return tokens, all_windows(tokens, cfg, cls_id, sep_id), pad_id
+    return tokens, all_windows(tokens, cfg, cls_id, sep_id, spread), pad_id
 
 
 def _accumulators(
@@ -260,9 +260,11 @@ def window_probs(
     progress: Any = None,
     prepared: bool = False,
 ) -> list[FloatArray]:
-    """'finetune' mode: per word, label probabilities averaged over windows and models.
-    `prepared`: the models already went through `for_inference`."""
-    tokens, windows, pad_id = _windows(tokenizer, essays, cfg)
+    """'finetune' mode: per word, label probabilities averaged over windows (cut as
+    `cfg.predict_windows` says) and models. `prepared`: the models already went through
+    `for_inference`."""
+    spread = cfg.predict_windows == "spread"
+    tokens, windows, pad_id = _windows(tokenizer, essays, cfg, spread)
     feats = [word_features(e) for e in essays]
     sums, counts = _accumulators(tokens, NUM_LABELS)
     if not prepared:

@@ -8,6 +8,7 @@ sub-tokens that overlap; each window knows which of its essay's words it covers.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -135,16 +136,29 @@ def _tokenize_batch(
 
 
 # Windows
-def window_bounds(n_tokens: int, size: int, overlap: int) -> list[tuple[int, int]]:
-    """Half-open sub-token ranges of `size` tokens, consecutive ones sharing `overlap`,
-    covering ``[0, n_tokens)``; the last window is pulled back to end at the essay's end."""
+def window_bounds(
+    n_tokens: int, size: int, overlap: int, spread: bool = False
+) -> list[tuple[int, int]]:
+    """Half-open sub-token ranges of at most `size` tokens, consecutive ones sharing at least
+    `overlap`, covering ``[0, n_tokens)``. By default each is `size` long and the last one is
+    pulled back to end at the essay's end (training: every window full); `spread`: the same
+    number of windows, of equal length and evenly spaced (prediction: no token is encoded more
+    often than the overlap asks, and shorter windows cost less attention)."""
     if size <= overlap:
         raise DiscourseRLError(f"ner: window ({size}) must exceed overlap ({overlap})")
     if n_tokens <= size:
         return [(0, n_tokens)]
     step = size - overlap
-    starts = [*range(0, n_tokens - size, step), n_tokens - size]
-    return [(s, s + size) for s in starts]
+    if not spread:
+        starts = [*range(0, n_tokens - size, step), n_tokens - size]
+        return [(s, s + size) for s in starts]
+    k = -(-(n_tokens - overlap) // step)
+    length = -(-(n_tokens + (k - 1) * overlap) // k)
+    while True:  # integer starts may round one overlap down by a token: lengthen until none do
+        starts = [j * (n_tokens - length) // (k - 1) for j in range(k)]
+        if all(b - a <= length - overlap for a, b in itertools.pairwise(starts)):
+            return [(s, s + length) for s in starts]
+        length += 1
 
 
 @dataclass(frozen=True)
@@ -159,10 +173,16 @@ class Window:
 
 
 def essay_windows(
-    tokens: EssayTokens, essay_index: int, size: int, overlap: int, cls_id: int, sep_id: int
+    tokens: EssayTokens,
+    essay_index: int,
+    size: int,
+    overlap: int,
+    cls_id: int,
+    sep_id: int,
+    spread: bool = False,
 ) -> list[Window]:
     out = []
-    for s, e in window_bounds(len(tokens.input_ids), size - 2, overlap):
+    for s, e in window_bounds(len(tokens.input_ids), size - 2, overlap, spread):
         tw = tokens.token_word[s:e]
         real = tw[tw >= 0]
         w0, w1 = (int(real.min()), int(real.max()) + 1) if real.size else (0, 0)
@@ -173,13 +193,13 @@ def essay_windows(
 
 
 def all_windows(
-    tokens: Sequence[EssayTokens], cfg: NerConfig, cls_id: int, sep_id: int
+    tokens: Sequence[EssayTokens], cfg: NerConfig, cls_id: int, sep_id: int, spread: bool = False
 ) -> list[Window]:
     """The windows of every essay, in order; each knows its essay's index in `tokens`."""
     return [
         w
         for i, t in enumerate(tokens)
-        for w in essay_windows(t, i, cfg.window, cfg.overlap, cls_id, sep_id)
+        for w in essay_windows(t, i, cfg.window, cfg.overlap, cls_id, sep_id, spread)
     ]
 
 
