@@ -158,3 +158,14 @@ def test_prediction_shared_by_processes_is_one_processs_in_order(
     assert list(two) == list(one) == list(essays)
     for i in one:
         np.testing.assert_array_equal(one[i], two[i])
+
+    # The children predict with the parent's settings, not only the run's: here the windows.
+    def spread(p: NerPredictor) -> NerPredictor:
+        return replace(p, cfg=replace(p.cfg, predict_windows="spread"))
+
+    one_spread = spread(NerPredictor.load(tmp_path, threads=1)).predict(essays)
+    two_spread = spread(NerPredictor.load(tmp_path, threads=2, workers=2)).predict(essays)
+    assert launched == [2, 2]
+    for i in one:
+        np.testing.assert_array_equal(one_spread[i], two_spread[i])
+    assert any(not np.array_equal(one[i], one_spread[i]) for i in one)

@@ -152,7 +152,7 @@ class NerPredictor:
             Job(
                 f"predict {k + 1}/{n}",
                 predict_groups,
-                (self.run_dir, self.cfg.infer_dtype, distributed.shard(groups, k, n), progress),
+                (self.run_dir, self.cfg, distributed.shard(groups, k, n), progress),
             )
             for k in range(n)
         ]
@@ -185,13 +185,14 @@ def _groups(listed: list[Essay]) -> list[list[Essay]]:
 
 
 def predict_groups(
-    run_dir: Path, infer_dtype: InferDtype, groups: list[list[Essay]], progress: bool
+    run_dir: Path, cfg: NerConfig, groups: list[list[Essay]], progress: bool
 ) -> list[list[FloatArray]]:
     """A prediction child's job: the run's word probabilities of each group, in this process
-    (with the threads its launcher gave it)."""
+    (with the threads its launcher gave it), predicted with the parent's settings `cfg`."""
     predictor = NerPredictor.load(
-        run_dir, threads=0, device=torch.device("cpu"), infer_dtype=infer_dtype, workers=1
+        run_dir, threads=0, device=torch.device("cpu"), infer_dtype=cfg.infer_dtype, workers=1
     )
+    predictor = replace(predictor, cfg=cfg)
     bar = progress_bar(desc="predict", unit="tok", disable=not progress)
     with torch_threads(predictor.threads):
         out = [predictor._predict(group, bar) for group in groups]
