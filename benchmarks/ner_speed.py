@@ -17,7 +17,7 @@ PyTorch use its fused attention kernel; `--attention-dropout 0.1` shows the unfu
 linear layers dynamically quantised, `ner.infer_dtype = "int8"`). With `--freeze-layers`, the
 `cached` row is a training step of `ner.cache_frozen`: upper layers + head from cached states.
 
-`--background nice19|nice0` measures one training row (bf16; `--cache-frozen` for the cached
+`--background nice19|nice0|torch19` measures one training row (bf16; `--cache-frozen` for the cached
 step) and one inference row (`--infer-dtype`) idle, then again beside one busy single-threaded
 process that it starts at that niceness and always stops (benchmarks/background.py); `--json`
 gives `{"idle": {"train_tokens_per_s", "infer_tokens_per_s"}, "background": {...},
@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.background import KINDS, busy_background
+from benchmarks.background import KINDS, busy_background, cpu_seconds
 from benchmarks.common import ROOT, require, run_benchmark
 from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
@@ -282,10 +282,14 @@ def background_rates(args: argparse.Namespace) -> dict[str, Any]:
     how = f"{processes} single-thread processes" if processes > 1 else f"{threads} threads"
     print(f"idle, {how} (load average {os.getloadavg()})", flush=True)
     idle = layout_rates(args, processes, model, ready)
-    with busy_background(args.background):
+    with busy_background(args.background) as busy:
         time.sleep(1.0)  # let the busy loop start before timing
         print(f"beside one busy process, {args.background}", flush=True)
+        t0, cpu0 = time.perf_counter(), cpu_seconds(busy)
         loaded = layout_rates(args, processes, model, ready)
+        wall, cpu1 = time.perf_counter() - t0, cpu_seconds(busy)
+    # The share of one core the busy process got meanwhile: near 0 at nice 19 on busy cores.
+    busy_share = None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / wall
     slower = {k: idle[k] / loaded[k] for k in idle}
     print(
         f"slowdown: train {slower['train_tokens_per_s']:.2f}x, "
@@ -296,6 +300,7 @@ def background_rates(args: argparse.Namespace) -> dict[str, Any]:
         "background": loaded,
         "background_kind": args.background,
         "processes": processes,
+        "background_cpu_share": busy_share,
         "slowdown": slower,
         "infer_dtype": args.infer_dtype,
         "cache_frozen": args.cache_frozen,

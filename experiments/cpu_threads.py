@@ -75,7 +75,7 @@ def run_children(name: str, args: argparse.Namespace) -> float | None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
-    ap.add_argument("--backgrounds", nargs="*", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--backgrounds", nargs="*", default=["nice19", "nice0"], choices=list(KINDS))
     ap.add_argument("--batch", type=int, default=8, help="windows per step")
     ap.add_argument("--seq", type=int, default=512, help="sub-tokens per window")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
