@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ from benchmarks.common import ROOT, require, run_benchmark
 from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
 from discourse_rl.layout import RunLayout
-from discourse_rl.ner import NerConfig, predict_word_probs
+from discourse_rl.ner import NerConfig, NerPredictor
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, resolve_backbone
-from discourse_rl.ner.config import INFER_DTYPES
+from discourse_rl.ner.config import INFER_DTYPES, PREDICT_WINDOWS
 from discourse_rl.ner.frozen_states import UpperModel, layer_range
 from discourse_rl.ner.inference import (
     autocast,
@@ -127,6 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=None, help="essays for --predict-run")
     ap.add_argument("--predict-essays", type=int, default=1500, help="essays to predict")
     ap.add_argument("--predict-only", action="store_true", help="skip the tokens/s table")
+    ap.add_argument(
+        "--predict-windows",
+        choices=PREDICT_WINDOWS,
+        default=None,
+        help="--predict-run: ner.predict_windows (default: the run's own)",
+    )
     ap.add_argument(
         "--background",
         choices=sorted(KINDS),
@@ -331,11 +338,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ids = sorted(corpus.essays)[: args.predict_essays]
             essays = {i: corpus.essays[i] for i in ids}
             t0 = time.perf_counter()
-            probs = predict_word_probs(args.predict_run, essays, threads=args.threads)
+            predictor = NerPredictor.load(args.predict_run, threads=args.threads)
+            if args.predict_windows:
+                cfg = replace(predictor.cfg, predict_windows=args.predict_windows)
+                predictor = replace(predictor, cfg=cfg)
+            probs = predictor.predict(essays)
             dt = time.perf_counter() - t0
             n_words = sum(p.shape[0] for p in probs.values())
             print(f"predicted {len(essays)} essays ({n_words:,} words) in {dt:.1f} s")
             out.update(predict_essays=len(essays), predict_words=n_words, predict_s=dt)
+            out["predict_windows"] = predictor.cfg.predict_windows
         print(f"load average after {os.getloadavg()}")
     out["load_after"] = os.getloadavg()
     return out
