@@ -31,12 +31,11 @@ average is printed because shared cores make every figure here pessimistic.
 from __future__ import annotations
 
 import argparse
-import json
+import importlib
 import os
-import subprocess
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 import torch
 
 from benchmarks.background import KINDS, busy_background, cpu_seconds
-from benchmarks.common import ROOT, require, run_benchmark
+from benchmarks.common import require, run_benchmark
 from discourse_rl.common import DiscourseRLError, torch_threads
 from discourse_rl.data import NUM_LABELS, load_corpus
 from discourse_rl.layout import RunLayout
@@ -60,7 +59,7 @@ from discourse_rl.ner.inference import (
     int8_encoder_copy,
 )
 from discourse_rl.ner.model import NerModel
-from discourse_rl.workers import child_env
+from discourse_rl.workers import Job, run_jobs
 
 
 def tokens_per_second(
@@ -160,9 +159,6 @@ def main(argv: list[str] | None = None) -> None:
         help="--background: single-thread processes measuring at once, rates summed (0 = one "
         "per --threads, as the NER stage runs; 1 = this process with --threads threads)",
     )
-    # A child of --processes: measures once, in step with its siblings, and prints one JSON line.
-    ap.add_argument("--child-of", type=Path, default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--siblings", type=int, default=1, help=argparse.SUPPRESS)
     run_benchmark(ap, measure, argv)
 
 
@@ -212,7 +208,10 @@ def fresh_model(args: argparse.Namespace) -> NerModel:
 
 
 def pair_rates(
-    args: argparse.Namespace, model: NerModel, ready: NerModel, wait: Any = None
+    args: argparse.Namespace,
+    model: NerModel,
+    ready: NerModel,
+    wait: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Training tokens/s (bf16 where available, as the reference trains) and inference tokens/s
     of the prediction copy `ready`; `wait(phase)` holds each phase until every sibling is ready."""
@@ -227,16 +226,15 @@ def pair_rates(
     return {"train_tokens_per_s": train, "infer_tokens_per_s": infer}
 
 
-def child_rates(args: argparse.Namespace) -> dict[str, float]:
-    """One sibling's rates: a single-thread process, started with the others' environment."""
-    folder: Path = args.child_of
+def sibling_rates(args: argparse.Namespace, folder: Path, siblings: int) -> dict[str, float]:
+    """One sibling's rates, run as a `workers` job: a single-thread child process."""
 
     def wait(phase: str) -> None:
         # A barrier through files: siblings load at different speeds, and the rates only
         # mean "side by side" if every sibling starts each phase together.
         (folder / f"{phase}-{os.getpid()}").touch()
         end = time.monotonic() + 300
-        while len(list(folder.glob(f"{phase}-*"))) < args.siblings:
+        while len(list(folder.glob(f"{phase}-*"))) < siblings:
             if time.monotonic() > end:
                 raise DiscourseRLError(f"ner_speed: siblings never reached {phase}")
             time.sleep(0.02)
@@ -247,24 +245,17 @@ def child_rates(args: argparse.Namespace) -> dict[str, float]:
 
 
 def side_by_side(args: argparse.Namespace, processes: int) -> dict[str, float]:
-    """Summed rates of `processes` single-thread child processes measuring at once."""
-    own = ["--freeze-layers", str(args.freeze_layers), "--batch", str(args.batch)]
-    own += ["--seq", str(args.seq), "--steps", str(args.steps), "--infer-dtype", args.infer_dtype]
-    own += ["--attention-dropout", str(args.attention_dropout)]
-    own += ["--hidden-dropout", str(args.hidden_dropout), "--siblings", str(processes)]
-    own += ["--backbone", args.backbone] + (["--cache-frozen"] if args.cache_frozen else [])
-    env = child_env(1)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env["PYTHONPATH"]])
+    """Summed rates of `processes` single-thread child processes measuring at once, started by
+    the package's own launcher (as the fold processes are)."""
+    # By its module's name: run as `python -m`, this module is `__main__`, which a child
+    # (itself `discourse_rl.workers` there) cannot find the function in.
+    function = importlib.import_module("benchmarks.ner_speed").sibling_rates
     with tempfile.TemporaryDirectory(prefix="ner-speed-") as tmp:
-        cmd = [sys.executable, "-m", "benchmarks.ner_speed", *own, "--child-of", tmp, "--json"]
-        children = [
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
-            for _ in range(processes)
+        jobs = [
+            Job(f"measure {k + 1}/{processes}", function, (args, Path(tmp), processes))
+            for k in range(processes)
         ]
-        outs = [c.communicate()[0] for c in children]
-    if any(c.returncode for c in children):
-        raise DiscourseRLError("ner_speed: a measuring process failed (its error is above)")
-    rates = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+        rates = run_jobs(jobs, processes, 1)
     return {k: sum(r[k] for r in rates) for k in rates[0]}
 
 
@@ -318,8 +309,6 @@ def background_rates(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    if args.child_of is not None:
-        return child_rates(args)
     if args.predict_run is not None:
         # Fail before minutes of measuring, not after.
         require(

@@ -52,12 +52,7 @@ def out_of_fold(
     out: dict[str, FloatArray] = {}
     if predictor.encoder is not None:
         vectors = encode_word_vectors(
-            predictor.encoder,
-            predictor.tokenizer,
-            listed,
-            cfg,
-            device,
-            prepared=True,
+            predictor.encoder, predictor.tokenizer, listed, cfg, device, prepared=True
         )
         feats = [word_features(e) for e in listed]
         for k, head in enumerate(predictor.heads):
@@ -68,12 +63,7 @@ def out_of_fold(
     for k, model in enumerate(predictor.models):
         mine = [i for i in ids if folds[i] == k]
         probs = window_probs(
-            [model],
-            predictor.tokenizer,
-            [essays[i] for i in mine],
-            cfg,
-            device,
-            prepared=True,
+            [model], predictor.tokenizer, [essays[i] for i in mine], cfg, device, prepared=True
         )
         out.update(dict(zip(mine, probs, strict=True)))
     return out
