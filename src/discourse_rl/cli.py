@@ -55,6 +55,13 @@ _SHARED: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "json": ("--json", {"action": "store_true", "help": "print machine-readable JSON"}),
     "model": ("--model", {"required": True, "type": Path, "help": "trained run folder"}),
+    "wait": (
+        "--wait",
+        {
+            "action": "store_true",
+            "help": "another command is writing the run folder: wait for it instead of stopping",
+        },
+    ),
     "model-or-demo": (
         "--model",
         {
@@ -206,6 +213,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--config", type=Path, default=None, help="run config TOML (default: the demo config)"
     )
+    _options(p, "wait")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -245,6 +253,7 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--backbone", default=None, help="Hugging Face model name or folder")
     p.add_argument("--mode", choices=("frozen", "finetune"), default=None, help="training mode")
     p.add_argument("--seed", type=int, default=None, help="override the config's seed")
+    _options(p, "wait")
 
 
 def _cmd_train_ner(args: argparse.Namespace) -> int:
@@ -490,6 +499,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _options(p, "model")
     p.add_argument("--out", required=True, type=Path, help="the .zip to write")
     p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    _options(p, "wait")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -537,6 +547,7 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument(
         "--max-essays", type=int, default=None, help="PPO learns from at most this many essays"
     )
+    _options(p, "wait")
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
@@ -625,7 +636,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if handler is None:
             parser.print_help()
             return 0
-        status = handler(args)
+        from discourse_rl.runlock import waiting
+
+        with waiting(getattr(args, "wait", False)):
+            status = handler(args)
         # Flushed here so that a closed pipe surfaces below, not at interpreter exit.
         sys.stdout.flush()
         return status
@@ -648,6 +662,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         # A path the user named that is not what the command needs (`--out` naming a file).
         _error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+        return 2
+    except OSError as exc:
+        # A full disk, a read-only folder, an I/O error: the path and the cause.
+        from discourse_rl.faults import describe
+
+        _error(describe(exc))
         return 2
     except KeyboardInterrupt:
         print("discourse-rl: interrupted", file=sys.stderr)

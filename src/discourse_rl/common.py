@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from discourse_rl import rules
+from discourse_rl import faults, rules
 
 
 class DiscourseRLError(Exception):
@@ -74,12 +74,15 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        faults.write_point(path)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if (failed := faults.as_os_error(exc, path, tmp)) is exc:
+            raise
+        raise failed from exc
 
 
 def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
@@ -103,6 +106,8 @@ def _temp_beside(path: Path, suffix: str) -> tuple[int, Path]:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             continue
+        except OSError as exc:  # a read-only folder, no permission: name the file asked for
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         if mode is not None:
             os.fchmod(fd, mode)
         return fd, tmp
@@ -120,11 +125,14 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
+            faults.write_point(path)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        if (failed := faults.as_os_error(exc, path, tmp)) is exc:
+            raise
+        raise failed from exc
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -139,10 +147,13 @@ def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        faults.write_point(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise
+        if (failed := faults.as_os_error(exc, path, tmp)) is exc:
+            raise
+        raise failed from exc
 
 
 C = TypeVar("C")

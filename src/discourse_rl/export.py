@@ -92,14 +92,27 @@ def _pack(path: Path, base: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
 
 def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> Path:
     """Write the model .zip for `stage` (default: the run's best held-out stage)."""
+    from contextlib import nullcontext
+
+    from discourse_rl import runlock
+
+    # A .zip written into a run folder: that folder's one writer.
+    target = runlock.run_folder_of(Path(out).parent)
+    with runlock.writing(target, "export") if target is not None else nullcontext():
+        return _export(Path(run), Path(out), stage)
+
+
+def _export(run: Path, out: Path, stage: str | None) -> Path:
+    from discourse_rl import runlock
     from discourse_rl.data import sample_dir
     from discourse_rl.labeller import canonical_stage, default_stage, heldout_scores
     from discourse_rl.labeller import offered_stages as offered
     from discourse_rl.ner import run_ner_config
 
-    run, out = Path(run), Path(out)
     layout = RunLayout(run)
     stage = default_stage(run) if stage is None else canonical_stage(stage)
+    needs = runlock.stages_for(stage, run)
+    before = runlock.snapshot(run, needs)
     if stage not in offered(run):
         raise DiscourseRLError(f"{run}: stage {stage!r} not trained in this run")
     cfg = run_ner_config(run)
@@ -158,6 +171,7 @@ def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> 
         "licence": "CC BY-NC-SA 4.0",
     }
     files[MANIFEST] = json.dumps(manifest, indent=2).encode("utf-8")
+    runlock.unchanged(run, needs, before)  # every file from one complete state of the run
 
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:

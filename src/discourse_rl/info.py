@@ -81,10 +81,16 @@ def run_info(run: str | Path) -> RunInfo:
     stage_records = records.read_stages(lay.stages)
     table = records.heldout_table(lay.root)
     ner = records.NerMetrics.read(lay.ner_metrics) if lay.ner_metrics.is_file() else None
+    from discourse_rl.runlock import incomplete
+
+    # A stage being rewritten, or left unfinished: its rows are not offered.
+    unfinished = incomplete(lay.root)
+    if "ner" in unfinished:
+        raise DiscourseRLError(unfinished["ner"])
     rows = []
     for stage in records.PREDICT_STAGES:
         model = _can_predict(lay, stage)
-        if model is not None:
+        if model is not None and PIPELINE_STAGE.get(stage, "agent") not in unfinished:
             rows.append(_row(lay, stage, model, stage_records, table, ner))
     if not rows:
         raise DiscourseRLError(f"{lay.root}: no trained stage yet (see `discourse-rl run`)")

@@ -206,8 +206,12 @@ class Labeller:
                 raise
             # Name the file the user gave, not the cache it was unpacked into.
             raise DiscourseRLError(f"{given}: {str(exc).split(': ', 1)[-1]}") from None
-        offered = offered_stages(run)
+        from discourse_rl import runlock
+
         stage = default_stage(run) if stage is None else canonical_stage(stage)
+        needs = runlock.stages_for(stage, run)
+        before = runlock.snapshot(run, needs)  # a stage being rewritten: one line, not a guess
+        offered = offered_stages(run)
         if stage not in offered:
             have = ", ".join(offered) or "none"
             raise DiscourseRLError(f"{run}: stage {stage!r} not trained in this run (has: {have})")
@@ -215,6 +219,7 @@ class Labeller:
 
         labeller = cls(run, stage, NerPredictor.load(run))
         labeller._decoder(stage)  # a broken policy or thresholds file fails now, not mid-request
+        runlock.unchanged(run, needs, before)
         return labeller
 
     @property

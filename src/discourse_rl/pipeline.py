@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl import artefacts, distributed, rules
+from discourse_rl import artefacts, distributed, faults, rules, runlock
 from discourse_rl.agent.common import AgentConfig
 from discourse_rl.agent.episode import EpisodeConfig
 from discourse_rl.common import (
@@ -165,6 +165,7 @@ def start_run(run: str | Path) -> RunLayout:
         raise DiscourseRLError(f"{lay.root}: is a file; name a run folder (new or existing)")
     check_format(lay.root)
     if distributed.is_main():
+        runlock.acquire(lay.root)  # one writer at a time (released when the command ends)
         lay.root.mkdir(parents=True, exist_ok=True)
         # What a killed run's atomic writes left half made: never read, so removed.
         remove_temporaries(lay.root)
@@ -354,6 +355,7 @@ def _finish(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, float]:
     return {k: v.seconds for k, v in read_stages(lay.stages).items()}
 
 
+@runlock.writes_run("run")
 def run_pipeline(
     data: str | Path | None,
     out: str | Path,
@@ -406,6 +408,7 @@ def run_pipeline(
         t0 = time.perf_counter()
         if distributed.is_main():
             artefacts.forget(lay, st.name)
+        faults.stage_started(lay.root, st.name, corpus, cfg)
         st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
         _record(lay, state, st.name, source.record(keys[st.name], seconds))
@@ -439,6 +442,7 @@ def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: Stage
     if not distributed.is_main():
         return
     artefacts.record(lay, name)
+    faults.record_size(lay.root, name)
     state[name] = rec
     # Stages built on the old outputs: forget them so they re-run (the others stay valid).
     for later in _dependents(name):
@@ -492,6 +496,7 @@ def _options() -> Iterator[None]:
         raise DiscourseRLError(f"{name} {shown}: {exc.problem}") from None
 
 
+@runlock.writes_run("train-ner")
 def train_ner(
     run: str | Path,
     data: str | Path | None = None,
@@ -517,6 +522,7 @@ def train_ner(
     t0 = time.perf_counter()
     if distributed.is_main():
         artefacts.forget(lay, "ner")
+    faults.stage_started(lay.root, "ner", corpus, cfg)
     report = _run_ner(lay, corpus, cfg)
     key = stage_keys(corpus, cfg)["ner"]
     _record(
@@ -551,6 +557,7 @@ def _retire_dependents(lay: RunLayout, log: Callable[[str], None]) -> None:
             log(f"[{st.name}] outputs withdrawn: made from the previous NER outputs (run rebuilds)")
 
 
+@runlock.writes_run("train-agent")
 def train_agent(
     run: str | Path,
     data: str | Path | None = None,
@@ -587,6 +594,7 @@ def train_agent(
     _forget(lay, read_stages(lay.stages), "agent")
     t0 = time.perf_counter()
     artefacts.forget(lay, "agent")
+    faults.stage_started(lay.root, "agent", corpus, cfg)
     result = _run_agent(lay, corpus, cfg, probs)
     key = stage_keys(corpus, cfg)["agent"]
     # Simulated probabilities are not the NER stage's: `run` must not reuse these outputs.

@@ -18,6 +18,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from discourse_rl import faults
 from discourse_rl.arrays import FloatArray
 from discourse_rl.common import DiscourseRLError, atomic_save, progress
 from discourse_rl.data import NUM_LABELS, Corpus, save_word_probs
@@ -78,6 +79,7 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: str | Path) -> _Cache:
         np.lib.format.open_memmap(
             path, mode="w+", dtype=np.float16, shape=(int(lengths.sum()), hid)
         )
+        faults.preallocate(path)  # a full disk: ENOSPC now, not SIGBUS later
         write_json(index_path, index)
         write_json(progress_path, {"done": 0})
     vectors = np.load(path, mmap_mode="r+")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from discourse_rl import faults
 from discourse_rl.common import DiscourseRLError, atomic_write_text
 from discourse_rl.layout import RunLayout
 from discourse_rl.ner.backbone import hidden_size
@@ -110,6 +111,7 @@ def build_state_cache(
     tmp = folder / "states.tmp.npy"
     dtype = np.int16 if bf16 else np.float32
     states = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(sum(lengths), hid))
+    faults.preallocate(tmp)  # a full disk: ENOSPC now, not SIGBUS later
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
