@@ -170,6 +170,8 @@ def start_run(run: str | Path) -> RunLayout:
         # What a killed run's atomic writes left half made: never read, so removed.
         remove_temporaries(lay.root)
         RunFormat.current().write(lay.format)
+        # Readers then know a stage without a manifest is unfinished (runlock.check_complete).
+        lay.manifests.mkdir(exist_ok=True)
     distributed.barrier()
     return lay
 
