@@ -282,3 +282,45 @@ def test_reader_notices_a_stage_replaced_while_it_loads(
     monkeypatch.setattr(ner.NerPredictor, "load", load_while_rewritten)
     with pytest.raises(DiscourseRLError, match="the ner stage was rewritten while it was being"):
         Labeller.load(run, "ner-naive")
+
+
+def test_two_writers_at_once(tiny: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 26's case: `run` twice into one folder. The second stops with one true line naming
+    the first; with --wait it starts when the first is done (and finds every stage done)."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_lock import child_env
+
+    run = tiny["root"] / "two-writers"
+    shutil.rmtree(run, ignore_errors=True)
+    argv = _run(tiny["data"], run, tiny["config"])
+    first = subprocess.Popen(
+        [sys.executable, "-m", "discourse_rl", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while runlock.holder(run) is None:
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert f"another discourse-rl is writing this run folder: pid {first.pid} on " in err
+        assert main([*argv, "--wait"]) == 0
+        captured = capsys.readouterr()
+        assert f"waiting for pid {first.pid} on " in captured.err
+        assert "(stages run: none)" in captured.out
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    assert first.stderr is not None and "error" not in first.stderr.read()
+    assert results(run) == results(tiny["whole"])

@@ -170,8 +170,10 @@ def acquire(
     root = Path(run)
     key = root.resolve()
     if key in _HELD:
-        _HELD[key].depth += 1
-        return _HELD[key]
+        lock = _HELD[key]
+        lock.depth += 1
+        _remember(lock)
+        return lock
     command = _COMMAND.get() if command is None else command
     wait = _WAIT.get() if wait is None else wait
     say = log or (lambda line: print(f"discourse-rl: {line}", file=sys.stderr, flush=True))
@@ -215,10 +217,15 @@ def acquire(
         raise
     lock = RunLock(key, fd)
     _HELD[key] = lock
+    _remember(lock)
+    return lock
+
+
+def _remember(lock: RunLock) -> None:
+    """The writer function running now releases `lock` when it ends (outside one: at exit)."""
     scope = _SCOPE.get()
     if scope is not None:
         scope.append(lock)
-    return lock
 
 
 def writes_run(command: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
