@@ -310,10 +310,12 @@ def write_failure(exc: OSError, root: str | Path | None) -> Exception:
 def ner_estimate(n_words: int, hidden: int, backbone_bytes: int, frozen: bool, folds: int) -> int:
     """Bytes the NER stage writes: the encoder's files, the frozen word vectors (float16), the
     fold models and the word probabilities (float16, 15 labels, out of fold and test)."""
+    # Frozen: the encoder's weights once, its word vectors, small heads. Finetune: a whole
+    # model per fold (the encoder folder then holds its config and tokenizer only).
+    models = backbone_bytes if frozen else backbone_bytes * folds
     cache = n_words * hidden * 2 if frozen else 0
-    models = backbone_bytes if frozen else backbone_bytes * (folds + 1) // 2
-    probs = 2 * n_words * 15 * 2 * 2
-    return int(backbone_bytes + cache + models + probs)
+    probs = 2 * n_words * 15 * 2
+    return int(models + cache + probs)
 
 
 def folder_bytes(path: str | Path) -> int:

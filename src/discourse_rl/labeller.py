@@ -208,6 +208,7 @@ class Labeller:
             raise DiscourseRLError(f"{given}: {str(exc).split(': ', 1)[-1]}") from None
         from discourse_rl import runlock
 
+        runlock.check_complete(run, ("ner",))  # before the best stage is looked for
         stage = default_stage(run) if stage is None else canonical_stage(stage)
         needs = runlock.stages_for(stage, run)
         before = runlock.snapshot(run, needs)  # a stage being rewritten: one line, not a guess

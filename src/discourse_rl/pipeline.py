@@ -164,8 +164,8 @@ def start_run(run: str | Path) -> RunLayout:
     if lay.root.exists() and not lay.root.is_dir():
         raise DiscourseRLError(f"{lay.root}: is a file; name a run folder (new or existing)")
     check_format(lay.root)
+    runlock.acquire_everywhere(lay.root)  # one writer at a time (until the command ends)
     if distributed.is_main():
-        runlock.acquire(lay.root)  # one writer at a time (released when the command ends)
         lay.root.mkdir(parents=True, exist_ok=True)
         # What a killed run's atomic writes left half made: never read, so removed.
         remove_temporaries(lay.root)

@@ -221,6 +221,24 @@ def acquire(
     return lock
 
 
+def acquire_everywhere(run: str | Path) -> None:
+    """`acquire` on the main process; under a launcher every process stops with its one line
+    when the run folder is busy (instead of waiting for the main process at a barrier)."""
+
+    def take() -> str | None:
+        try:
+            acquire(run)
+        except DiscourseRLError as exc:
+            return str(exc)
+        except OSError as exc:  # no room for the lock file, a read-only folder
+            return str(faults.write_failure(exc, None))
+        return None
+
+    problem = distributed.from_main(take)
+    if problem is not None:
+        raise RunBusy(problem)
+
+
 def _remember(lock: RunLock) -> None:
     """The writer function running now releases `lock` when it ends (outside one: at exit)."""
     scope = _SCOPE.get()

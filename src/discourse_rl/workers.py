@@ -180,6 +180,10 @@ def _child(folder: Path, index: int, threads: int) -> int:
     except BaseException as exc:  # every failure, an interrupt too, becomes the one line
         traceback.print_exc()
         what = str(exc) if isinstance(exc, DiscourseRLError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OSError):  # a full disk, no permission: the path and the cause
+            from discourse_rl.faults import describe
+
+            what = describe(exc)
         print(ERROR_MARK + " ".join(what.split()), file=sys.stderr, flush=True)
         return 1
     return 0
