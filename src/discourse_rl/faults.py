@@ -118,6 +118,9 @@ def preallocate(path: str | Path) -> None:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise OSError(exc.errno, exc.strerror, str(path)) from None
         write_point(path)
+    except BaseException:
+        path.unlink(missing_ok=True)  # a file without its blocks is no use to the next run
+        raise
     finally:
         os.close(fd)
 
@@ -233,12 +236,17 @@ def stage_paths(root: Path, stage: str) -> list[Path]:
 
 
 def du(paths: list[Path]) -> int:
-    total = 0
+    """Bytes `paths` take on disk (a sparse file counts for the blocks it has)."""
+    files: list[Path] = []
     for p in paths:
         if p.is_file():
-            total += p.stat().st_size
+            files.append(p)
         elif p.is_dir():
-            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            files += [f for f in p.rglob("*") if f.is_file()]
+    total = 0
+    for f in files:
+        st = f.stat()
+        total += min(st.st_size, st.st_blocks * 512)
     return total
 
 
