@@ -21,8 +21,8 @@ import numpy as np
 from benchmarks.common import parser, run_benchmark
 from benchmarks.serve_load import _post, start_server, stop_server
 from discourse_rl import Labeller
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import load_corpus
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import load_corpus
 
 
 def _percentiles(xs: list[float]) -> dict[str, float]:

@@ -10,16 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from discourse_rl import artefacts
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, load_corpus, load_word_probs, sample_dir
-from discourse_rl.decode import fit_tuned, load_thresholds
-from discourse_rl.labeller import offered_stages
-from discourse_rl.layout import FORMAT_VERSION, RunLayout
-from discourse_rl.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
-from discourse_rl.protocol import read_split
-from discourse_rl.records import PREDICT_STAGES, AgentResults, SpansResults, heldout_table
+from discourse_rl.app.cli import main
+from discourse_rl.app.labeller import offered_stages
+from discourse_rl.core import artefacts
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES, load_corpus, load_word_probs, sample_dir
+from discourse_rl.core.layout import FORMAT_VERSION, RunLayout
+from discourse_rl.core.protocol import read_split
+from discourse_rl.core.records import PREDICT_STAGES, AgentResults, SpansResults, heldout_table
+from discourse_rl.decoders.decode import fit_tuned, load_thresholds
+from discourse_rl.run.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
 from tests.tiny import save_tiny_bert
 
 N_ESSAYS = 30

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.protocol import heldout_split, read_split, write_split
-from discourse_rl.records import (
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES, load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import heldout_split, read_split, write_split
+from discourse_rl.core.records import (
     AgentResults,
     HeldOutEssays,
     HeldOutScore,
@@ -21,7 +21,7 @@ from discourse_rl.records import (
     StageScores,
     heldout_table,
 )
-from discourse_rl.segments import (
+from discourse_rl.decoders.segments import (
     N_BASE_FEATURES,
     N_RICH_FEATURES,
     SegmentConfig,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from discourse_rl.agent.episode import EpisodeConfig
-from discourse_rl.agent.policy import load_policy
-from discourse_rl.agent.stage import predict_stage, train_agent_stage
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.protocol import heldout_split, read_split
-from discourse_rl.records import AgentResults
-from discourse_rl.segments import SegmentConfig, paragraph_starts, simulate_word_probs
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import heldout_split, read_split
+from discourse_rl.core.records import AgentResults
+from discourse_rl.decoders.agent.episode import EpisodeConfig
+from discourse_rl.decoders.agent.policy import load_policy
+from discourse_rl.decoders.segments import SegmentConfig, paragraph_starts, simulate_word_probs
+from discourse_rl.run.steps.agent import predict_stage, train_agent_stage
 from tests.tiny import tiny_agent
 
 TINY = tiny_agent(bc_epochs=2, value_warmup_steps=0, kl_target=1e-4)

@@ -29,7 +29,7 @@ from discourse_rl.ner.backbone import resolve_backbone
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.predict import NerPredictor, predict_word_probs
 from discourse_rl.ner.run import NerRecord, run_ner_config
-from discourse_rl.ner.stage import (
+from discourse_rl.run.steps.ner import (
     NerResult,
     NerStageConfig,
     stage_config,

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.core.common import DiscourseRLError
 
 
 def resolve_backbone(name: str) -> str:
@@ -46,8 +46,8 @@ def load_encoder(
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
-    from discourse_rl import artefacts
-    from discourse_rl.common import is_terminal
+    from discourse_rl.core import artefacts
+    from discourse_rl.core.common import is_terminal
 
     if not is_terminal(sys.stderr):
         # Its "Loading weights" bar would be '\r'-joined noise in a log (and in one-line errors).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from discourse_rl import rules
+from discourse_rl.core import rules
 
 Mode = Literal["frozen", "finetune"]
 Head = Literal["sentence", "gru", "mlp"]

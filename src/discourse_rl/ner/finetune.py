@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from discourse_rl import distributed
-from discourse_rl.common import atomic_save, is_terminal
-from discourse_rl.data import Corpus, Essay, save_word_probs
-from discourse_rl.layout import FoldLayout, RunLayout
+from discourse_rl.core.common import atomic_save, is_terminal
+from discourse_rl.core.data import Corpus, Essay, save_word_probs
+from discourse_rl.core.layout import FoldLayout, RunLayout
+from discourse_rl.launch import distributed
+from discourse_rl.launch.workers import Job, run_jobs
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.frozen_states import (
@@ -41,7 +42,6 @@ from discourse_rl.ner.tokens import (
     window_inputs,
     word_features,
 )
-from discourse_rl.workers import Job, run_jobs
 
 
 class _WindowData(torch.utils.data.Dataset[dict[str, Any]]):

@@ -18,10 +18,10 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.arrays import FloatArray
-from discourse_rl.common import DiscourseRLError, atomic_save, progress
-from discourse_rl.data import NUM_LABELS, Corpus, save_word_probs
-from discourse_rl.layout import FoldLayout, RunLayout
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import DiscourseRLError, atomic_save, progress
+from discourse_rl.core.data import NUM_LABELS, Corpus, save_word_probs
+from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import default_device, encode_word_vectors, head_probs

@@ -18,9 +18,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.arrays import FloatArray
-from discourse_rl.data import NUM_LABELS, Essay
-from discourse_rl.distributed import local_rank
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.data import NUM_LABELS, Essay
+from discourse_rl.launch.distributed import local_rank
 from discourse_rl.ner.backbone import encoder_inputs, encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.model import NerHead, NerModel, pool_words

@@ -12,15 +12,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.common import (
+from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
     config_from_dict,
     config_to_toml,
     load_toml,
 )
-from discourse_rl.data import Corpus
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.data import Corpus
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner.backbone import encoder_from_config
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.model import NerHead, NerModel
@@ -101,7 +101,7 @@ def _weights(path: Path) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from discourse_rl import artefacts
+    from discourse_rl.core import artefacts
 
     if not path.is_file():
         raise DiscourseRLError(f"{path}: fold model missing (is the NER training finished?)")
