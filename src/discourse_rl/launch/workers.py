@@ -3,8 +3,8 @@ shares): one launcher, so every child starts alike.
 
 A child is a fresh Python (`python -m discourse_rl.launch.workers`) that runs one `Job` — a
 module-level function and its arguments, pickled — with the environment `child_env` gives it:
-its torch / OpenMP / BLAS thread count, passive OpenMP waiting, a fixed hash seed, the parent's import path,
-and no launcher rank (a child is not one of torchrun's data-parallel ranks: `distributed` sees
+its torch / OpenMP / BLAS thread count, passive OpenMP waiting, a fixed hash seed, the parent's
+import path, and no launcher rank (a child is not one of torchrun's data-parallel ranks: `distributed` sees
 one process). Its output reaches the parent's stderr line by line, prefixed with the job's name;
 its return value comes back pickled; a failure becomes one `DiscourseRLError` line naming the
 job and the child's last error line.
