@@ -4,10 +4,10 @@ shares): one launcher, so every child starts alike.
 A child is a fresh Python (`python -m discourse_rl.launch.workers`) that runs one `Job` — a
 module-level function and its arguments, pickled — with the environment `child_env` gives it:
 its torch / OpenMP / BLAS thread count, passive OpenMP waiting, a fixed hash seed, the parent's
-import path, and no launcher rank (a child is not one of torchrun's data-parallel ranks: `distributed` sees
-one process). Its output reaches the parent's stderr line by line, prefixed with the job's name;
-its return value comes back pickled; a failure becomes one `DiscourseRLError` line naming the
-job and the child's last error line.
+import path, and no launcher rank (a child is not one of torchrun's data-parallel ranks:
+`distributed` sees one process). Its output reaches the parent's stderr line by line, prefixed
+with the job's name; its return value comes back pickled; a failure becomes one
+`DiscourseRLError` line naming the job and the child's last error line.
 
 Why processes: on a shared 2-core CPU two single-thread processes have no barriers between the
 cores, where one process's two OpenMP threads wait on each other (docs/ner.md, "Sharing the
