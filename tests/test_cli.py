@@ -11,7 +11,8 @@ import pytest
 from discourse_rl.app.cli import main
 from discourse_rl.core.data import CLASSES, load_corpus
 from discourse_rl.core.layout import RunLayout
-from discourse_rl.core.records import RunFormat, StageRecord, write_stages
+from discourse_rl.core.records import StageRecord, write_stages
+from discourse_rl.run.runformat import RunFormat
 
 
 def test_score_prints_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,8 +17,10 @@ from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.data import CLASSES, load_corpus, load_word_probs, sample_dir
 from discourse_rl.core.layout import FORMAT_VERSION, RunLayout
 from discourse_rl.core.protocol import read_split
-from discourse_rl.core.records import PREDICT_STAGES, AgentResults, SpansResults, heldout_table
+from discourse_rl.core.records import AgentResults, SpansResults
+from discourse_rl.decoders import registry
 from discourse_rl.decoders.decode import fit_tuned, load_thresholds
+from discourse_rl.run.heldout import heldout_table
 from discourse_rl.run.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
 from tests.tiny import save_tiny_bert
 
@@ -171,7 +173,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     capsys.readouterr()
     assert main(["info", "--model", str(run), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["stage"] for r in rows] == list(PREDICT_STAGES)
+    assert [r["stage"] for r in rows] == list(registry.names())
     for r in rows:
         scores = table.stage(r["stage"])
         assert scores is not None
@@ -202,7 +204,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
 
     out = tmp_path / "submission.csv"
     test_ids = {p.stem for p in (few_essays / "test").glob("*.txt")}
-    for stage in PREDICT_STAGES:
+    for stage in registry.names():
         args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
         assert main([*args, "--out", str(out), "--stage", stage]) == 0
         sub = pd.read_csv(out)

@@ -19,7 +19,6 @@ from discourse_rl.core.records import (
     HeldOutScore,
     SpansResults,
     StageScores,
-    heldout_table,
 )
 from discourse_rl.decoders.segments import (
     N_BASE_FEATURES,
@@ -29,6 +28,7 @@ from discourse_rl.decoders.segments import (
     paragraph_starts,
     simulate_word_probs,
 )
+from discourse_rl.run.heldout import heldout_table
 
 IDS = [f"E{i:03d}" for i in range(50)]
 

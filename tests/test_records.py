@@ -16,17 +16,16 @@ from discourse_rl.core.records import (
     HeldOutEssays,
     HeldOutScore,
     NerMetrics,
-    RunFormat,
     SeedRecord,
     StageRecord,
     StageScores,
     Stat,
     TradeoffRow,
     TrainedPolicy,
-    check_format,
     read_stages,
     write_stages,
 )
+from discourse_rl.run.runformat import RunFormat, check_format
 
 
 def _score(macro: float) -> HeldOutScore:

@@ -144,7 +144,8 @@ def test_a_stage_that_fails_leaves_no_record(
     """A stage's record goes before it runs: outputs an interrupted run half made (results.json
     after one seed of three) are never reused as the finished stage."""
     import discourse_rl.run.pipeline as pipeline
-    from discourse_rl.core.records import RunFormat, StageRecord, read_stages, write_stages
+    from discourse_rl.core.records import StageRecord, read_stages, write_stages
+    from discourse_rl.run.runformat import RunFormat
 
     lay = RunLayout(tmp_path)
     RunFormat.current().write(lay.format)

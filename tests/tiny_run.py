@@ -12,18 +12,13 @@ def make_tiny_run(folder: Path) -> Path:
     from discourse_rl.core.common import atomic_write_text, config_to_toml
     from discourse_rl.core.data import CLASSES, load_corpus, load_word_probs
     from discourse_rl.core.layout import RunLayout
-    from discourse_rl.core.records import (
-        AgentResults,
-        HeldOutEssays,
-        HeldOutScore,
-        RunFormat,
-        StageScores,
-    )
+    from discourse_rl.core.records import AgentResults, HeldOutEssays, HeldOutScore, StageScores
     from discourse_rl.decoders.agent.common import AgentConfig
     from discourse_rl.decoders.agent.policy import make_policy, save_policy
     from discourse_rl.decoders.decode import DecodeConfig
     from discourse_rl.decoders.segments import SegmentConfig, make_segments
     from discourse_rl.ner import NerStageConfig, train_ner_stage
+    from discourse_rl.run.runformat import RunFormat
 
     backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)
     corpus = load_corpus()

@@ -74,10 +74,14 @@ def _options(p: argparse.ArgumentParser, *names: str) -> None:
 
 def _stage_option(p: argparse.ArgumentParser) -> None:
     """--stage of the commands that label with one stage (label, serve)."""
-    from discourse_rl.app.labeller import STAGES
+    from discourse_rl.decoders import registry
 
     p.add_argument(
-        "--stage", choices=STAGES, type=_stage_name, default=None, help="default: the run's best"
+        "--stage",
+        choices=registry.names(),
+        type=_stage_name,
+        default=None,
+        help="default: the run's best",
     )
 
 
@@ -267,7 +271,7 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from discourse_rl.app.labeller import STAGES
+    from discourse_rl.decoders import registry
 
     p = _command(
         sub,
@@ -290,7 +294,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--out", required=True, type=Path, help="file to write (a folder for all)")
     p.add_argument(
         "--stage",
-        choices=(*STAGES, "all"),
+        choices=(*registry.names(), "all"),
         type=_stage_name,
         default=None,
         help="which stage labels the essays (default: the run's best on held-out essays)",
@@ -311,10 +315,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _stage_name(name: str) -> str:
-    from discourse_rl.core.common import DiscourseRLError
+    from discourse_rl.decoders import registry
 
-    if name == "rl":  # the PPO stage's name before run-folder format 2
-        raise DiscourseRLError("--stage rl: the PPO stage is now called 'ppo' (use --stage ppo)")
+    registry.check_renamed(name)
     return name
 
 
@@ -474,7 +477,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from discourse_rl.app.labeller import STAGES
+    from discourse_rl.decoders import registry
 
     p = _command(
         sub,
@@ -489,7 +492,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     _options(p, "model")
     p.add_argument("--out", required=True, type=Path, help="the .zip to write")
-    p.add_argument("--stage", choices=STAGES, default=None, help="default: the run's best")
+    p.add_argument(
+        "--stage", choices=registry.names(), default=None, help="default: the run's best"
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ from typing import Any
 
 from discourse_rl.core.common import DiscourseRLError, atomic_save
 from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders import registry
 
 EXPORT_FORMAT = 1
 MANIFEST = "export.json"
@@ -131,20 +132,8 @@ def export_model(run: str | Path, out: str | Path, stage: str | None = None) -> 
     ):
         if p.is_file():
             add(p)
-    if stage == "ner-tuned" and layout.spans_tuned.is_file():
-        add(layout.spans_tuned)
-    if stage == "ner-constrained":
-        add(layout.constrained)
-    if stage == "gbdt":
-        for p in sorted(layout.gbdt.iterdir()):
-            add(p)
-    if stage in ("bc", "ppo", "episode"):
-        from discourse_rl.app.labeller import _policy_path
-
-        add(layout.segments_config)
-        files[layout.policy(stage).relative_to(run).as_posix()] = _policy_path(
-            layout, stage
-        ).read_bytes()
+    for p in registry.get(stage).files(layout):
+        add(p)
     files["LICENSE.md"] = (sample_dir() / "LICENSE.md").read_bytes()
     scores = heldout_scores(run).get(stage)
     files["MODEL.md"] = _model_card(run, stage, scores).encode("utf-8")

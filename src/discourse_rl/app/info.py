@@ -18,6 +18,8 @@ from typing import Any
 from discourse_rl.core import records
 from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders import registry
+from discourse_rl.run import heldout, runformat
 
 
 @dataclass(frozen=True)
@@ -48,83 +50,50 @@ class StageInfo:
 @dataclass(frozen=True)
 class RunInfo:
     run: Path
-    format: records.RunFormat | None
+    format: runformat.RunFormat | None
     stages: list[StageInfo]
     best: str | None
     """The stage `predict` uses by default."""
-
-
-def _can_predict(lay: RunLayout, stage: str) -> Path | None:
-    """What prediction with `stage` loads, if the run has it (every stage needs the NER
-    models: they turn new essays into word probabilities)."""
-    if not lay.ner_config.is_file():
-        return None
-    if stage == "ner-naive":
-        return lay.ner
-    if stage == "ner-tuned":
-        return lay.tuned if lay.tuned.is_file() else None
-    if stage == "ner-constrained":
-        return lay.constrained if lay.constrained.is_file() else None
-    if stage == "gbdt":
-        return lay.gbdt if (lay.gbdt / "params.json").is_file() else None
-    policy = lay.policy(stage)
-    return policy if policy.is_file() and lay.segments_config.is_file() else None
 
 
 def run_info(run: str | Path) -> RunInfo:
     lay = RunLayout(run)
     if not lay.root.is_dir():
         raise DiscourseRLError(f"{lay.root}: no such run folder")
-    fmt = records.check_format(lay.root)
+    fmt = runformat.check_format(lay.root)
     if fmt is None:
         raise DiscourseRLError(f"{lay.root}: not a run folder (see `discourse-rl run`)")
     stage_records = records.read_stages(lay.stages)
-    table = records.heldout_table(lay.root)
+    table = heldout.heldout_table(lay.root)
     ner = records.NerMetrics.read(lay.ner_metrics) if lay.ner_metrics.is_file() else None
     rows = []
-    for stage in records.PREDICT_STAGES:
-        model = _can_predict(lay, stage)
+    for decoder in registry.decoders() if lay.ner_config.is_file() else ():
+        model = decoder.saved(lay)  # every decoder needs the tagger's models
         if model is not None:
-            rows.append(_row(lay, stage, model, stage_records, table, ner))
+            rows.append(_row(lay, decoder, model, stage_records, table, ner))
     if not rows:
         raise DiscourseRLError(f"{lay.root}: no trained stage yet (see `discourse-rl run`)")
-    from discourse_rl.run.pipeline import best_stage
-
-    best = best_stage(lay.root, tuple(r.stage for r in rows))
+    best = heldout.best_stage(lay.root, tuple(r.stage for r in rows))
     return RunInfo(lay.root, fmt, rows, best)
-
-
-PIPELINE_STAGE = {
-    "ner-naive": "ner",
-    "ner-tuned": "ner",
-    "ner-constrained": "spans",
-    "gbdt": "spans",
-}
-"""The pipeline stage (RUN/stages.json) that trains each predict stage (else: 'agent')."""
 
 
 def _row(
     lay: RunLayout,
-    stage: str,
+    decoder: type[registry.Decoder],
     model: Path,
-    records: dict[str, records.StageRecord],
-    table: records.HeldOutTable,
+    steps: dict[str, records.StageRecord],
+    table: heldout.HeldOutTable,
     ner: records.NerMetrics | None,
 ) -> StageInfo:
-    pipeline_stage = PIPELINE_STAGE.get(stage, "agent")
-    rec = records.get(pipeline_stage)
+    stage = decoder.name
+    rec = steps.get(decoder.step)
     where: dict[str, Any] = {
         "data": rec.data if rec else None,
         "config": rec.config if rec else None,
         "model": str(model.relative_to(lay.root)),
     }
     scores = table.stage(stage)
-    if pipeline_stage == "ner":
-        seconds = rec.seconds if rec else (ner.seconds if ner else None)
-    elif pipeline_stage == "spans":
-        seconds = _spans_seconds(table.spans, stage)
-    else:
-        seconds = _trainer_seconds(table.agent, stage)
+    seconds = decoder.seconds(rec.seconds if rec else None, _step_results(lay, decoder, table, ner))
     if table.heldout is not None and scores is not None:
         return StageInfo(
             stage,
@@ -139,30 +108,25 @@ def _row(
             seconds,
             **where,
         )
-    oof = None
-    if ner is not None and pipeline_stage == "ner":
-        oof = ner.naive if stage == "ner-naive" else ner.tuned_cross_fitted
+    oof = None if ner is None else decoder.out_of_fold(ner)
     if oof is not None and ner is not None:
-        how = "out of fold: each essay scored by the NER fold model that never saw it"
-        if stage == "ner-tuned":
-            how += ", with minima fitted on the other folds"
-        return StageInfo(
-            stage, oof.macro_f1, None, [], ner.essays, None, how, None, None, seconds, **where
-        )
+        f1, how = oof
+        return StageInfo(stage, f1, None, [], ner.essays, None, how, None, None, seconds, **where)
     return StageInfo(stage, None, None, [], None, None, None, None, None, seconds, **where)
 
 
-def _spans_seconds(spans: records.SpansResults | None, stage: str) -> float | None:
-    if spans is None:
-        return None
-    return spans.constrained_seconds if stage == "ner-constrained" else sum(spans.gbdt_seconds)
-
-
-def _trainer_seconds(agent: records.AgentResults | None, stage: str) -> float | None:
-    if agent is None or not agent.seeds:
-        return None
-    per_seed = [getattr(r, f"{stage}_seconds") for r in agent.seeds]
-    return None if any(s is None for s in per_seed) else float(sum(per_seed))
+def _step_results(
+    lay: RunLayout,
+    decoder: type[registry.Decoder],
+    table: heldout.HeldOutTable,
+    ner: records.NerMetrics | None,
+) -> Any:
+    """The results record of the step that trained `decoder`."""
+    by_step: dict[str, Any] = {"ner": ner, "spans": table.spans, "agent": table.agent}
+    if decoder.step in by_step:
+        return by_step[decoder.step]
+    path = lay.decoder_results(decoder.step)
+    return records.StepResults.read(path) if path.is_file() else None
 
 
 def info_json(info: RunInfo) -> list[dict[str, Any]]:

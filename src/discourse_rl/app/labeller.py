@@ -24,18 +24,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.common import DiscourseRLError, read_json
 from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders import registry
+from discourse_rl.decoders.registry import Span
+from discourse_rl.run.heldout import best_stage, heldout_table
 
 if TYPE_CHECKING:  # numpy stays out of `discourse-rl --help` (STAGES is read from here)
     from discourse_rl.core.arrays import FloatArray
     from discourse_rl.core.data import Essay
     from discourse_rl.ner import NerPredictor
-
-
-STAGES = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", "bc", "ppo", "episode")
-"""Every stage a run may offer for labelling, in pipeline order."""
-AGENT_STAGES = ("bc", "ppo", "episode")
 
 
 @dataclass(frozen=True)
@@ -87,44 +85,13 @@ def word_char_spans(text: str) -> list[tuple[int, int]]:
 
 
 def canonical_stage(stage: str) -> str:
-    from discourse_rl.core.records import RENAMED_STAGES
-
-    if stage in RENAMED_STAGES:
-        new = RENAMED_STAGES[stage]
-        raise DiscourseRLError(f"stage {stage!r} is now called {new!r} (use --stage {new})")
-    if stage not in STAGES:
-        raise DiscourseRLError(f"stage: expected one of {', '.join(STAGES)}, got {stage!r}")
-    return stage
-
-
-def _policy_path(layout: RunLayout, stage: str) -> Path:
-    return layout.policy(stage)
+    """`stage` if it names a registered decoder; else one clear line."""
+    return registry.get(stage).name
 
 
 def offered_stages(run: str | Path) -> tuple[str, ...]:
-    """The stages a run folder can label with (its NER models exist; thresholds; policies)."""
-    layout = RunLayout(run)
-    if not (layout.ner_encoder / "config.json").is_file():
-        return ()
-    stages = ["ner-naive"]
-    if layout.tuned.is_file():
-        stages.append("ner-tuned")
-    if layout.constrained.is_file():
-        stages.append("ner-constrained")
-    if (layout.gbdt / "params.json").is_file():
-        stages.append("gbdt")
-    if layout.segments_config.is_file():
-        stages += [s for s in AGENT_STAGES if _policy_path(layout, s).is_file()]
-    return tuple(stages)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DiscourseRLError(f"{path}: invalid JSON ({exc})") from None
+    """The stages a run folder can label with (its tagger exists, and each decoder's files)."""
+    return registry.offered(run)
 
 
 def heldout_scores(run: str | Path) -> dict[str, StageScores]:
@@ -133,7 +100,6 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
     The agent stage's table (held-out essays, mean over seeds) where it exists; else the NER
     stage's out-of-fold scores."""
     from discourse_rl.core.data import CLASSES
-    from discourse_rl.core.records import heldout_table
 
     layout = RunLayout(run)
     out: dict[str, StageScores] = {}
@@ -141,12 +107,12 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
     if table.rows:
         source = f"{table.n_heldout} held-out essays"
         for row in table.rows:
-            if row.stage in STAGES:
+            if row.stage in registry.names():
                 per_type = {
                     c: s.mean for c, s in row.per_class.items() if c in CLASSES and s.mean == s.mean
                 }
                 out[row.stage] = StageScores(row.macro_f1.mean, per_type, source)
-    ner = _read_json(layout.ner_metrics)
+    ner = read_json(layout.ner_metrics, None)
     if isinstance(ner, dict):
         n = ner.get("essays")
         source = f"out of fold over {n} essays" if n else "out of fold"
@@ -170,11 +136,9 @@ def default_stage(run: str | Path) -> str:
         raise DiscourseRLError(
             f"{run}: not a trained run folder (no NER model in {RunLayout(run).ner_encoder})"
         )
-    exported = _read_json(Path(run) / "export.json")
+    exported = read_json(Path(run) / "export.json", None)
     if isinstance(exported, dict) and exported.get("stage") in offered:
         return str(exported["stage"])  # an exported model: the stage it was exported for
-    from discourse_rl.run.pipeline import best_stage
-
     return canonical_stage(best_stage(run, offered))
 
 
@@ -187,7 +151,7 @@ class Labeller:
         self._ner = ner
         self._layout = RunLayout(run)
         self._offered = offered_stages(run)
-        self._decoders: dict[str, Any] = {}
+        self._decoders: dict[str, registry.Decoder] = {}
         self._lock = threading.Lock()
         self._scores: dict[str, StageScores] | None = None
 
@@ -195,7 +159,7 @@ class Labeller:
     def load(cls, run: str | Path, stage: str | None = None) -> Labeller:
         """Load a run folder (or an exported model .zip); `stage` None = the run's best."""
         from discourse_rl.app.export import open_model
-        from discourse_rl.core.records import check_format
+        from discourse_rl.run.runformat import check_format
 
         given = Path(run)
         run = open_model(given)
@@ -265,87 +229,22 @@ class Labeller:
                 }
         return out
 
-    # --- stages --------------------------------------------------------------------------------
-    def _decoder(self, stage: str) -> Any:
+    # --- stages ----------------------------------------------------------------------------
+    def _decoder(self, stage: str) -> registry.Decoder:
         if stage not in self._decoders:
-            if stage == "ner-tuned":
-                from discourse_rl.decoders.decode import load_thresholds
-
-                self._decoders[stage] = load_thresholds(self._layout.tuned)
-            elif stage == "ner-constrained":
-                from discourse_rl.run.steps.gbdt import load_constrained
-
-                self._decoders[stage] = load_constrained(self.run)
-            elif stage == "gbdt":
-                from discourse_rl.decoders.gbdt import SpanModel
-
-                self._decoders[stage] = SpanModel.load(self._layout.gbdt)
-            elif stage in AGENT_STAGES:
-                from discourse_rl.core.common import config_from_dict, load_toml
-                from discourse_rl.decoders.agent.policy import load_policy
-                from discourse_rl.decoders.segments import SegmentConfig
-
-                path = self._layout.segments_config
-                seg_cfg = config_from_dict(SegmentConfig, load_toml(path), where=str(path))
-                self._decoders[stage] = (seg_cfg, load_policy(_policy_path(self._layout, stage)))
-            else:
-                self._decoders[stage] = None
+            self._decoders[stage] = registry.get(stage).load(self.run)
         return self._decoders[stage]
 
     def _spans(
         self, stage: str, essays: Mapping[str, Essay], probs: Mapping[str, FloatArray]
-    ) -> dict[str, list[tuple[int, int, int]]]:
+    ) -> dict[str, list[Span]]:
         """Essay id -> (class index, word_start, word_end) per span, in text order."""
-        import numpy as np
-
-        from discourse_rl.core.data import CLASS_INDEX
-        from discourse_rl.decoders import decode
-
-        decoder = self._decoder(stage)
-        out: dict[str, list[tuple[int, int, int]]] = {k: [] for k in essays}
-        if stage in AGENT_STAGES and probs:
-            from discourse_rl.decoders.agent.policy import predict_actions
-            from discourse_rl.decoders.segments import (
-                actions_to_spans,
-                make_segments,
-                paragraph_starts,
-            )
-
-            seg_cfg, policy = decoder
-            words = {k: e.words for k, e in essays.items()}
-            paras = paragraph_starts(essays, list(probs)) if seg_cfg.rich_features else None
-            segs = make_segments(probs, seg_cfg, list(probs), words, paras)
-            for seg, act in zip(segs, predict_actions(policy, segs), strict=True):
-                c, s, e = actions_to_spans(seg, act)
-                out[seg.essay_id] = _sorted_spans(c, s, e)
-            return out
-        if stage == "gbdt" and probs:
-            table = decoder.predict(probs, essays)
-            for k, g in table.groupby("id", sort=False):
-                out[str(k)] = _sorted_spans(
-                    g["class"].map(CLASS_INDEX), g["word_start"], g["word_end"]
-                )
-            return out
-        for k, p in probs.items():
-            if stage == "ner-tuned":
-                c, s, e = decode.decode_tuned(p, decoder)
-            elif stage == "ner-constrained":
-                from discourse_rl.decoders.constrained import decode_constrained
-
-                c, s, e = decode_constrained(np.asarray(p), decoder)
-            else:
-                c, s, e = decode.decode_naive(np.asarray(p))
-            out[k] = _sorted_spans(c, s, e)
+        out: dict[str, list[Span]] = {k: [] for k in essays}
+        out.update(self._decoder(stage).predict(probs, essays))
         return out
 
 
-def _sorted_spans(c: Any, s: Any, e: Any) -> list[tuple[int, int, int]]:
-    return sorted(
-        ((int(a), int(b), int(d)) for a, b, d in zip(c, s, e, strict=True)), key=lambda x: x[1]
-    )
-
-
-def _elements(text: str, probs: FloatArray, spans: Sequence[tuple[int, int, int]]) -> list[Element]:
+def _elements(text: str, probs: FloatArray, spans: Sequence[Span]) -> list[Element]:
     import numpy as np
 
     from discourse_rl.core.data import CLASSES

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import numpy.typing as npt
 
@@ -11,3 +13,7 @@ FloatArray = npt.NDArray[np.float32]
 """Word probabilities and features (float32; float16 only on disk)."""
 BoolArray = npt.NDArray[np.bool_]
 """Masks."""
+Spans = tuple[IntArray, IntArray, IntArray]
+"""An essay's spans as three parallel arrays: class index, word_start, word_end (half-open)."""
+Probs = Mapping[str, FloatArray]
+"""Essay id -> word probabilities (n_words x 15), the tagger's hand-off to every decoder."""

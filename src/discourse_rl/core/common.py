@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -125,6 +126,22 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+_REQUIRED: Any = object()
+
+
+def read_json(path: str | Path, missing: Any = _REQUIRED) -> Any:
+    """A JSON file's value; `missing` when the file does not exist (without it: an error).
+    Unreadable JSON is one `DiscourseRLError` line naming the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if missing is _REQUIRED:
+            raise DiscourseRLError(f"{path}: not found") from None
+        return missing
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DiscourseRLError(f"{path}: invalid JSON ({exc})") from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

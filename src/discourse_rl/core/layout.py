@@ -185,6 +185,15 @@ class RunLayout(_Folder):
         """gbdt: the deployed model folder (the first seed's; `spans.SpanModel.load`)."""
         return self.spans / "gbdt"
 
+    # --- a decoder trained in a step of its own ------------------------------------------------
+    def decoder(self, name: str) -> Path:
+        """The folder of a decoder trained in its own step (a plugin): what it saves, and its
+        held-out rows (results.json)."""
+        return self.root / name
+
+    def decoder_results(self, name: str) -> Path:
+        return self.decoder(name) / "results.json"
+
     # --- agent stage ---------------------------------------------------------------------------
     @property
     def segments(self) -> Path:

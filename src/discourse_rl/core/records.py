@@ -19,20 +19,12 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from discourse_rl.core.common import DiscourseRLError, atomic_write_text
+from discourse_rl.core.common import DiscourseRLError, atomic_write_text, read_json
 from discourse_rl.core.data import CLASSES
-from discourse_rl.core.layout import FORMAT_VERSION, RunLayout
+from discourse_rl.core.layout import FORMAT_VERSION
 
-PREDICT_STAGES = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", "bc", "ppo", "episode")
-"""Stages a run can label new essays with, as users name them (`predict --stage`, `info`)."""
 ORACLE = "oracle"
-"""The segment oracle's row: the best labelling of the segments, a ceiling, not a stage."""
-RENAMED_STAGES = {"rl": "ppo"}
-SPAN_STAGES = ("ner-constrained", "gbdt")
-"""The non-RL second stages of the spans stage (RUN/spans/)."""
-ROW_ORDER = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", ORACLE, "bc", "ppo", "episode")
-"""The held-out table's rows, in this order."""
-"""Stage names of format 1 and their names now."""
+"""The segment oracle's row: the best labelling of the segments, a ceiling, not a decoder."""
 
 
 def _num(x: Any) -> float | None:
@@ -242,7 +234,7 @@ def _find(rows: Sequence[StageScores], name: str) -> StageScores | None:
 
 
 @dataclass(frozen=True)
-class _SecondStageResults:
+class StepResults:
     """What every second stage's results.json starts with: its held-out essays and rows.
 
     A subclass adds its own fields (with defaults) and extends `to_json`, `_own_fields` and
@@ -301,7 +293,7 @@ class _SecondStageResults:
 
 
 @dataclass(frozen=True)
-class AgentResults(_SecondStageResults):
+class AgentResults(StepResults):
     """RUN/agent/results.json: the agent stage's table and what it took.
 
     `stages`: ner-naive, ner-tuned, oracle, then the agent trainers, all on the same essays."""
@@ -350,7 +342,7 @@ def _recall(d: Mapping[str, Any]) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class SpansResults(_SecondStageResults):
+class SpansResults(StepResults):
     """RUN/spans/results.json: the non-RL rows on the held-out essays and what gbdt saw.
 
     `stages`: ner-naive, ner-tuned, ner-constrained, gbdt (mean over seeds)."""
@@ -401,45 +393,6 @@ class SpansResults(_SecondStageResults):
             tuple(_float(x) for x in d["gbdt_seconds"]),
             _float(d.get("candidates_seconds")),
         )
-
-
-@dataclass(frozen=True)
-class HeldOutTable:
-    """A run's held-out rows from every second stage, merged (one row per stage)."""
-
-    rows: tuple[StageScores, ...]
-    heldout: HeldOutEssays | None
-    n_heldout: int
-    spans: SpansResults | None
-    agent: AgentResults | None
-
-    def stage(self, name: str) -> StageScores | None:
-        return _find(self.rows, name)
-
-
-def heldout_table(run: str | Path) -> HeldOutTable:
-    """The spans stage's and the agent stage's rows in `ROW_ORDER`. Both face the same held-out
-    essays under the split protocol; a NER row both hold is taken from the spans stage."""
-    lay = RunLayout(run)
-    spans = SpansResults.read(lay.spans_results) if lay.spans_results.is_file() else None
-    agent = AgentResults.read(lay.agent_results) if lay.agent_results.is_file() else None
-    if spans is not None and agent is not None and agent.heldout != spans.heldout:
-        # Different held-out essays (e.g. a simulated agent): rows of both cannot share a table.
-        spans = None
-    by_name: dict[str, StageScores] = {}
-    for res in (spans, agent):
-        for s in res.stages if res is not None else ():
-            by_name.setdefault(s.stage, s)
-    order = {name: k for k, name in enumerate(ROW_ORDER)}
-    rows = tuple(sorted(by_name.values(), key=lambda s: order.get(s.stage, len(order))))
-    first = spans if spans is not None else agent
-    return HeldOutTable(
-        rows,
-        None if first is None else first.heldout,
-        0 if first is None else first.n_heldout,
-        spans,
-        agent,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,49 +515,6 @@ def write_stages(path: str | Path, stages: Mapping[str, StageRecord]) -> None:
     atomic_write_text(path, text + "\n")
 
 
-@dataclass(frozen=True)
-class RunFormat:
-    """RUN/format.json: the folder's format version and the code that wrote it."""
-
-    format: int
-    discourse_rl: str
-    torch: str | None
-    transformers: str | None
-
-    @classmethod
-    def current(cls) -> RunFormat:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from discourse_rl import __version__
-
-        def ver(pkg: str) -> str | None:
-            try:
-                return version(pkg)
-            except PackageNotFoundError:
-                return None
-
-        return cls(FORMAT_VERSION, __version__, ver("torch"), ver("transformers"))
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(vars(self), indent=2) + "\n")
-
-    def versions(self) -> dict[str, str | None]:
-        return {
-            "discourse_rl": self.discourse_rl,
-            "torch": self.torch,
-            "transformers": self.transformers,
-        }
-
-
-def version_changes(then: Mapping[str, str | None], now: Mapping[str, str | None]) -> list[str]:
-    """'torch 2.1.0 -> 2.13.0' for each package whose version differs (unknown ones skipped)."""
-    return [
-        f"{pkg} {then[pkg]} -> {now.get(pkg)}"
-        for pkg in sorted(then)
-        if then[pkg] is not None and then[pkg] != now.get(pkg)
-    ]
-
-
 def older_format(run: Path, fmt: int) -> str:
     return (
         f"{run}: written by an older discourse-rl (format {fmt}; this one reads format "
@@ -612,36 +522,9 @@ def older_format(run: Path, fmt: int) -> str:
     )
 
 
-def check_format(run: str | Path) -> RunFormat | None:
-    """The run folder's format; one clear error for a folder an other version wrote.
-
-    None for a folder holding no run yet (a fresh `--out`)."""
-    lay = RunLayout(run)
-    if lay.format.is_file():
-        d = _read_json(lay.format)
-        fmt = d.get("format")
-        if not isinstance(fmt, int):
-            raise DiscourseRLError(f"{lay.format}: no format version")
-        if fmt < FORMAT_VERSION:
-            raise DiscourseRLError(older_format(lay.root, fmt))
-        if fmt > FORMAT_VERSION:
-            raise DiscourseRLError(
-                f"{lay.root}: written by a newer discourse-rl (format {fmt}; this one reads "
-                f"format {FORMAT_VERSION}): upgrade discourse-rl"
-            )
-        return RunFormat(fmt, str(d.get("discourse_rl")), d.get("torch"), d.get("transformers"))
-    if lay.stages.is_file() or lay.ner_config.is_file() or lay.legacy_ppo.is_dir():
-        raise DiscourseRLError(older_format(lay.root, 1))
-    return None
-
-
 def _read_json(path: str | Path) -> dict[str, Any]:
-    try:
-        d = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DiscourseRLError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DiscourseRLError(f"{path}: invalid JSON ({exc})") from None
+    """A record file: a JSON object (one clear line otherwise)."""
+    d = read_json(path)
     if not isinstance(d, dict):
         raise DiscourseRLError(f"{path}: expected a JSON object")
     return d

@@ -11,15 +11,17 @@ mean probability that `decode.fit_tuned` fits for them, as NER tuned does for th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl.core import rules
-from discourse_rl.core.arrays import FloatArray, IntArray
+from discourse_rl.core import artefacts, rules
+from discourse_rl.core.arrays import FloatArray, IntArray, Spans
 from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.data import (
     CLASS_INDEX,
@@ -29,11 +31,11 @@ from discourse_rl.core.data import (
     class_counts,
     labels_to_spans,
 )
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders.decode import (
     PUBLIC_MIN_PROB,
     PUBLIC_MIN_WORDS,
     DecodeConfig,
-    Spans,
     TunedThresholds,
     filter_spans,
     fit_tuned,
@@ -238,3 +240,15 @@ def fit_constrained(
     decoder = partial(constrained_spans, unique=unique)
     thresholds = fit_tuned({i: probs[i] for i in ids}, corpus, dcfg, decoder=decoder)
     return ConstrainedParams(unique, thresholds)
+
+
+def load_constrained(run_dir: str | Path) -> ConstrainedParams:
+    path = RunLayout(run_dir).constrained
+    artefacts.verify(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DiscourseRLError(f"{path}: missing (the run has no ner-constrained stage)") from None
+    except json.JSONDecodeError as exc:
+        raise DiscourseRLError(f"{path}: invalid JSON ({exc})") from None
+    return ConstrainedParams.from_json(data, str(path))

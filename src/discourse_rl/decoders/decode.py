@@ -22,12 +22,11 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl.core import rules
-from discourse_rl.core.arrays import FloatArray, IntArray
+from discourse_rl.core.arrays import FloatArray, IntArray, Spans
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text
 from discourse_rl.core.data import CLASSES, Corpus, labels_to_spans, spans_to_frame
 from discourse_rl.core.metric import Score, essay_counts, score
 
-Spans = tuple[IntArray, IntArray, IntArray]
 N_CLASSES = len(CLASSES)
 
 # Public thresholds, in CLASSES order (Lead, Position, Claim, Counterclaim, Rebuttal, Evidence,

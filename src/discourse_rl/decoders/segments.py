@@ -24,11 +24,9 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl.core import metric, rules
-from discourse_rl.core.arrays import BoolArray, FloatArray, IntArray
+from discourse_rl.core.arrays import BoolArray, FloatArray, IntArray, Probs
 from discourse_rl.core.common import DiscourseRLError, atomic_save
 from discourse_rl.core.data import CLASSES, NUM_LABELS, Corpus, Essay, spans_to_frame
-
-Probs = Mapping[str, npt.NDArray[np.floating]]
 
 N_CLASSES = len(CLASSES)
 N_ACTIONS = NUM_LABELS

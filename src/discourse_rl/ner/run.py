@@ -137,8 +137,3 @@ def load_finetuned(run_dir: str | Path, cfg: NerConfig) -> list[NerModel]:
 
 def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """The file's JSON, or None when it does not exist."""
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -15,17 +15,15 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
 from discourse_rl.core import artefacts, rules
+from discourse_rl.core.arrays import Probs
 from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
@@ -38,15 +36,10 @@ from discourse_rl.core.data import Corpus, load_corpus, load_word_probs
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.protocol import Split, heldout_split, scored_ids
 from discourse_rl.core.records import (
-    PREDICT_STAGES,
     AgentResults,
-    RunFormat,
     SpansResults,
     StageRecord,
-    check_format,
-    heldout_table,
     read_stages,
-    version_changes,
     write_stages,
 )
 from discourse_rl.decoders.agent.common import AgentConfig
@@ -57,8 +50,7 @@ from discourse_rl.decoders.gbdt.model import SpanConfig
 from discourse_rl.decoders.segments import SegmentConfig
 from discourse_rl.launch import distributed
 from discourse_rl.ner import NerConfig
-
-Probs = Mapping[str, npt.NDArray[np.float32]]
+from discourse_rl.run.runformat import RunFormat, check_format, version_changes
 
 DATA_PARALLEL = ("ner",)
 """Stages every process of a launcher (torchrun, accelerate launch) works on; the main process
@@ -618,21 +610,3 @@ def read_agent_results(run: str | Path) -> AgentResults | None:
     """The run's agent results, or None before the agent stage."""
     path = RunLayout(run).agent_results
     return AgentResults.read(path) if path.is_file() else None
-
-
-def best_stage(run: str | Path, choices: Sequence[str] = PREDICT_STAGES) -> str:
-    """The stage with the highest held-out macro F1 among `choices` in the run's held-out table
-    (the spans stage's and the agent stage's rows; a tie goes to the earlier, simpler stage).
-
-    Without a held-out table: the tuned NER decoding if it was fitted, else the naive one.
-    """
-    lay = RunLayout(run)
-    check_format(lay.root)
-    table = heldout_table(lay.root)
-    scored = {s.stage: s.macro_f1.mean for s in table.rows if s.stage in choices}
-    scored = {k: v for k, v in scored.items() if v == v}
-    if scored:
-        return max(scored, key=lambda k: scored[k])
-    if not lay.ner.is_dir():
-        raise DiscourseRLError(f"{lay.root}: not a trained run (no ner/ folder)")
-    return "ner-tuned" if lay.decode.is_file() else "ner-naive"

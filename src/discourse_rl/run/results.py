@@ -10,6 +10,7 @@ from discourse_rl.core.common import atomic_save, atomic_write_text
 from discourse_rl.core.data import CLASSES, Corpus
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.records import (
+    ORACLE,
     AgentResults,
     DecodingScore,
     NerMetrics,
@@ -17,25 +18,22 @@ from discourse_rl.core.records import (
     StageScores,
     Stat,
     TrainedPolicy,
-    heldout_table,
     read_stages,
 )
+from discourse_rl.decoders import registry
+from discourse_rl.run.heldout import heldout_table
 
 SEED_TABLE = {"ner-naive": 0.42, "bc": 0.39, "ppo": 0.51}
 """The seed's published table (its RL fine-tuning row is PPO's). Its author's code computes the
 per-essay TP / (TP + FP + FN) averaged over essays, not macro F1: compare with that column."""
-STAGE_TITLES = {
-    "ner-naive": "the NER tagger's most likely label per word",
-    "ner-tuned": "the NER tagger with per-class minima fitted on the training essays",
-    "ner-constrained": "the best valid tag sequence (Viterbi, at most one span of the classes "
-    "essays almost never repeat) with per-class minima fitted on the training essays",
-    "gbdt": "span-level gradient boosting (LightGBM) over candidate spans, selected without "
-    "overlap by fitted per-class thresholds",
-    "oracle": "segment oracle: the best labelling of the segments (a ceiling, not a stage)",
-    "bc": "attention policy over segments, cloned from the gold actions",
-    "ppo": "RL: PPO + KL to the BC policy (SB3)",
-    "episode": "RL: episode-level trainer (RLOO + KL to the BC policy)",
-}
+ORACLE_TITLE = "segment oracle: the best labelling of the segments (a ceiling, not a stage)"
+
+
+def _title(row: str) -> str:
+    """A row's line under the table: its decoder's title (the oracle row is no decoder)."""
+    if row == ORACLE:
+        return ORACLE_TITLE
+    return registry.get(row).title if row in registry.names() else row
 
 
 def _fmt(stat: Stat | float | None) -> str:
@@ -73,7 +71,7 @@ def stage_table(stages: Sequence[StageScores]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"- `{s.stage}`: {STAGE_TITLES.get(s.stage, s.stage)}" for s in stages]
+    lines += [f"- `{s.stage}`: {_title(s.stage)}" for s in stages]
     return "\n".join(lines)
 
 
@@ -178,7 +176,7 @@ def write_report(run: str | Path, corpus: Corpus, machine: str) -> Path:
         ]
         for k, r in enumerate(agent.seeds):
             macro = []
-            for name in ("bc", "ppo", "episode"):
+            for name in registry.trained_by("agent"):
                 row = agent.stage(name)
                 ok = row is not None and k < len(row.macro_f1.values)
                 macro.append(f"{row.macro_f1.values[k]:.4f}" if row is not None and ok else "-")
@@ -257,7 +255,7 @@ def write_plots(
         save(fig, "segmentation_tradeoff")
 
     curves = []
-    for name in ("bc", "ppo", "episode"):
+    for name in registry.trained_by("agent"):
         if lay.history(name).is_file():
             trained = TrainedPolicy.read(name, lay.policy(name), lay.history(name))
             if trained.history:

@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
-from discourse_rl.core.arrays import IntArray
-from discourse_rl.decoders.agent.reward import ESSAY_REWARDS, Spans, essay_counts, gold_table
+from discourse_rl.core.arrays import IntArray, Spans
+from discourse_rl.decoders.agent.reward import ESSAY_REWARDS, essay_counts, gold_table
 from discourse_rl.decoders.segments import N_ACTIONS, EssaySegments, allowed_actions
 
 # gold_table and Spans are the environment's answer key; importable from here for its users.

@@ -35,7 +35,7 @@ import numpy.typing as npt
 import torch
 
 from discourse_rl.core import rules
-from discourse_rl.core.arrays import IntArray
+from discourse_rl.core.arrays import IntArray, Spans
 from discourse_rl.core.common import atomic_write_text, config_to_toml, progress
 from discourse_rl.core.data import Corpus
 from discourse_rl.core.records import TrainedPolicy
@@ -57,7 +57,6 @@ from discourse_rl.decoders.agent.policy import (
 )
 from discourse_rl.decoders.agent.reward import (
     MacroReward,
-    Spans,
     essay_counts,
     gold_table,
     labelling_counts,

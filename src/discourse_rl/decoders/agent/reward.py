@@ -21,12 +21,11 @@ import numpy.typing as npt
 import torch
 
 from discourse_rl.core import metric
-from discourse_rl.core.arrays import IntArray
+from discourse_rl.core.arrays import IntArray, Spans
 from discourse_rl.core.data import CLASSES, Corpus
 from discourse_rl.decoders.segments import EssaySegments, actions_to_spans, gold_spans
 
 Float64Array = npt.NDArray[np.float64]
-Spans = tuple[IntArray, IntArray, IntArray]
 """One essay's spans: (class index, word_start, word_end)."""
 
 ESSAY_REWARDS: dict[str, Callable[[IntArray], float]] = {

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl.core.arrays import IntArray
+from discourse_rl.core.arrays import IntArray, Spans
 from discourse_rl.core.data import CLASSES, labels_to_spans
 from discourse_rl.core.metric import _hits
 
-Spans = tuple[IntArray, IntArray, IntArray]
 N_CLASSES = len(CLASSES)
 
 

@@ -11,27 +11,23 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
-import pandas as pd
 
+from discourse_rl.core.arrays import Probs
 from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
-    config_from_dict,
     config_to_toml,
-    load_toml,
 )
 from discourse_rl.core.data import Corpus
-from discourse_rl.core.layout import AGENT_TRAINERS, RunLayout
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.protocol import Split, heldout_score, write_split
 from discourse_rl.core.records import (
     ORACLE,
-    RENAMED_STAGES,
     AgentResults,
     HeldOutScore,
     SeedRecord,
@@ -59,7 +55,6 @@ from discourse_rl.decoders.segments import (
     tradeoff_table,
 )
 
-Probs = Mapping[str, npt.NDArray[np.float32]]
 TRADEOFF_THRESHOLDS = (0.1, 0.3, 0.5, 0.9)
 # The trade-off is measured on at most this many training essays (it is a summary, not a fit).
 TRADEOFF_ESSAYS = 2000
@@ -239,27 +234,3 @@ def train_agent_stage(
         )
         results.write(lay.agent_results)
     return results
-
-
-def predict_stage(
-    run_dir: str | Path,
-    stage: str,
-    probs: Probs,
-    words: Mapping[str, Sequence[str]] | None = None,
-    paragraphs: Mapping[str, npt.NDArray[np.bool_]] | None = None,
-) -> pd.DataFrame:
-    """Spans for new essays' word probabilities (and words, and paragraph starts where the
-    segments' rich features need them) from a run's agent policy (the first seed's)."""
-    if stage in RENAMED_STAGES:
-        raise DiscourseRLError(f"stage {stage!r} is now called {RENAMED_STAGES[stage]!r}")
-    if stage not in AGENT_TRAINERS:
-        raise DiscourseRLError(f"stage: expected one of {AGENT_TRAINERS}, got {stage!r}")
-    lay = RunLayout(run_dir)
-    seg_path = lay.segments_config
-    if not seg_path.is_file():
-        raise DiscourseRLError(f"{lay.root}: no trained agent (missing {seg_path}; train-agent)")
-    policy = lay.policy(stage)
-    if not policy.is_file():
-        raise DiscourseRLError(f"{lay.root}: no {stage} policy in this run (missing {policy})")
-    seg_cfg = config_from_dict(SegmentConfig, load_toml(seg_path), where=str(seg_path))
-    return predict_spans(policy, make_segments(probs, seg_cfg, None, words, paragraphs))

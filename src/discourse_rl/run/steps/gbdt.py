@@ -14,16 +14,13 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-import pandas as pd
-
+from discourse_rl.core.arrays import Probs
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text
-from discourse_rl.core.data import CLASSES, Corpus, Essay
+from discourse_rl.core.data import CLASSES, Corpus
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.protocol import Split, heldout_score, write_split
 from discourse_rl.core.records import HeldOutScore, SpansResults, StageScores
@@ -31,8 +28,6 @@ from discourse_rl.decoders import constrained, decode
 from discourse_rl.decoders.gbdt.gbdt import SpanModel, fit_table, training_table
 from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
 from discourse_rl.decoders.segments import gold_frame
-
-Probs = Mapping[str, npt.NDArray[np.float32]]
 
 
 def train_spans_stage(
@@ -120,30 +115,3 @@ def train_spans_stage(
     )
     results.write(lay.spans_results)
     return results
-
-
-def load_constrained(run_dir: str | Path) -> constrained.ConstrainedParams:
-    from discourse_rl.core import artefacts
-
-    path = RunLayout(run_dir).constrained
-    artefacts.verify(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DiscourseRLError(f"{path}: missing (the run has no ner-constrained stage)") from None
-    except json.JSONDecodeError as exc:
-        raise DiscourseRLError(f"{path}: invalid JSON ({exc})") from None
-    return constrained.ConstrainedParams.from_json(data, str(path))
-
-
-def predict_spans_stage(
-    run_dir: str | Path, stage: str, probs: Probs, essays: Mapping[str, Essay]
-) -> pd.DataFrame:
-    """Spans of new essays by a run's ner-constrained or gbdt stage."""
-    lay = RunLayout(run_dir)
-    if stage == "ner-constrained":
-        params = load_constrained(lay.root)
-        return decode.decode_all(probs, partial(constrained.decode_constrained, params=params))
-    if stage == "gbdt":
-        return SpanModel.load(lay.gbdt).predict(probs, essays)
-    raise DiscourseRLError(f"stage: expected ner-constrained or gbdt, got {stage!r}")
