@@ -33,7 +33,7 @@ from discourse_rl.decoders.segments import (
     paragraph_starts,
     segment_gold_actions,
 )
-from discourse_rl.run.pipeline import load_run_config
+from discourse_rl.run.config import load_run_config
 
 
 def main() -> None:

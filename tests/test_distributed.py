@@ -19,7 +19,7 @@ from discourse_rl.core.layout import RunLayout
 from discourse_rl.launch import distributed
 from discourse_rl.launch.workers import child_env
 from discourse_rl.ner import NerPredictor
-from discourse_rl.run.pipeline import train_ner
+from discourse_rl.run.one_step import train_ner
 
 SKIP = ("checkpoints", "tensorboard", "tb")
 """Folders written by libraries (the Trainer's checkpoints, TensorBoard), not by the stage."""

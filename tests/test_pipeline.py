@@ -20,8 +20,10 @@ from discourse_rl.core.protocol import read_split
 from discourse_rl.core.records import AgentResults, SpansResults
 from discourse_rl.decoders import registry
 from discourse_rl.decoders.decode import fit_tuned, load_thresholds
+from discourse_rl.run.config import load_run_config, write_run_config
 from discourse_rl.run.heldout import heldout_table
-from discourse_rl.run.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
+from discourse_rl.run.one_step import train_ner
+from discourse_rl.run.pipeline import run_pipeline
 from tests.tiny import save_tiny_bert
 
 N_ESSAYS = 30

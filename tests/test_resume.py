@@ -143,7 +143,7 @@ def test_a_stage_that_fails_leaves_no_record(
 ) -> None:
     """A stage's record goes before it runs: outputs an interrupted run half made (results.json
     after one seed of three) are never reused as the finished stage."""
-    import discourse_rl.run.pipeline as pipeline
+    import discourse_rl.run.one_step as one_step
     from discourse_rl.core.records import StageRecord, read_stages, write_stages
     from discourse_rl.run.runformat import RunFormat
 
@@ -155,9 +155,9 @@ def test_a_stage_that_fails_leaves_no_record(
         assert "agent" not in read_stages(lay.stages)
         raise Crash("agent")
 
-    monkeypatch.setattr(pipeline, "_run_agent", crash)
+    monkeypatch.setattr(one_step, "run_agent_step", crash)
     with pytest.raises(Crash):
-        pipeline.train_agent(tmp_path, simulate=True, max_essays=10, log=lambda _: None)
+        one_step.train_agent(tmp_path, simulate=True, max_essays=10, log=lambda _: None)
     assert set(read_stages(lay.stages)) == {"ner"}
 
 

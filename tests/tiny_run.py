@@ -17,8 +17,8 @@ def make_tiny_run(folder: Path) -> Path:
     from discourse_rl.decoders.agent.policy import make_policy, save_policy
     from discourse_rl.decoders.decode import DecodeConfig
     from discourse_rl.decoders.segments import SegmentConfig, make_segments
-    from discourse_rl.ner import NerStageConfig, train_ner_stage
     from discourse_rl.run.runformat import RunFormat
+    from discourse_rl.run.steps.ner import NerStageConfig, train_ner_stage
 
     backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)
     corpus = load_corpus()

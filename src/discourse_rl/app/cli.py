@@ -253,7 +253,7 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 def _cmd_train_ner(args: argparse.Namespace) -> int:
     from discourse_rl.core.layout import RunLayout
-    from discourse_rl.run.pipeline import train_ner
+    from discourse_rl.run.one_step import train_ner
 
     report = train_ner(
         args.out, args.data, args.config, seed=args.seed, backbone=args.backbone, mode=args.mode
@@ -545,7 +545,7 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
-    from discourse_rl.run.pipeline import train_agent
+    from discourse_rl.run.one_step import train_agent
 
     train_agent(
         args.run,

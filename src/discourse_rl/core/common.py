@@ -246,8 +246,19 @@ def config_to_toml(cfg: Any) -> str:
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     lines = [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
     for name, table in tables.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
+        lines += _toml_table(name, table)
     return "\n".join(lines) + "\n"
+
+
+def _toml_table(name: str, table: Mapping[str, Any]) -> list[str]:
+    """`[name]` and its keys, then its sub-tables as `[name.key]` (an empty table: nothing)."""
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    lines = ["", f"[{name}]"] + [f"{k} = {toml_value(v)}" for k, v in scalars.items()]
+    lines = lines if scalars else []
+    for key, sub in table.items():
+        if isinstance(sub, dict):
+            lines += _toml_table(f"{name}.{key}", sub)
+    return lines
 
 
 def toml_value(v: Any) -> str:

@@ -8,6 +8,7 @@ a run before any work starts, whether the config came from a file or from code.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -119,3 +120,30 @@ def field_types(cls: type) -> dict[str, Any]:
     if cls not in _FIELD_TYPES:
         _FIELD_TYPES[cls] = typing.get_type_hints(cls)
     return _FIELD_TYPES[cls]
+
+
+def plain(obj: Any) -> Any:
+    """A config (nested dataclasses, tuples, dicts) as plain JSON-able data."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return plain(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def keyed(obj: Any) -> Any:
+    """`plain(obj)` without each config's runtime settings (the names its class lists in
+    `RUNTIME`): what a step's key hashes. Runtime settings change how a step runs (threads,
+    worker processes, progress bars, checkpoint cadence, batch sizes of inference), never what
+    it computes, so changing one never retrains."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        runtime: frozenset[str] = getattr(obj, "RUNTIME", frozenset())
+        fields = dataclasses.fields(obj)
+        return {f.name: keyed(getattr(obj, f.name)) for f in fields if f.name not in runtime}
+    if isinstance(obj, dict):
+        return {k: keyed(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [keyed(v) for v in obj]
+    return obj

@@ -1,154 +1,57 @@
-"""The main job: every stage in order, resumable, with one results table and plots.
+"""The main job: every training step in order, resumable, with one results table and plots.
 
-A stage is skipped when its recorded key (a hash of its own config, of the data and of the keys
-of the stages it reads) matches and its outputs exist; a changed config therefore re-runs that
-stage and everything downstream of it, and nothing else. Keys live in ``RUN/stages.json``.
-`train-agent` runs the agent stage through the same records, so a run stays consistent.
+The steps: `ner` (the tagger; naive and tuned decoding), `spans` (ner-constrained, gbdt),
+`agent` (bc, ppo, episode), then one per registered decoder trained on its own. A step is
+skipped when its recorded key (a hash of its keyed settings, of the data and of the keys of the
+steps it reads) matches and its outputs exist; a changed setting therefore re-runs that step
+and everything downstream of it, and nothing else, and a changed runtime setting (threads,
+worker processes, progress bars: `rules.keyed`) re-runs nothing. Keys live in
+``RUN/stages.json``. `train-ner` and `train-agent` (`one_step`) record through the same keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import os
-import platform
+import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from importlib import resources
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from discourse_rl.core import artefacts, rules
 from discourse_rl.core.arrays import Probs
-from discourse_rl.core.common import (
-    DiscourseRLError,
-    atomic_write_text,
-    config_from_dict,
-    config_to_toml,
-    load_toml,
-    remove_temporaries,
-)
-from discourse_rl.core.data import Corpus, load_corpus, load_word_probs
+from discourse_rl.core.common import DiscourseRLError, remove_temporaries
+from discourse_rl.core.data import CLASSES, Corpus, load_corpus, load_word_probs
 from discourse_rl.core.layout import RunLayout
-from discourse_rl.core.protocol import Split, heldout_split, scored_ids
+from discourse_rl.core.protocol import Split, heldout_score, heldout_split, scored_ids
 from discourse_rl.core.records import (
     AgentResults,
     SpansResults,
     StageRecord,
+    StageScores,
+    StepResults,
     read_stages,
     write_stages,
 )
-from discourse_rl.decoders.agent.common import AgentConfig
-from discourse_rl.decoders.agent.episode import EpisodeConfig
-from discourse_rl.decoders.constrained import ConstrainedConfig
-from discourse_rl.decoders.decode import DecodeConfig, DecodeReport
-from discourse_rl.decoders.gbdt.model import SpanConfig
-from discourse_rl.decoders.segments import SegmentConfig
+from discourse_rl.decoders import registry
+from discourse_rl.decoders.decode import DecodeReport
+from discourse_rl.decoders.segments import gold_frame
 from discourse_rl.launch import distributed
-from discourse_rl.ner import NerConfig
+from discourse_rl.run.config import RunConfig, load_run_config, write_run_config
+from discourse_rl.run.results import machine_description, write_report
 from discourse_rl.run.runformat import RunFormat, check_format, version_changes
+from discourse_rl.run.steps.agent import train_agent_stage
+from discourse_rl.run.steps.gbdt import train_spans_stage
+from discourse_rl.run.steps.ner import NerStageConfig, train_ner_stage
 
 DATA_PARALLEL = ("ner",)
 """Stages every process of a launcher (torchrun, accelerate launch) works on; the main process
 alone runs the others while the rest stop."""
-
-SEEDED_BY_RUN = ("agent", "episode", "gbdt")
-"""Tables whose `seed` a run sets from `agent_seeds` (a config may not set it itself)."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run reads: the tables of a config TOML file."""
-
-    seed: int = 0
-    """Seed of folds, NER initialisation and shuffling."""
-    agent_seeds: tuple[int, ...] = (0,)
-    """Seeds of the learned second stages (the agent trainers and gbdt): the table reports mean
-    and spread."""
-    heldout_share: float = 0.2
-    """Share of the essays with out-of-fold probabilities held out from every second stage."""
-    heldout_seed: int = 0
-    """Seed of the held-out draw (`protocol.heldout_split`)."""
-    sure_only: bool = True
-    """Train and score on the essays whose annotations surely belong to them."""
-    ner: NerConfig = field(default_factory=NerConfig)
-    """NER model, training and cross-fitting."""
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    """Naive and tuned span decoding."""
-    spans_stage: bool = True
-    """Fit and score the non-RL second stages, ner-constrained and gbdt (RUN/spans/)."""
-    constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig)
-    """ner-constrained: Viterbi decoding with at-most-one limits."""
-    gbdt: SpanConfig = field(default_factory=SpanConfig)
-    """gbdt: span-level gradient boosting (its seed comes from agent_seeds)."""
-    segments: SegmentConfig = field(default_factory=SegmentConfig)
-    """Segmentation and segment features."""
-    agent: AgentConfig = field(default_factory=AgentConfig)
-    """Attention policy: behavioural cloning and PPO."""
-    episode_trainer: bool = True
-    """Also fine-tune each BC policy with the episode-level trainer (its own table row)."""
-    episode: EpisodeConfig = field(default_factory=EpisodeConfig)
-    """The episode-level trainer."""
-
-    def __post_init__(self) -> None:
-        # Checks across tables, so that a bad combination stops the run before any work.
-        if self.segments.max_segments > self.agent.max_segments:
-            raise rules.ConfigValueError(
-                "max_segments",
-                self.segments.max_segments,
-                f"exceeds [agent] max_segments ({self.agent.max_segments})",
-                table="segments",
-            )
-        rules.check_fields(
-            self, {"seed": rules.non_negative, "agent_seeds": rules.each(rules.non_negative)}
-        )
-        if not self.agent_seeds:
-            raise rules.ConfigValueError("agent_seeds", [], "list at least one seed")
-        if len(set(self.agent_seeds)) != len(self.agent_seeds):
-            raise rules.ConfigValueError("agent_seeds", list(self.agent_seeds), "seeds repeat")
-        if not 0.0 < self.heldout_share < 1.0:
-            raise rules.ConfigValueError("heldout_share", self.heldout_share, "must be > 0 and < 1")
-
-
-def packaged_config(name: str) -> Path:
-    """A config shipped with the package (`demo` or `reference`)."""
-    inside = Path(str(resources.files("discourse_rl") / "configs" / f"{name}.toml"))
-    if inside.is_file():
-        return inside
-    # An editable install of the repository: the configs folder beside src/.
-    return Path(__file__).resolve().parents[3] / "configs" / f"{name}.toml"
-
-
-def load_run_config(path: str | Path | None) -> RunConfig:
-    path = packaged_config("demo") if path is None else Path(path)
-    raw = load_toml(path)
-    for table in SEEDED_BY_RUN:
-        if "seed" in raw.get(table, {}):
-            raise DiscourseRLError(
-                f"{path}: {table}.seed is set by the run from agent_seeds; "
-                f"remove it and list the seeds in agent_seeds"
-            )
-    try:
-        return config_from_dict(RunConfig, raw, where=str(path))
-    except ValueError as exc:
-        raise DiscourseRLError(f"{path}: {exc}") from None
-
-
-def write_run_config(run: str | Path, cfg: RunConfig) -> None:
-    """RUN/config.toml, the resolved config (this is its only writer)."""
-    text = config_to_toml(cfg)
-    # The trainers' own seeds come from agent_seeds: leave them out so the file loads back.
-    lines, table = [], ""
-    for line in text.splitlines():
-        if line.startswith("["):
-            table = line.strip("[]")
-        if not (table in SEEDED_BY_RUN and line.startswith("seed = ")):
-            lines.append(line)
-    atomic_write_text(RunLayout(run).config, "\n".join(lines) + "\n")
 
 
 def start_run(run: str | Path) -> RunLayout:
@@ -167,23 +70,24 @@ def start_run(run: str | Path) -> RunLayout:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Step:
+    """A training step of the pipeline: what it reads, what its key hashes, how it runs."""
+
     name: str
     reads: tuple[str, ...]
-    """Stages whose outputs this one reads (their keys enter its key)."""
+    """Steps whose outputs this one reads (their keys enter its key)."""
     config: Callable[[RunConfig], Any]
+    """The settings its key hashes (their runtime settings left out, `rules.keyed`)."""
     done_marker: Callable[[RunLayout], Path]
-    """A file that exists once the stage has finished."""
+    """A file that exists once the step has finished."""
     run: Callable[[RunLayout, Corpus, RunConfig], Any]
     enabled: Callable[[RunConfig], bool] = lambda _: True
-    """A disabled stage is skipped and its outputs removed (nothing stale to predict with)."""
+    """A disabled step is skipped and its outputs removed (nothing stale to predict with)."""
     outputs: Callable[[RunLayout], tuple[Path, ...]] = lambda _: ()
-    """What a disabled stage removes."""
+    """What a disabled step removes."""
 
 
-def _run_ner(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> DecodeReport:
-    from discourse_rl.ner import NerStageConfig, train_ner_stage
-
+def run_ner_step(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> DecodeReport:
     return train_ner_stage(corpus, NerStageConfig(cfg.seed, cfg.ner, cfg.decode), lay.root)
 
 
@@ -196,8 +100,6 @@ def run_split(probs: Probs, corpus: Corpus, cfg: RunConfig, *, simulated: bool =
 
 
 def _run_spans(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
-    from discourse_rl.run.steps.gbdt import train_spans_stage
-
     probs = load_word_probs(lay.oof)
     split = run_split(probs, corpus, cfg)
     return train_spans_stage(
@@ -205,11 +107,10 @@ def _run_spans(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
     )
 
 
-def _run_agent(
+def run_agent_step(
     lay: RunLayout, corpus: Corpus, cfg: RunConfig, probs: Probs | None = None
 ) -> AgentResults:
-    from discourse_rl.run.steps.agent import train_agent_stage
-
+    """The agent step (`probs`: simulated word probabilities instead of the tagger's)."""
     simulated = probs is not None
     probs = load_word_probs(lay.oof) if probs is None else probs
     episode = cfg.episode if cfg.episode_trainer else None
@@ -225,15 +126,15 @@ def _run_agent(
     )
 
 
-STAGES: tuple[Stage, ...] = (
-    Stage(
+BUILTIN_STEPS: tuple[Step, ...] = (
+    Step(
         "ner",
         (),
         lambda c: (c.seed, c.ner, c.decode),
         lambda lay: lay.ner_metrics,
-        _run_ner,
+        run_ner_step,
     ),
-    Stage(
+    Step(
         "spans",
         ("ner",),
         lambda c: (c.heldout_share, c.heldout_seed, c.constrained, c.gbdt, c.agent_seeds),
@@ -242,7 +143,7 @@ STAGES: tuple[Stage, ...] = (
         lambda c: c.spans_stage,
         lambda lay: (lay.spans,),
     ),
-    Stage(
+    Step(
         "agent",
         ("ner",),
         lambda c: (
@@ -255,22 +156,72 @@ STAGES: tuple[Stage, ...] = (
             c.episode,
         ),
         lambda lay: lay.agent_results,
-        _run_agent,
+        run_agent_step,
     ),
 )
 
 
-def _digest(obj: Any) -> str:
-    def plain(x: Any) -> Any:
-        if hasattr(x, "__dataclass_fields__"):
-            return plain(asdict(x))
-        if isinstance(x, dict):
-            return {k: plain(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [plain(v) for v in x]
-        return x
+def _own_step(decoder: type[registry.Decoder]) -> Step:
+    """The step of a decoder trained on its own (a plugin): fitted on the protocol's training
+    essays, scored on its held-out ones, saved in RUN/<name>/."""
+    name = decoder.name
 
-    text = json.dumps(plain(obj), sort_keys=True, default=str)
+    def config(c: RunConfig) -> Any:
+        return (c.heldout_share, c.heldout_seed, c.agent_seeds[0], c.decoder_config(name))
+
+    def run(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> StepResults:
+        probs = load_word_probs(lay.oof)
+        split = run_split(probs, corpus, cfg)
+        return fit_own_step(
+            decoder, lay, corpus, probs, split, cfg.decoder_config(name), cfg.agent_seeds[0]
+        )
+
+    return Step(
+        name,
+        ("ner",),
+        config,
+        lambda lay: lay.decoder_results(name),
+        run,
+        outputs=lambda lay: (lay.decoder(name),),
+    )
+
+
+def steps() -> tuple[Step, ...]:
+    """Every step in order: the package's, then one per decoder trained on its own."""
+    own = tuple(_own_step(d) for d in registry.decoders() if d.own_step())
+    return BUILTIN_STEPS + own
+
+
+def fit_own_step(
+    decoder: type[registry.Decoder],
+    lay: RunLayout,
+    corpus: Corpus,
+    probs: Probs,
+    split: Split,
+    config: Any,
+    seed: int,
+) -> StepResults:
+    """Fit `decoder` on `split.train`, save it in RUN/<name>/, score it on `split.heldout`."""
+    folder = lay.decoder(decoder.name)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    train, held = list(split.train), list(split.heldout)
+    model = decoder.fit({i: probs[i] for i in train}, corpus.subset(train), config, seed)
+    model.save(folder)
+    spans = model.predict({i: probs[i] for i in held}, {i: corpus.essays[i] for i in held})
+    rows = [(k, c, s, e) for k, found in spans.items() for c, s, e in found]
+    pred = pd.DataFrame(rows, columns=["id", "class", "word_start", "word_end"])
+    pred["class"] = [CLASSES[c] for c in pred["class"]]
+    score = heldout_score(pred, gold_frame(corpus, held))
+    row = StageScores.combine(decoder.name, [score], (), len(train), len(held))
+    results = StepResults(len(train), len(held), split.describe(), (row,))
+    results.write(lay.decoder_results(decoder.name))
+    return results
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -279,11 +230,15 @@ def data_key(corpus: Corpus) -> str:
     return corpus.content_key()[:16]
 
 
-def stage_keys(corpus: Corpus, cfg: RunConfig) -> dict[str, str]:
+def stage_keys(corpus: Corpus, cfg: RunConfig, *, legacy: bool = False) -> dict[str, str]:
+    """Each step's key: its keyed settings, the data and the keys of the steps it reads.
+    `legacy`: the keys before runtime settings were left out (every setting hashed), which run
+    folders written then still hold."""
+    plain = rules.plain if legacy else rules.keyed
     keys: dict[str, str] = {}
     dkey = data_key(corpus)
-    for st in STAGES:
-        keys[st.name] = _digest([dkey, st.config(cfg), [keys[r] for r in st.reads]])
+    for st in steps():
+        keys[st.name] = _digest(plain([dkey, st.config(cfg), [keys[r] for r in st.reads]]))
     return keys
 
 
@@ -299,7 +254,7 @@ class RunSummary:
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
     """Where a run's inputs came from, recorded with each stage."""
 
     data: str
@@ -307,7 +262,7 @@ class _Source:
     essays: int
 
     @classmethod
-    def of(cls, data: str | Path | None, config: str | Path | None, corpus: Corpus) -> _Source:
+    def of(cls, data: str | Path | None, config: str | Path | None, corpus: Corpus) -> Source:
         d = str(Path(data).resolve()) if data is not None else "the embedded sample"
         c = str(Path(config).resolve()) if config is not None else "the packaged demo config"
         return cls(d, c, len(corpus.essays))
@@ -331,18 +286,18 @@ def _warn_versions(stage: str, prev: StageRecord, old: RunFormat | None) -> None
         )
 
 
-def _corpus(data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print) -> Corpus:
+def read_corpus(
+    data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print
+) -> Corpus:
     corpus = load_corpus(data)
     log(corpus.repairs_summary())
     return corpus.sure_subset() if cfg.sure_only else corpus
 
 
-def _finish(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, float]:
+def finish_run(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, float]:
     if not distributed.is_main():
         return {}
     write_run_config(lay.root, cfg)
-    from discourse_rl.run.results import write_report
-
     write_report(lay.root, corpus, machine_description())
     return {k: v.seconds for k, v in read_stages(lay.stages).items()}
 
@@ -358,26 +313,30 @@ def run_pipeline(
     cfg = load_run_config(config)
     old_format = check_format(out)
     lay = start_run(out)
-    corpus = _corpus(data, cfg, log)
-    source = _Source.of(data, config, corpus)
+    corpus = read_corpus(data, cfg, log)
+    source = Source.of(data, config, corpus)
     keys = stage_keys(corpus, cfg)
+    legacy = stage_keys(corpus, cfg, legacy=True)
     state = read_stages(lay.stages)
     ran: list[str] = []
     reused: list[str] = []
-    for st in STAGES:
+    for st in steps():
         if not st.enabled(cfg):
             _disable(lay, state, st)
             continue
         prev = state.get(st.name)
         marker = st.done_marker(lay)
 
-        def reusable(
-            st: Stage = st, prev: StageRecord | None = prev, marker: Path = marker
-        ) -> bool:
-            if prev is None or prev.key != keys[st.name] or not marker.is_file():
+        def reusable(st: Step = st, prev: StageRecord | None = prev, marker: Path = marker) -> bool:
+            known = (keys[st.name], legacy[st.name])
+            if prev is None or prev.key not in known or not marker.is_file():
                 return False
             broken = artefacts.damaged(lay, st.name)
             if not broken:
+                if prev.key != keys[st.name]:
+                    # Recorded before runtime settings left the key: the same settings.
+                    state[st.name] = replace(prev, key=keys[st.name])
+                    write_stages(lay.stages, state)
                 return True
             path, problem = broken[0]
             more = f" (and {len(broken) - 1} more)" if len(broken) > 1 else ""
@@ -395,53 +354,51 @@ def run_pipeline(
         if not distributed.is_main() and st.name not in DATA_PARALLEL:
             continue  # the other processes help with the data-parallel stages only
         log(f"[{st.name}] running (key {keys[st.name]})")
-        _forget(lay, state, st.name)
+        forget_step(lay, state, st.name)
         t0 = time.perf_counter()
         if distributed.is_main():
             artefacts.forget(lay, st.name)
         st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
-        _record(lay, state, st.name, source.record(keys[st.name], seconds))
+        record_step(lay, state, st.name, source.record(keys[st.name], seconds))
         log(f"[{st.name}] done in {seconds:.0f} s")
         ran.append(st.name)
-    return RunSummary(lay.root, tuple(ran), tuple(reused), _finish(lay, cfg, corpus))
+    return RunSummary(lay.root, tuple(ran), tuple(reused), finish_run(lay, cfg, corpus))
 
 
-def _forget(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
+def forget_step(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
     """Before a stage runs: its record and those of the stages that read it go, so that outputs
     an interrupted run leaves half made are never taken for finished ones."""
     if not distributed.is_main():
         return
-    doomed = [name, *_dependents(name)]
+    doomed = [name, *dependents(name)]
     if any(n in state for n in doomed):
         for n in doomed:
             state.pop(n, None)
         write_stages(lay.stages, state)
 
 
-def _dependents(name: str) -> list[str]:
+def dependents(name: str) -> list[str]:
     """Stages that read `name`'s outputs, directly or through another stage."""
     out: list[str] = []
-    for st in STAGES:
+    for st in steps():
         if any(r == name or r in out for r in st.reads):
             out.append(st.name)
     return out
 
 
-def _record(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
+def record_step(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
     if not distributed.is_main():
         return
     artefacts.record(lay, name)
     state[name] = rec
     # Stages built on the old outputs: forget them so they re-run (the others stay valid).
-    for later in _dependents(name):
+    for later in dependents(name):
         state.pop(later, None)
     write_stages(lay.stages, state)
 
 
-def _disable(lay: RunLayout, state: dict[str, StageRecord], st: Stage) -> None:
-    import shutil
-
+def _disable(lay: RunLayout, state: dict[str, StageRecord], st: Step) -> None:
     if not distributed.is_main():
         return
     artefacts.forget(lay, st.name)
@@ -452,161 +409,3 @@ def _disable(lay: RunLayout, state: dict[str, StageRecord], st: Stage) -> None:
             path.unlink()
     if state.pop(st.name, None) is not None:
         write_stages(lay.stages, state)
-
-
-def _stage_config(run: str | Path, config: str | Path | None) -> tuple[RunConfig, Path | None]:
-    """The config of a stage run alone: `config`, else the run's own, else the demo config."""
-    lay = RunLayout(run)
-    path = Path(config) if config is not None else lay.config if lay.config.is_file() else None
-    return load_run_config(path), path
-
-
-OPTIONS = {
-    "agent_seeds": "--seeds",
-    "max_essays": "--max-essays",
-    "seed": "--seed",
-    "mode": "--mode",
-    "backbone": "--backbone",
-}
-"""Config fields the stage commands override, and the option that sets each."""
-
-
-@contextmanager
-def _options() -> Iterator[None]:
-    """A command-line override that a config check refuses: one line naming the option."""
-    try:
-        yield
-    except rules.ConfigValueError as exc:
-        name = OPTIONS.get(exc.key)
-        if name is None:  # a check across tables, tripped by an override
-            raise DiscourseRLError(f"command line: {exc.describe()}") from None
-        value = exc.value
-        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
-        raise DiscourseRLError(f"{name} {shown}: {exc.problem}") from None
-
-
-def train_ner(
-    run: str | Path,
-    data: str | Path | None = None,
-    config: str | Path | None = None,
-    *,
-    seed: int | None = None,
-    log: Callable[[str], None] = print,
-    **ner_overrides: Any,
-) -> DecodeReport:
-    """The NER stage alone (`train-ner`), recorded as `run` would record it; `seed` and
-    `ner_overrides` (fields of [ner], None = keep) override the config."""
-    cfg, path = _stage_config(run, config)
-    over = {k: v for k, v in ner_overrides.items() if v is not None}
-    with _options():
-        if over:
-            cfg = dataclasses.replace(cfg, ner=dataclasses.replace(cfg.ner, **over))
-        if seed is not None:
-            cfg = dataclasses.replace(cfg, seed=seed)
-    lay = start_run(run)
-    corpus = _corpus(data, cfg, log)
-    log("[ner] running")
-    _forget(lay, read_stages(lay.stages), "ner")
-    t0 = time.perf_counter()
-    if distributed.is_main():
-        artefacts.forget(lay, "ner")
-    report = _run_ner(lay, corpus, cfg)
-    key = stage_keys(corpus, cfg)["ner"]
-    _record(
-        lay,
-        read_stages(lay.stages),
-        "ner",
-        _Source.of(data, path, corpus).record(key, time.perf_counter() - t0),
-    )
-    if distributed.is_main():
-        _retire_dependents(lay, log)
-    _finish(lay, cfg, corpus)
-    return report
-
-
-def _retire_dependents(lay: RunLayout, log: Callable[[str], None]) -> None:
-    """After `train-ner`: the later stages' outputs were made from the previous word
-    probabilities, so `predict`, `info` and the report must not offer them any more. A stage's
-    removable outputs go; the agent keeps its policies for its own resume (reused only if its
-    inputs match) and loses its results and segmentation settings."""
-    import shutil
-
-    for st in STAGES:
-        if st.name not in _dependents("ner"):
-            continue
-        stale = [*st.outputs(lay)] if st.name != "agent" else []
-        stale += [lay.agent_results, lay.segments_config] if st.name == "agent" else []
-        stale = [p for p in stale if p.exists()]
-        for p in stale:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        if stale:
-            artefacts.forget(lay, st.name)
-            log(f"[{st.name}] outputs withdrawn: made from the previous NER outputs (run rebuilds)")
-
-
-def train_agent(
-    run: str | Path,
-    data: str | Path | None = None,
-    config: str | Path | None = None,
-    *,
-    seeds: Sequence[int] | None = None,
-    max_essays: int | None = None,
-    simulate: bool = False,
-    log: Callable[[str], None] = print,
-) -> AgentResults:
-    """The agent stage alone (`train-agent`), recorded as `run` would record it.
-
-    The config is `config`, else the run's own RUN/config.toml; `seeds` and `max_essays`
-    override it, and RUN/config.toml, stages.json and the report then say what ran.
-    """
-    distributed.require_one_process("train-agent")
-    cfg, path = _stage_config(run, config)
-    with _options():
-        if seeds is not None:
-            cfg = dataclasses.replace(cfg, agent_seeds=tuple(int(s) for s in seeds))
-        if max_essays is not None:
-            agent = dataclasses.replace(cfg.agent, max_essays=max_essays)
-            cfg = dataclasses.replace(cfg, agent=agent)
-    lay = start_run(run)
-    corpus = _corpus(data, cfg, log)
-    probs: Probs | None = None
-    if simulate:
-        from discourse_rl.decoders.segments import simulate_word_probs
-
-        probs = simulate_word_probs(corpus, cfg.agent.sim_noise, seed=0)
-    elif not lay.oof.is_file():
-        raise DiscourseRLError(f"{lay.oof}: missing (train-ner first, or --simulate)")
-    log(f"[agent] running ({'simulated probabilities' if simulate else lay.oof})")
-    _forget(lay, read_stages(lay.stages), "agent")
-    t0 = time.perf_counter()
-    artefacts.forget(lay, "agent")
-    result = _run_agent(lay, corpus, cfg, probs)
-    key = stage_keys(corpus, cfg)["agent"]
-    # Simulated probabilities are not the NER stage's: `run` must not reuse these outputs.
-    rec = _Source.of(data, path, corpus).record(
-        "simulated" if simulate else key, time.perf_counter() - t0
-    )
-    _record(lay, read_stages(lay.stages), "agent", rec)
-    _finish(lay, cfg, corpus)
-    return result
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
-
-
-def read_agent_results(run: str | Path) -> AgentResults | None:
-    """The run's agent results, or None before the agent stage."""
-    path = RunLayout(run).agent_results
-    return AgentResults.read(path) if path.is_file() else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +28,9 @@ EssayReward = Literal["f1", "jaccard"]
 @dataclass(frozen=True)
 class AgentConfig:
     """The attention policy, its behavioural cloning and its PPO fine-tuning."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"progress_bar", "torch_threads"})
+    """How the trainers run, not what they compute: left out of the step's key."""
 
     seed: int = 0
     """Seed for weights, essay order and action sampling (same seed, same result on CPU); a

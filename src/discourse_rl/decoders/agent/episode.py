@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,9 @@ ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 @dataclass(frozen=True)
 class EpisodeConfig:
     """Episode-level fine-tuning of the BC policy (one update per batch of whole essays)."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"progress_bar", "torch_threads"})
+    """How the trainer runs, not what it computes: left out of the step's key."""
 
     seed: int = 0
     """Seed for essay order and sampling (same seed, same result on CPU); a run sets it from
