@@ -199,7 +199,7 @@ def test_exported_zip_labels_like_the_run(
 
     import numpy as np
 
-    from discourse_rl.app.export import open_model
+    from discourse_rl.app.model_file import open_model
 
     monkeypatch.setenv("DISCOURSE_RL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "model.zip"
@@ -255,7 +255,9 @@ def test_export_keeps_only_trained_tensors_of_a_finetuned_fold(tmp_path: Path) -
     import torch
     from safetensors.torch import load_file, save_file
 
-    from discourse_rl.app.export import _base_weights, _pack, _restore
+    from discourse_rl.app.export import _pack
+    from discourse_rl.app.model_file import _restore
+    from discourse_rl.app.model_file import base_weights as _base_weights
 
     torch.manual_seed(0)
     backbone = tmp_path / "backbone"

@@ -16,6 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from discourse_rl import __version__
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders import registry
+
 if TYPE_CHECKING:
     from discourse_rl.app.shards import Shard
 
@@ -74,8 +79,6 @@ def _options(p: argparse.ArgumentParser, *names: str) -> None:
 
 def _stage_option(p: argparse.ArgumentParser) -> None:
     """--stage of the commands that label with one stage (label, serve)."""
-    from discourse_rl.decoders import registry
-
     p.add_argument(
         "--stage",
         choices=registry.names(),
@@ -87,8 +90,6 @@ def _stage_option(p: argparse.ArgumentParser) -> None:
 
 def _print_report(run_dir: Path, note: str = "") -> None:
     """The run's results table (RUN/results.md), then where it is."""
-    from discourse_rl.core.layout import RunLayout
-
     report = RunLayout(run_dir).report
     print(report.read_text(encoding="utf-8"), end="")
     print(f"wrote {report}{note}")
@@ -115,14 +116,15 @@ def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _read_csv(path: Path, what: str, columns: Sequence[str]) -> object:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.core.data import read_table
 
     return read_table(path, columns, f"{what} file not found")
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.core import metric
-    from discourse_rl.core.common import DiscourseRLError
 
     pred = _read_csv(args.pred, "prediction", ("id", "class", "predictionstring"))
     gt = _read_csv(args.gt, "ground-truth", ("id", "discourse_type", "predictionstring"))
@@ -153,6 +155,7 @@ def _warn(message: str) -> None:
 
 
 def format_score_table(result: object) -> str:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.core.metric import Score
 
     assert isinstance(result, Score)
@@ -181,6 +184,7 @@ def _add_data_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_data_report(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.report import data_report, format_data_report
 
     report = data_report(args.data)
@@ -213,6 +217,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.pipeline import run_pipeline
 
     summary = run_pipeline(args.data, args.out, args.config)
@@ -252,7 +257,7 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
 
 
 def _cmd_train_ner(args: argparse.Namespace) -> int:
-    from discourse_rl.core.layout import RunLayout
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.one_step import train_ner
 
     report = train_ner(
@@ -315,15 +320,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _stage_name(name: str) -> str:
-    from discourse_rl.decoders import registry
-
     registry.check_renamed(name)
     return name
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.labeller import Labeller, elements_frame, elements_jsonl
-    from discourse_rl.core.common import DiscourseRLError, atomic_open, atomic_write_text
+    from discourse_rl.core.common import atomic_open, atomic_write_text
     from discourse_rl.core.data import read_essays
     from discourse_rl.launch import distributed
 
@@ -370,8 +374,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _predict_shard(text: str | None) -> Shard | None:
     """The share of the essays this process labels: --shard I/N, else one per launcher process,
     else None (all of them)."""
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.shards import Shard
-    from discourse_rl.core.common import DiscourseRLError
     from discourse_rl.launch import distributed
 
     if text is not None:
@@ -384,6 +388,7 @@ def _predict_shard(text: str | None) -> Shard | None:
 
 
 def _combine_shards(args: argparse.Namespace, shard: Shard, stages: list[str]) -> None:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.shards import combine
     from discourse_rl.launch import distributed
 
@@ -419,6 +424,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _cmd_label(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.feedback import render_terminal, summarise
     from discourse_rl.app.labeller import Labeller
     from discourse_rl.core.data import read_essay
@@ -466,6 +472,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.serve import serve
 
     serve(args.model, args.stage, args.host, args.port)
@@ -498,6 +505,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.export import export_model
 
     out = export_model(args.model, args.out, args.stage)
@@ -545,6 +553,7 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _cmd_train_agent(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.one_step import train_agent
 
     train_agent(
@@ -578,6 +587,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.info import format_info, info_json, run_info
 
     info = run_info(args.model)
@@ -603,8 +613,6 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from discourse_rl import __version__
-
     parser = argparse.ArgumentParser(
         prog="discourse-rl",
         description="Find and label the discourse elements of student essays "
@@ -620,8 +628,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from discourse_rl.core.common import DiscourseRLError
-
     parser = build_parser()
     try:
         # Inside the try: an argument's own check may raise the one-line error too.

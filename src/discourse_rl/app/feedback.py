@@ -100,6 +100,7 @@ def render_terminal(
     console: Any = None,
 ) -> None:
     """The essay with each element in its type's colour, a legend, then the summary (rich)."""
+    # rich: only the terminal view draws with it
     from rich.console import Console
     from rich.style import Style
     from rich.text import Text

@@ -24,11 +24,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
+from discourse_rl.app.model_file import open_model
 from discourse_rl.core.common import DiscourseRLError, read_json
+from discourse_rl.core.data import CLASSES, Essay, predictionstring
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
+from discourse_rl.decoders.decode import span_probs
 from discourse_rl.decoders.registry import Span
 from discourse_rl.run.heldout import best_stage, heldout_table
+from discourse_rl.run.runformat import check_format
 
 if TYPE_CHECKING:  # numpy stays out of `discourse-rl --help` (STAGES is read from here)
     from discourse_rl.core.arrays import FloatArray
@@ -99,7 +106,6 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
 
     The agent stage's table (held-out essays, mean over seeds) where it exists; else the NER
     stage's out-of-fold scores."""
-    from discourse_rl.core.data import CLASSES
 
     layout = RunLayout(run)
     out: dict[str, StageScores] = {}
@@ -158,8 +164,6 @@ class Labeller:
     @classmethod
     def load(cls, run: str | Path, stage: str | None = None) -> Labeller:
         """Load a run folder (or an exported model .zip); `stage` None = the run's best."""
-        from discourse_rl.app.export import open_model
-        from discourse_rl.run.runformat import check_format
 
         given = Path(run)
         run = open_model(given)
@@ -175,6 +179,7 @@ class Labeller:
         if stage not in offered:
             have = ", ".join(offered) or "none"
             raise DiscourseRLError(f"{run}: stage {stage!r} not trained in this run (has: {have})")
+        # torch and transformers come with the tagger: loaded with a model, not on import
         from discourse_rl.ner import NerPredictor
 
         labeller = cls(run, stage, NerPredictor.load(run))
@@ -199,7 +204,6 @@ class Labeller:
 
     def label_many(self, texts: Sequence[str]) -> list[list[Element]]:
         """`label` for many essays, batched through the model in one pass."""
-        from discourse_rl.core.data import Essay
 
         essays = {f"{i:08d}": Essay.from_text(f"{i:08d}", t) for i, t in enumerate(texts)}
         out = self.label_essays(essays)[self.stage]
@@ -245,10 +249,6 @@ class Labeller:
 
 
 def _elements(text: str, probs: FloatArray, spans: Sequence[Span]) -> list[Element]:
-    import numpy as np
-
-    from discourse_rl.core.data import CLASSES
-    from discourse_rl.decoders.decode import span_probs
 
     if not spans:
         return []
@@ -265,9 +265,6 @@ def _elements(text: str, probs: FloatArray, spans: Sequence[Span]) -> list[Eleme
 
 def elements_frame(labelled: Mapping[str, Sequence[Element]]) -> Any:
     """Kaggle submission table (id, class, predictionstring) of labelled essays."""
-    import pandas as pd
-
-    from discourse_rl.core.data import predictionstring
 
     rows = [
         (k, el.type, predictionstring(el.word_start, el.word_end))

@@ -17,9 +17,12 @@ them, in arrival order; the page and the health check stay responsive meanwhile.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import traceback
+import xml.etree.ElementTree as ET
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -31,6 +34,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from discourse_rl import __version__
+from discourse_rl.app.feedback import COLOURS, GUESS_BELOW, RELIABLE_FROM, UNSURE_BELOW, summarise
 from discourse_rl.app.labeller import Labeller
 
 MAX_ESSAY_BYTES = 200_000
@@ -57,8 +62,6 @@ def static_dir() -> Path:
 
 
 def info(labeller: Labeller) -> dict[str, Any]:
-    from discourse_rl import __version__
-    from discourse_rl.app.feedback import COLOURS, GUESS_BELOW, RELIABLE_FROM, UNSURE_BELOW
 
     return {
         "version": __version__,
@@ -114,9 +117,6 @@ _MAX_DOCX_XML = 20_000_000  # uncompressed document.xml: a bound against zip bom
 
 def docx_text(data: bytes) -> str:
     """The text of a .docx (Word) file: its paragraphs, separated by blank lines."""
-    import io
-    import xml.etree.ElementTree as ET
-    import zipfile
 
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
@@ -154,7 +154,6 @@ async def _read_body(request: Request) -> bytes:
 
 def create_app(labeller: Labeller) -> FastAPI:
     """The ASGI app serving one loaded labeller."""
-    from discourse_rl.app.feedback import summarise
 
     app = FastAPI(title="discourse-rl", docs_url=None, redoc_url=None, openapi_url=None)
     # One worker thread labels every essay: requests queue for it (the Labeller would serialise
@@ -240,6 +239,7 @@ def create_app(labeller: Labeller) -> FastAPI:
 
 def serve(model: str | Path, stage: str | None, host: str, port: int) -> None:
     """Load the model (failing at once if it is missing or broken), then serve until Ctrl-C."""
+    # uvicorn: only `serve` starts a server
     import uvicorn
 
     labeller = Labeller.load(model, stage)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core.common import DiscourseRLError, atomic_write_text
+import numpy as np
+
+from discourse_rl.core.common import DiscourseRLError, atomic_write_text, read_json
 from discourse_rl.core.layout import FoldLayout, RunLayout
 
 CHUNK = 1 << 20
@@ -154,8 +157,6 @@ def _stage_of(rel: str) -> str:
 def rebuild_command(path: str | Path) -> str:
     """The command that rebuilds `path`: `run` on its run folder, with the data and config the
     stage was recorded with (`train-agent --simulate` for a simulated agent stage)."""
-    from discourse_rl.core.records import read_stages
-
     path = Path(path)
     found = _run_of(path)
     if found is None:
@@ -172,13 +173,21 @@ def rebuild_command(path: str | Path) -> str:
     else:
         lay, stage = found
     try:
-        rec = read_stages(lay.stages).get(stage)
+        # The stage's record (`records.StageRecord`), read as plain JSON: records sit above.
+        recorded = read_json(lay.stages, {})
     except DiscourseRLError:
-        rec = None
-    data = f" --data {rec.data}" if rec and rec.data and rec.data.startswith("/") else ""
-    if rec is not None and rec.key == "simulated":
+        recorded = {}
+    rec = recorded.get(stage) if isinstance(recorded, dict) else None
+    rec = rec if isinstance(rec, dict) else {}
+
+    def absolute(key: str) -> str | None:
+        value = rec.get(key)
+        return value if isinstance(value, str) and value.startswith("/") else None
+
+    data = f" --data {absolute('data')}" if absolute("data") else ""
+    if rec.get("key") == "simulated":
         return f"discourse-rl train-agent --run {lay.root}{data} --simulate"
-    config = f" --config {rec.config}" if rec and rec.config and rec.config.startswith("/") else ""
+    config = f" --config {absolute('config')}" if absolute("config") else ""
     return f"discourse-rl run --out {lay.root}{data}{config}"
 
 
@@ -195,9 +204,6 @@ def load_npz(path: str | Path, name: str, what: str) -> dict[str, Any]:
     """Every array of an .npz artefact, checked against its run's manifest first; one clear line
     when the file is missing ('{path}: {name} not found'), differs from its record, or does not
     load ('damaged or not {what}')."""
-    import zipfile
-
-    import numpy as np
 
     path = Path(path)
     if not path.is_file():

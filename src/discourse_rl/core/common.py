@@ -10,6 +10,7 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import time
 import tomllib
 import typing
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from discourse_rl.core import rules
+from discourse_rl.core.rules import toml_value
 
 
 class DiscourseRLError(Exception):
@@ -261,25 +263,11 @@ def _toml_table(name: str, table: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def toml_value(v: Any) -> str:
-    """`v` as a TOML value (also how a config error shows the value it refuses)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if v is None:
-        raise ValueError("TOML has no null; use an empty string for 'unset'")
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run a block with `n` torch CPU threads (0 = leave torch's setting as it is), then restore
     the previous setting. Every stage's thread setting means this."""
+    # torch: only the steps that train or predict set its threads
     import torch
 
     before = torch.get_num_threads()
@@ -330,8 +318,8 @@ def progress(iterable: Any = None, **kwargs: Any) -> Any:
 
     Every long loop (NER encoding and training, BC, PPO, the episode trainer, predict) takes its
     bar from here, so a run whose stderr goes to a file still says how far it got."""
-    import sys
 
+    # tqdm: only long loops draw bars
     from tqdm.auto import tqdm
 
     stream = kwargs.get("file") or sys.stderr

@@ -78,6 +78,7 @@ def _matched_gts(pred_idx: IntArray, gt_idx: IntArray, n_pred: int, n_gt: int) -
         # No prediction hits two true spans: every hit true span gets its own prediction.
         matched[gt_idx] = True
         return matched
+    # scipy: only essays with many overlapping candidates need a matching
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_bipartite_matching
 

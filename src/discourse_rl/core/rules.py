@@ -30,9 +30,6 @@ class ConfigValueError(ValueError):
 
 def _shown(value: Any) -> str:
     """`value` as a config file would write it (TOML), else its repr."""
-    # Imported here, not above: common's config reader imports this module.
-    from discourse_rl.core.common import toml_value
-
     if isinstance(value, (str, bool, int, float, list, tuple)):
         try:
             return toml_value(value)
@@ -147,3 +144,18 @@ def keyed(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [keyed(v) for v in obj]
     return obj
+
+
+def toml_value(v: Any) -> str:
+    """`v` as a TOML value (also how a config error shows the value it refuses)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if v is None:
+        raise ValueError("TOML has no null; use an empty string for 'unset'")
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

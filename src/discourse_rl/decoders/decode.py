@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl.core import rules
+from discourse_rl.core import artefacts, rules
 from discourse_rl.core.arrays import FloatArray, IntArray, Spans
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text
 from discourse_rl.core.data import CLASSES, Corpus, labels_to_spans, spans_to_frame
@@ -287,7 +287,6 @@ def save_thresholds(path: str | Path, thresholds: TunedThresholds) -> None:
 
 
 def load_thresholds(path: str | Path) -> TunedThresholds:
-    from discourse_rl.core import artefacts
 
     path = Path(path)
     if not path.is_file():

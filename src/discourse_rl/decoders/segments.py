@@ -23,10 +23,18 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl.core import metric, rules
+from discourse_rl.core import artefacts, metric, rules
 from discourse_rl.core.arrays import BoolArray, FloatArray, IntArray, Probs
 from discourse_rl.core.common import DiscourseRLError, atomic_save
-from discourse_rl.core.data import CLASSES, NUM_LABELS, Corpus, Essay, spans_to_frame
+from discourse_rl.core.data import (
+    CLASSES,
+    NUM_LABELS,
+    Corpus,
+    Essay,
+    labels_to_spans,
+    spans_to_frame,
+)
+from discourse_rl.decoders.gbdt.features import essay_layout
 
 N_CLASSES = len(CLASSES)
 N_ACTIONS = NUM_LABELS
@@ -241,7 +249,6 @@ def rich_segment_features(
 
 def paragraph_starts(essays: Mapping[str, Essay], ids: Iterable[str]) -> dict[str, BoolArray]:
     """Per essay of `ids`: does each word open a paragraph (for `rich_features`)."""
-    from discourse_rl.decoders.gbdt.features import essay_layout
 
     return {i: essay_layout(essays[i]).paragraph for i in ids}
 
@@ -511,7 +518,6 @@ def simulate_word_probs(
 
 def naive_frame(probs: Probs, ids: Iterable[str]) -> pd.DataFrame:
     """Argmax decoding of word probabilities, the 'NER naive' baseline."""
-    from discourse_rl.core.data import labels_to_spans
 
     rows: list[pd.DataFrame] = []
     for eid in ids:
@@ -554,7 +560,6 @@ def save_segments(path: str | Path, segs: Sequence[EssaySegments]) -> None:
 
 
 def load_segments(path: str | Path) -> list[EssaySegments]:
-    from discourse_rl.core import artefacts
 
     data = artefacts.load_npz(path, "segments file", "a segments file")
     need = {"ids", "n_words", "counts", "word_start", "word_end", "features", "gold_action"}

@@ -21,6 +21,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from discourse_rl.core.common import DiscourseRLError
+
 T = TypeVar("T")
 
 
@@ -49,6 +51,7 @@ def init() -> None:
     """Join the launcher's process group (NCCL on GPUs, gloo on the CPU); once per process."""
     if not distributed():
         return
+    # torch: only under a launcher
     import torch
     import torch.distributed as dist
 
@@ -74,6 +77,7 @@ def from_main(compute: Callable[[], T]) -> T:
     processes must share, e.g. whether a stage is up to date)."""
     if not distributed():
         return compute()
+    # torch: only under a launcher
     import torch.distributed as dist
 
     init()
@@ -98,6 +102,7 @@ def gather(part: dict[str, T]) -> dict[str, T]:
     """Every process's part of a mapping, merged on the main process (others get {})."""
     if not distributed():
         return dict(part)
+    # torch: only under a launcher
     import torch.distributed as dist
 
     init()
@@ -110,7 +115,6 @@ def gather(part: dict[str, T]) -> dict[str, T]:
 
 
 def require_one_process(what: str) -> None:
-    from discourse_rl.core.common import DiscourseRLError
 
     if distributed():
         raise DiscourseRLError(

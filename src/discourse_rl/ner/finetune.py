@@ -147,6 +147,7 @@ def train_folds(
 ) -> None:
     """Train the folds `todo`, one after the other, in this process (a fold child's job: one
     fold, the cache left to the parent)."""
+    # transformers and safetensors: loaded when a fold trains
     from safetensors.torch import save_file
     from transformers import Trainer
 
@@ -262,6 +263,7 @@ def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, s
     """The Trainer's settings for one fold, spelled for the installed transformers: 5.x takes a
     warm-up fraction as `warmup_steps` and a `train_sampling_strategy`; 4.x names them
     `warmup_ratio` and `group_by_length`."""
+    # transformers and safetensors: loaded when a fold trains
     from transformers import TrainingArguments
 
     accepted = inspect.signature(TrainingArguments).parameters

@@ -196,6 +196,7 @@ def _train_head(
     seed: int,
 ) -> NerHead:
     train_ids, val_ids = split
+    # safetensors: loaded when a head is saved
     from safetensors.torch import save_file
     from torch.utils.tensorboard import SummaryWriter
     from transformers import get_linear_schedule_with_warmup

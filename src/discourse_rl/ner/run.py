@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from discourse_rl.core import artefacts
 from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
@@ -98,10 +99,9 @@ def require_encoder(layout: RunLayout) -> Path:
 
 
 def _weights(path: Path) -> dict[str, Any]:
+    # safetensors: loaded when weights are read
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from discourse_rl.core import artefacts
 
     if not path.is_file():
         raise DiscourseRLError(f"{path}: fold model missing (is the NER training finished?)")

@@ -211,9 +211,11 @@ def write_plots(
     lay: RunLayout, agent: AgentResults | None, rows: Sequence[StageScores] = ()
 ) -> list[Path]:
     """Per-class F1 bars per stage, the segmentation trade-off, and the agents' curves."""
+    # matplotlib: only the report's plots need it
     import matplotlib
 
     matplotlib.use("Agg")
+    # matplotlib: only the report's plots need it
     import matplotlib.pyplot as plt
     import numpy as np
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from discourse_rl import __version__
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text
 from discourse_rl.core.layout import FORMAT_VERSION, RunLayout
 from discourse_rl.core.records import _read_json, older_format
@@ -24,9 +26,6 @@ class RunFormat:
 
     @classmethod
     def current(cls) -> RunFormat:
-        from importlib.metadata import PackageNotFoundError, version
-
-        from discourse_rl import __version__
 
         def ver(pkg: str) -> str | None:
             try:

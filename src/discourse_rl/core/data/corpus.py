@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from discourse_rl.core import artefacts
 from discourse_rl.core.arrays import IntArray
 from discourse_rl.core.common import DiscourseRLError, atomic_save
 
@@ -324,7 +325,6 @@ def save_word_probs(path: str | Path, probs: Mapping[str, npt.NDArray[np.floatin
 
 
 def load_word_probs(path: str | Path) -> dict[str, npt.NDArray[np.float32]]:
-    from discourse_rl.core import artefacts
 
     what = "a word-probability file"
     z = artefacts.load_npz(path, "word probabilities", what)

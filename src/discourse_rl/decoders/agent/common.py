@@ -149,6 +149,7 @@ def tensorboard_writer(log_dir: str | Path | None) -> Any:
     """A TensorBoard SummaryWriter for `log_dir`, or None without one."""
     if log_dir is None:
         return None
+    # tensorboard: only when a log folder is asked for
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(log_dir))

@@ -24,7 +24,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.core import metric
+from discourse_rl.core import artefacts, metric
 from discourse_rl.core.arrays import IntArray
 from discourse_rl.core.common import DiscourseRLError, atomic_open, atomic_save
 from discourse_rl.core.data import Corpus
@@ -228,7 +228,6 @@ def load_policy(path: str | Path) -> AttentionPolicy:
     Building it reseeds torch's global generator with 0, as loading always has: PPO's action
     sampling and a new autoregressive head start from that state, so same-seed runs repeat.
     """
-    from discourse_rl.core import artefacts
 
     path = Path(path)
     if not path.is_file():
