@@ -187,3 +187,23 @@ def test_light_commands_load_no_torch(argv: list[str]) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parent
     )
     assert "TORCH False" in out.stdout
+
+
+def test_info_on_a_run_folder_and_score_load_no_torch(tmp_path: Path) -> None:
+    from tests.tiny_run import make_tiny_run
+
+    run = make_tiny_run(tmp_path)
+    gt = tmp_path / "gt.csv"
+    gt.write_text("id,discourse_type,predictionstring\nA,Lead,0 1 2\n", encoding="utf-8")
+    pred = tmp_path / "pred.csv"
+    pred.write_text("id,class,predictionstring\nA,Lead,0 1 2\n", encoding="utf-8")
+    code = (
+        "import sys\nfrom discourse_rl.app.cli import main\n"
+        f"assert main(['info', '--model', {str(run)!r}, '--json']) == 0\n"
+        f"assert main(['score', '--pred', {str(pred)!r}, '--gt', {str(gt)!r}]) == 0\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parent
+    )
+    assert "TORCH False" in out.stdout and '"stage": "ner-naive"' in out.stdout

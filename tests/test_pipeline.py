@@ -195,6 +195,18 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     stamps = [p.stat().st_mtime_ns for p in (lay.oof, lay.spans_results)]
     summary = run_pipeline(few_essays, run, config, log=lambda _: None)
     assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
+    # Other runtime settings (threads, worker processes, progress bars, checkpoint cadence,
+    # batch sizes of inference) change how steps run, not what they compute: all reused.
+    runtime = tmp_path / "runtime.toml"
+    runtime.write_text(
+        config.read_text()
+        .replace("[ner]\n", "[ner]\nthreads = 2\nfold_workers = 1\nencode_tokens = 4096\n")
+        .replace("[agent]\n", "[agent]\ntorch_threads = 2\n")
+        .replace("progress_bar = false", "progress_bar = true")
+    )
+    assert load_run_config(runtime) != load_run_config(config)
+    summary = run_pipeline(few_essays, run, runtime, log=lambda _: None)
+    assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
     state = json.loads(lay.stages.read_text())
     _config(config, tiny_backbone, bc_epochs=1)
     summary = run_pipeline(few_essays, run, config, log=lambda _: None)

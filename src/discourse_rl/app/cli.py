@@ -28,8 +28,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 TIMES = (
-    "Times: 2 CPU cores, no GPU (README, Results). Progress goes to stderr: a bar on a\n"
-    "terminal, a plain line every 30 s in a log file."
+    "Times measured on 2 CPU cores shared with other jobs, no GPU: the demo run 7 min 21 s\n"
+    "(ner 93 s, spans 25 s, agent 303 s); the reference's ner step 64 min\n"
+    "(configs/reference.toml). `discourse-rl info --model RUN` shows each step's recorded\n"
+    "wall time. Progress goes to stderr: a bar on a terminal, a line every 30 s in a log file."
 )
 
 
@@ -52,15 +54,19 @@ def _command(
     return p
 
 
-# Options several commands share, under one spelling and one help text.
+# Options several commands share, under one spelling and one help text: `--model` wherever a
+# trained run is read (a run folder or an exported .zip), `--out` wherever one is written.
 _SHARED: dict[str, tuple[str, dict[str, Any]]] = {
     "data": (
         "--data",
         {"type": Path, "default": None, "help": "data folder (default: embedded sample)"},
     ),
     "json": ("--json", {"action": "store_true", "help": "print machine-readable JSON"}),
-    "model": ("--model", {"required": True, "type": Path, "help": "trained run folder"}),
-    "model-or-demo": (
+    "run-out": (
+        "--out",
+        {"type": Path, "default": Path("runs/demo"), "help": "run folder to write (runs/demo)"},
+    ),
+    "model": (
         "--model",
         {
             "type": Path,
@@ -202,15 +208,17 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "run",
         _cmd_run,
         "the main job: train every stage and write the results table, plots and models",
-        "  discourse-rl run          # embedded sample, demo config, runs/demo: about 2 min\n"
+        "  discourse-rl run          # embedded sample, demo config, runs/demo\n"
         "  discourse-rl run --data ../shared/data/feedback-prize-2021 \\\n"
-        "      --out runs/reference --config configs/reference.toml      # about 2 h 10 min\n"
+        "      --out runs/reference --config configs/reference.toml\n"
         f"{TIMES}\n"
         "Running the same command again reuses every stage whose config and inputs are\n"
-        "unchanged; a changed config re-runs that stage and the ones after it.",
+        "unchanged; a changed config re-runs that stage and the ones after it; a changed\n"
+        "runtime setting (threads, fold_workers, torch_threads, progress_bar, save_every,\n"
+        "encode_tokens) re-runs nothing.",
     )
     _options(p, "data")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (runs/demo)")
+    _options(p, "run-out")
     p.add_argument(
         "--config", type=Path, default=None, help="run config TOML (default: the demo config)"
     )
@@ -235,16 +243,16 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         "train-ner",
         _cmd_train_ner,
         "train the NER fold models; write out-of-fold word probabilities and thresholds",
-        "  discourse-rl train-ner --out runs/demo --config configs/demo.toml      # about 45 s\n"
+        "  discourse-rl train-ner --out runs/demo --config configs/demo.toml\n"
         "  discourse-rl train-ner --data ../shared/data/feedback-prize-2021 \\\n"
-        "      --out runs/reference --config configs/reference.toml             # about 82 min\n"
+        "      --out runs/reference --config configs/reference.toml\n"
         "  discourse-rl train-ner --out runs/gpu --mode finetune \\\n"
         "      --backbone microsoft/deberta-v3-base                # a GPU job: hours on a CPU\n"
         f"{TIMES}\n"
         "An interrupted run resumes when the same command is run again.",
     )
     _options(p, "data")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    _options(p, "run-out")
     p.add_argument(
         "--config",
         type=Path,
@@ -294,7 +302,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         '"char_end", "text", "confidence"}]}. --stage all writes OUT/<stage>.<format> for every\n'
         "stage the run offers, from one pass of the tagger.",
     )
-    p.add_argument("--model", required=True, type=Path, help="trained run folder or model .zip")
+    _options(p, "model")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
     p.add_argument("--out", required=True, type=Path, help="file to write (a folder for all)")
     p.add_argument(
@@ -418,7 +426,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "  discourse-rl label my_essay.txt --json          # the elements and summary as JSON",
     )
     p.add_argument("essay", type=Path, help="the essay, a UTF-8 .txt file")
-    _options(p, "model-or-demo")
+    _options(p, "model")
     _stage_option(p)
     _options(p, "json")
 
@@ -465,7 +473,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0: non-commercial use,\n"
         "with attribution (see src/discourse_rl/sample/LICENSE.md).",
     )
-    _options(p, "model-or-demo")
+    _options(p, "model")
     _stage_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
@@ -524,18 +532,25 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "train-agent",
         _cmd_train_agent,
         "cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out",
-        "  discourse-rl train-agent --run runs/demo                    # after train-ner: ~70 s\n"
-        "  discourse-rl train-agent --run runs/sim --simulate --max-essays 300    # ~2-3 min\n"
-        "  discourse-rl train-agent --run runs/reference \\\n"
+        "  discourse-rl train-agent --out runs/demo                    # after train-ner\n"
+        "  discourse-rl train-agent --out runs/sim --simulate --max-essays 300\n"
+        "  discourse-rl train-agent --out runs/reference \\\n"
         "      --data ../shared/data/feedback-prize-2021 --config configs/reference.toml \\\n"
-        "      --seeds 0 1 2                                                     # ~45 min\n"
+        "      --seeds 0 1 2\n"
         f"{TIMES}\n"
         "Without --config: RUN/config.toml, else the demo config (configs/demo.toml).\n"
         "Reads RUN/ner/oof.npz (out-of-fold word probabilities) unless --simulate is given.\n"
         "Writes RUN/segments.npz, RUN/agent/ (bc/, ppo/, episode/, results.json), RUN/tb/,\n"
         "and updates RUN/config.toml, RUN/stages.json and RUN/results.md as `run` would.",
     )
-    p.add_argument("--run", required=True, type=Path, help="run folder")
+    p.add_argument(
+        "--out",
+        "--run",  # its name before one option named every run folder a command writes
+        dest="out",
+        type=Path,
+        default=Path("runs/demo"),
+        help="run folder to add the agent to (runs/demo)",
+    )
     _options(p, "data")
     p.add_argument(
         "--config",
@@ -557,14 +572,14 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
     from discourse_rl.run.one_step import train_agent
 
     train_agent(
-        args.run,
+        args.out,
         args.data,
         args.config,
         seeds=args.seeds,
         max_essays=args.max_essays,
         simulate=args.simulate,
     )
-    _print_report(args.run)
+    _print_report(args.out)
     return 0
 
 

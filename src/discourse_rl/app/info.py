@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 # One module's many names: qualified, so a reader sees where each comes from.
+from discourse_rl.app.model_file import open_model
 from discourse_rl.core import records
 from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.layout import RunLayout
@@ -57,6 +58,9 @@ class RunInfo:
 
 
 def run_info(run: str | Path) -> RunInfo:
+    """What the run folder (or exported model .zip) `run` can label with, and how well."""
+    if Path(run).is_file():
+        run = open_model(run)  # a .zip: read from its unpacked copy
     lay = RunLayout(run)
     if not lay.root.is_dir():
         raise DiscourseRLError(f"{lay.root}: no such run folder")

@@ -186,7 +186,7 @@ def rebuild_command(path: str | Path) -> str:
 
     data = f" --data {absolute('data')}" if absolute("data") else ""
     if rec.get("key") == "simulated":
-        return f"discourse-rl train-agent --run {lay.root}{data} --simulate"
+        return f"discourse-rl train-agent --out {lay.root}{data} --simulate"
     config = f" --config {absolute('config')}" if absolute("config") else ""
     return f"discourse-rl run --out {lay.root}{data}{config}"
 
