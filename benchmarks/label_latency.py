@@ -32,8 +32,11 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__, model=True)
     ap.add_argument("--stage", default=None, help="default: the run's best")
-    ap.add_argument("--words", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=20)
+    for flag, default, what in (
+        ("--words", 500, "words of the essay labelled"),
+        ("--repeats", 20, "how many times it is labelled"),
+    ):
+        ap.add_argument(flag, type=int, default=default, help=f"{what} ({default})")
     run_benchmark(ap, measure, argv)
 
 

@@ -43,34 +43,30 @@ class ToyDecoder(Decoder):
     title = "one element per essay, of the most frequent class"
     config = ToyConfig
 
-    def __init__(self, label: int, min_words: int) -> None:
-        self.label = label
-        self.min_words = min_words
+    model: tuple[int, int]
+    """The class index it labels with, and the fewest words an essay needs."""
 
     @classmethod
-    def saved(cls, lay: RunLayout) -> Path | None:
-        path = lay.decoder(cls.name) / "toy.json"
-        return path if lay.ner_config.is_file() and path.is_file() else None
+    def path(cls, lay: RunLayout) -> Path:
+        return lay.decoder(cls.name) / "toy.json"
 
     @classmethod
     def fit(cls, probs: Probs, corpus: Corpus, config: Any, seed: int) -> Self:
         common = corpus.elements["discourse_type"].value_counts().index[0]
-        return cls(CLASS_INDEX[common], config.min_words)
+        return cls((CLASS_INDEX[common], config.min_words))
 
     def save(self, folder: Path) -> None:
-        data = {"label": self.label, "min_words": self.min_words}
+        data = {"label": self.model[0], "min_words": self.model[1]}
         (folder / "toy.json").write_text(json.dumps(data), encoding="utf-8")
 
     @classmethod
     def load(cls, run: Path) -> Self:
         data = json.loads((RunLayout(run).decoder(cls.name) / "toy.json").read_text())
-        return cls(int(data["label"]), int(data["min_words"]))
+        return cls((int(data["label"]), int(data["min_words"])))
 
     def predict(self, probs: Probs, essays: Mapping[str, Essay]) -> dict[str, list[Span]]:
-        return {
-            k: [(self.label, 0, len(p))] if len(p) >= self.min_words else []
-            for k, p in probs.items()
-        }
+        label, min_words = self.model
+        return {k: [(label, 0, len(p))] if len(p) >= min_words else [] for k, p in probs.items()}
 
 
 @pytest.fixture
@@ -122,7 +118,7 @@ def test_a_registered_decoder_is_offered_everywhere(
     assert main([*args, "--stage", "toy"]) == 0
     lines = sub.read_text().splitlines()[1:]
     assert len(lines) == len(list(essays.glob("*.txt")))
-    label = ToyDecoder.load(run).label
+    label = ToyDecoder.load(run).model[0]
     assert all(line.split(",")[1] == CLASSES[label] for line in lines)
 
     # label --stage toy: the essay as one element.

@@ -284,8 +284,6 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from discourse_rl.decoders import registry
-
     p = _command(
         sub,
         "predict",
@@ -492,8 +490,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from discourse_rl.decoders import registry
-
     p = _command(
         sub,
         "export",

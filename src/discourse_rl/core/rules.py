@@ -121,13 +121,7 @@ def field_types(cls: type) -> dict[str, Any]:
 
 def plain(obj: Any) -> Any:
     """A config (nested dataclasses, tuples, dicts) as plain JSON-able data."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return plain(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
+    return _data(obj, keyed=False)
 
 
 def keyed(obj: Any) -> Any:
@@ -135,14 +129,18 @@ def keyed(obj: Any) -> Any:
     `RUNTIME`): what a step's key hashes. Runtime settings change how a step runs (threads,
     worker processes, progress bars, checkpoint cadence, batch sizes of inference), never what
     it computes, so changing one never retrains."""
+    return _data(obj, keyed=True)
+
+
+def _data(obj: Any, keyed: bool) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        runtime: frozenset[str] = getattr(obj, "RUNTIME", frozenset())
+        skip: frozenset[str] = getattr(obj, "RUNTIME", frozenset()) if keyed else frozenset()
         fields = dataclasses.fields(obj)
-        return {f.name: keyed(getattr(obj, f.name)) for f in fields if f.name not in runtime}
+        return {f.name: _data(getattr(obj, f.name), keyed) for f in fields if f.name not in skip}
     if isinstance(obj, dict):
-        return {k: keyed(v) for k, v in obj.items()}
+        return {k: _data(v, keyed) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [keyed(v) for v in obj]
+        return [_data(v, keyed) for v in obj]
     return obj
 
 

@@ -27,12 +27,11 @@ class ConstrainedDecoder(Decoder):
         "never repeat) with per-class minima fitted on the training essays"
     )
 
-    def __init__(self, params: ConstrainedParams) -> None:
-        self.params = params
+    model: ConstrainedParams
 
     @classmethod
-    def saved(cls, lay: RunLayout) -> Path | None:
-        return lay.constrained if lay.ner_config.is_file() and lay.constrained.is_file() else None
+    def path(cls, lay: RunLayout) -> Path:
+        return lay.constrained
 
     @classmethod
     def seconds(cls, step_seconds: float | None, results: SpansResults | None) -> float | None:
@@ -51,6 +50,6 @@ class ConstrainedDecoder(Decoder):
         from discourse_rl.decoders.constrained import decode_constrained
 
         return {
-            k: sorted_spans(*decode_constrained(np.asarray(p), self.params))
+            k: sorted_spans(*decode_constrained(np.asarray(p), self.model))
             for k, p in probs.items()
         }

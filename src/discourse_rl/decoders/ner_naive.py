@@ -25,8 +25,12 @@ class NaiveDecoder(Decoder):
     title = "the NER tagger's most likely label per word"
 
     @classmethod
-    def saved(cls, lay: RunLayout) -> Path | None:
-        return lay.ner if lay.ner_config.is_file() else None
+    def path(cls, lay: RunLayout) -> Path:
+        return lay.ner
+
+    @classmethod
+    def marker(cls, lay: RunLayout) -> Path:
+        return lay.ner_config
 
     @classmethod
     def files(cls, lay: RunLayout) -> list[Path]:

@@ -25,12 +25,11 @@ class TunedDecoder(Decoder):
     trained_on = "out-of-fold probabilities (per-class minima)"
     title = "the NER tagger with per-class minima fitted on the training essays"
 
-    def __init__(self, thresholds: TunedThresholds) -> None:
-        self.thresholds = thresholds
+    model: TunedThresholds
 
     @classmethod
-    def saved(cls, lay: RunLayout) -> Path | None:
-        return lay.tuned if lay.ner_config.is_file() and lay.tuned.is_file() else None
+    def path(cls, lay: RunLayout) -> Path:
+        return lay.tuned
 
     @classmethod
     def files(cls, lay: RunLayout) -> list[Path]:
@@ -55,4 +54,4 @@ class TunedDecoder(Decoder):
     def predict(self, probs: Probs, essays: Mapping[str, Essay]) -> dict[str, list[Span]]:
         from discourse_rl.decoders.decode import decode_tuned  # as in `load`
 
-        return {k: sorted_spans(*decode_tuned(p, self.thresholds)) for k, p in probs.items()}
+        return {k: sorted_spans(*decode_tuned(p, self.model)) for k, p in probs.items()}

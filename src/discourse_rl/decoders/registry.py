@@ -62,10 +62,25 @@ class Decoder(ABC):
     config: ClassVar[type | None] = None
     """A decoder with its own step: the frozen dataclass of its config table `[name]`."""
 
+    def __init__(self, model: Any = None) -> None:
+        self.model = model
+        """What `load` or `fit` made (thresholds, a fitted model, a policy...)."""
+
     @classmethod
     @abstractmethod
+    def path(cls, lay: RunLayout) -> Path:
+        """The file or folder prediction loads."""
+
+    @classmethod
+    def marker(cls, lay: RunLayout) -> Path:
+        """A file that exists once the decoder is saved (default: `path`)."""
+        return cls.path(lay)
+
+    @classmethod
     def saved(cls, lay: RunLayout) -> Path | None:
-        """The file or folder prediction loads, if the run folder holds it (else None)."""
+        """`path` if the run folder holds the decoder (and the tagger's models), else None."""
+        ok = lay.ner_config.is_file() and cls.marker(lay).is_file()
+        return cls.path(lay) if ok else None
 
     @classmethod
     def files(cls, lay: RunLayout) -> list[Path]:

@@ -23,16 +23,17 @@ class PolicyDecoder(Decoder):
 
     step = "agent"
 
-    def __init__(self, seg_cfg: Any, policy: Any) -> None:
-        self.seg_cfg = seg_cfg
-        self.policy = policy
+    model: tuple[Any, Any]
+    """The segmentation settings and the policy."""
+
+    @classmethod
+    def path(cls, lay: RunLayout) -> Path:
+        return lay.policy(cls.name)
 
     @classmethod
     def saved(cls, lay: RunLayout) -> Path | None:
-        if not lay.ner_config.is_file() or not lay.segments_config.is_file():
-            return None
-        policy = lay.policy(cls.name)
-        return policy if policy.is_file() else None
+        # The policy labels the segments its settings cut: both must be there.
+        return super().saved(lay) if lay.segments_config.is_file() else None
 
     @classmethod
     def files(cls, lay: RunLayout) -> list[Path]:
@@ -60,7 +61,7 @@ class PolicyDecoder(Decoder):
                 f"{lay.root}: no {cls.name} policy in this run (missing {policy})"
             )
         seg_cfg = config_from_dict(SegmentConfig, load_toml(path), where=str(path))
-        return cls(seg_cfg, load_policy(policy))
+        return cls((seg_cfg, load_policy(policy)))
 
     def predict(self, probs: Probs, essays: Mapping[str, Essay]) -> dict[str, list[Span]]:
         # torch: the policy's forward pass
@@ -70,10 +71,11 @@ class PolicyDecoder(Decoder):
         out: dict[str, list[Span]] = {k: [] for k in probs}
         if not probs:
             return out
+        seg_cfg, policy = self.model
         words = {k: e.words for k, e in essays.items()}
-        paras = paragraph_starts(essays, list(probs)) if self.seg_cfg.rich_features else None
-        segs = make_segments(probs, self.seg_cfg, list(probs), words, paras)
-        for seg, act in zip(segs, predict_actions(self.policy, segs), strict=True):
+        paras = paragraph_starts(essays, list(probs)) if seg_cfg.rich_features else None
+        segs = make_segments(probs, seg_cfg, list(probs), words, paras)
+        for seg, act in zip(segs, predict_actions(policy, segs), strict=True):
             out[seg.essay_id] = sorted_spans(*actions_to_spans(seg, act))
         return out
 

@@ -15,6 +15,12 @@ if TYPE_CHECKING:  # types only
     from discourse_rl.core.records import SpansResults
     from discourse_rl.decoders.gbdt.gbdt import SpanModel
 
+TITLE = (
+    "span-level gradient boosting (LightGBM) over candidate spans, selected without overlap by "
+    "fitted per-class thresholds"
+)
+"""Its line under the run report's table."""
+
 
 @register
 class GbdtDecoder(Decoder):
@@ -23,18 +29,17 @@ class GbdtDecoder(Decoder):
     name = "gbdt"
     step = "spans"
     trained_on = "the training essays' candidate spans (first seed's model)"
-    title = (
-        "span-level gradient boosting (LightGBM) over candidate spans, selected without overlap "
-        "by fitted per-class thresholds"
-    )
+    title = TITLE
 
-    def __init__(self, model: SpanModel) -> None:
-        self.model = model
+    model: SpanModel
 
     @classmethod
-    def saved(cls, lay: RunLayout) -> Path | None:
-        ok = lay.ner_config.is_file() and (lay.gbdt / "params.json").is_file()
-        return lay.gbdt if ok else None
+    def path(cls, lay: RunLayout) -> Path:
+        return lay.gbdt
+
+    @classmethod
+    def marker(cls, lay: RunLayout) -> Path:
+        return lay.gbdt / "params.json"
 
     @classmethod
     def seconds(cls, step_seconds: float | None, results: SpansResults | None) -> float | None:
