@@ -21,13 +21,15 @@ import pandas as pd
 import pytest
 
 from benchmarks.kill_resume import unreadable
-from discourse_rl import artefacts, faults, runlock
-from discourse_rl.cli import main
-from discourse_rl.common import TEMP_PATTERN, DiscourseRLError, atomic_save, atomic_write_text
-from discourse_rl.data import load_corpus, sample_dir
-from discourse_rl.labeller import Labeller, offered_stages
-from discourse_rl.layout import RunLayout
-from discourse_rl.records import read_stages
+from discourse_rl.app.cli import main
+from discourse_rl.app.labeller import Labeller, offered_stages
+from discourse_rl.core import artefacts, faults
+from discourse_rl.core.common import TEMP_PATTERN, DiscourseRLError, atomic_save, atomic_write_text
+from discourse_rl.core.data import load_corpus, sample_dir
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.records import read_stages
+from discourse_rl.run import lock as runlock
+from discourse_rl.run import space
 from tests.test_pipeline import _config
 from tests.tiny import save_tiny_bert
 
@@ -231,15 +233,15 @@ def test_read_only_folder_is_one_line(
 def test_full_disk_line_names_the_space_a_stage_needs(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
-    atomic_write_text(faults.sizes_path(run), json.dumps({"ner": 95_000_000}))
+    atomic_write_text(space.sizes_path(run), json.dumps({"ner": 95_000_000}))
     (run / "ner").mkdir()
     exc = OSError(errno.ENOSPC, "No space left on device", str(run / "ner" / "oof.npz"))
-    line = str(faults.write_failure(exc, run))
+    line = str(space.write_failure(exc, run))
     assert line.startswith(f"{run / 'ner' / 'oof.npz'}: cannot write: no space left on device")
     assert "the ner stage needs about 95.0 MB (measured when it last finished)" in line
     assert "MB free" in line and "run the same command again" in line
     # A stage never finished: estimated from its inputs.
-    est = faults.ner_estimate(
+    est = space.ner_estimate(
         n_words=200_000, hidden=384, backbone_bytes=90_000_000, frozen=True, folds=3
     )
     assert 200e6 < est < 300e6  # the encoder, its word vectors (float16), the probabilities

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 
 import discourse_rl
-from discourse_rl import runlock
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.app.cli import main
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.run import lock as runlock
 
 HOLD = (
     "import sys, time\n"
-    "from discourse_rl import runlock\n"
+    "from discourse_rl.run import lock as runlock\n"
     "with runlock.writing(sys.argv[1], 'run'):\n"
     "    print('held', flush=True)\n"
     "    time.sleep(float(sys.argv[2]))\n"
