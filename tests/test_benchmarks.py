@@ -14,8 +14,8 @@ import pytest
 import benchmarks
 import experiments
 from benchmarks import metric as metric_benchmark
-from discourse_rl.data import sample_dir
-from discourse_rl.metric import score
+from discourse_rl.core.data import sample_dir
+from discourse_rl.core.metric import score
 
 MODULES = [
     f"{package.__name__}.{info.name}"
