@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from discourse_rl.app.model_file import open_model
+from discourse_rl.app.model_file import SHIPPED, open_model
 from discourse_rl.core.common import DiscourseRLError, read_json
 from discourse_rl.core.data import CLASSES, Essay, predictionstring
 from discourse_rl.core.layout import RunLayout
@@ -162,10 +162,11 @@ class Labeller:
         self._scores: dict[str, StageScores] | None = None
 
     @classmethod
-    def load(cls, run: str | Path, stage: str | None = None) -> Labeller:
-        """Load a run folder (or an exported model .zip); `stage` None = the run's best."""
+    def load(cls, run: str | Path | None = None, stage: str | None = None) -> Labeller:
+        """Load a run folder or an exported model .zip (None: the shipped model); `stage` None =
+        the run's best."""
 
-        given = Path(run)
+        given = SHIPPED if run is None else Path(run)
         run = open_model(given)
         try:
             check_format(run)  # a folder an older version wrote: one clear line, not a KeyError
