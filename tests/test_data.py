@@ -68,6 +68,7 @@ def test_sample_round_trip_elements_labels_elements() -> None:
     assert mismatched == explained == corpus.quirks.shared_boundary_words
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="shared data folder not present")
 def test_shared_data_round_trip_on_all_sure_essays() -> None:
     corpus = load_corpus(SHARED)

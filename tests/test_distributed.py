@@ -70,6 +70,7 @@ def _held_out_nll(run: Path, data: Path) -> float:
     return float(np.concatenate(nll).mean())
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_ner(tiny_backbone: str, tmp_path: Path) -> None:
     data = _data(tmp_path / "data")
     config = _config(tmp_path / "tiny.toml", tiny_backbone)
@@ -168,6 +169,7 @@ def test_predict_shards_combine_into_the_unsharded_output(
     assert main([*base, "--out", str(out), "--shard", "3/3"]) == 2
 
 
+@pytest.mark.slow
 def test_torchrun_predict_shares_the_essays_and_combines(tiny_run: Path, tmp_path: Path) -> None:
     """Under a launcher each process labels its share; process 0 writes what one process would."""
     from discourse_rl.app.cli import main

@@ -206,7 +206,12 @@ def test_rewards_come_from_the_metric() -> None:
         acts[i, 0, : s.n_segments] = s.gold_action
     counts = labelling_counts(segs[:3], acts, gold)
     f1 = rewards(counts, "f1")
-    assert (f1[:, 0] > 0.5).all() and (f1[:, 1] == 0).all()
+    # The gold labelling's reward is each essay's F-score as the metric computes it from spans.
+    labelled = spans_frame(segs[:3], [acts[i, 0, : s.n_segments] for i, s in enumerate(segs[:3])])
+    ids = [s.essay_id for s in segs[:3]]
+    by_metric = metric.per_essay_scores(labelled, gold_frame(corpus, ids)).set_index("id")
+    assert f1[:, 0].tolist() == pytest.approx(by_metric.loc[ids, "f1"].tolist(), abs=1e-12)
+    assert (f1[:, 1] == 0).all()
     spans = spans_frame([segs[0]], [acts[0, 0, : segs[0].n_segments]])
     one = metric.score(spans, gold_frame(corpus, [segs[0].essay_id]))
     assert counts[0, 0, :, 0].sum() == sum(c.tp for c in one.per_class.values())

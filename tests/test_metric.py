@@ -75,6 +75,7 @@ def _can_double_count(pred: pd.DataFrame, gt: pd.DataFrame) -> bool:
     return False
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_agrees_with_pandas_oracle_unless_double_count(
@@ -97,6 +98,7 @@ def test_agrees_with_pandas_oracle_unless_double_count(
         assert ours.per_class[cls].f1 == pytest.approx(f1, abs=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(cases())
 def test_per_essay_counts_agree_with_corpus_score(case: tuple[pd.DataFrame, pd.DataFrame]) -> None:
@@ -336,6 +338,7 @@ def test_non_contiguous_prediction_scores_by_word_sets_on_the_fast_path() -> Non
     assert not doubtful and per_class["Claim"] == result.f1
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_score_is_the_same_without_the_fast_parse(case: tuple[pd.DataFrame, pd.DataFrame]) -> None:

@@ -100,6 +100,7 @@ threshold_folds = 2
     return path
 
 
+@pytest.mark.slow
 def test_run_writes_every_artefact_resumes_and_predicts(
     tmp_path: Path, tiny_backbone: Path, few_essays: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -77,6 +77,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+@pytest.mark.slow
 def test_crash_in_second_seed_keeps_the_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,6 +162,7 @@ def test_a_stage_that_fails_leaves_no_record(
     assert set(read_stages(lay.stages)) == {"ner"}
 
 
+@pytest.mark.slow
 def test_finetune_fold_resumes_from_its_last_complete_checkpoint(
     tiny_backbone: str, corpus_small: Corpus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

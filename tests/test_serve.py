@@ -215,6 +215,7 @@ def chrome(browser: str, driver: str, width: int = 1200, height: int = 1600):  #
     return webdriver.Chrome(service=Service(executable_path=driver), options=options)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no headless browser: install Debian's chromium and chromium-driver "

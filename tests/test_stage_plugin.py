@@ -135,6 +135,9 @@ def test_a_registered_decoder_is_offered_everywhere(
     assert "toy/toy.json" in zipfile.ZipFile(model).namelist()
     text = essay.read_text()
     assert Labeller.load(model, "toy").label(text) == Labeller.load(run, "toy").label(text)
+    capsys.readouterr()
+    assert main(["info", "--model", str(model), "--json"]) == 0  # info reads a .zip too
+    assert "toy" in {r["stage"] for r in json.loads(capsys.readouterr().out)}
 
     # /api/info: the page lists it.
     with TestClient(create_app(Labeller.load(run, "toy"))) as client:

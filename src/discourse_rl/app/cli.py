@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from discourse_rl import __version__
+from discourse_rl.app.model_file import SHIPPED
 from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
@@ -77,8 +78,8 @@ _SHARED: dict[str, tuple[str, dict[str, Any]]] = {
         "--model",
         {
             "type": Path,
-            "default": Path("runs/demo"),
-            "help": "run folder or model .zip (runs/demo)",
+            "default": SHIPPED,
+            "help": "run folder or model .zip (default: the shipped reference model)",
         },
     ),
 }
@@ -515,6 +516,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument(
         "--stage", choices=registry.names(), default=None, help="default: the run's best"
     )
+    p.add_argument(
+        "--every-stage",
+        action="store_true",
+        help="pack every trained stage (--stage is then the default one), as the shipped model",
+    )
     _options(p, "wait")
 
 
@@ -522,7 +528,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.export import export_model
 
-    out = export_model(args.model, args.out, args.stage)
+    out = export_model(args.model, args.out, args.stage, every_stage=args.every_stage)
     size = out.stat().st_size
     print(f"wrote {out} ({size / 1e6:.2f} MB); licence CC BY-NC-SA 4.0, see MODEL.md inside")
     return 0

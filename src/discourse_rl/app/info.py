@@ -120,8 +120,10 @@ def _row(
         )
     oof = None if ner is None else decoder.out_of_fold(ner)
     if oof is not None and ner is not None:
-        f1, how = oof
-        return StageInfo(stage, f1, None, [], ner.essays, None, how, None, None, seconds, **where)
+        score, how = oof
+        return StageInfo(
+            stage, score.macro_f1, None, [], ner.essays, None, how, None, None, seconds, **where
+        )
     return StageInfo(stage, None, None, [], None, None, None, None, None, seconds, **where)
 
 

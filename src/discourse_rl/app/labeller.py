@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from discourse_rl.app.model_file import open_model
+from discourse_rl.app.model_file import SHIPPED, open_model
 from discourse_rl.core.common import DiscourseRLError, read_json
 from discourse_rl.core.data import CLASSES, Essay, predictionstring
 from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.records import NerMetrics
 from discourse_rl.decoders import registry
 from discourse_rl.decoders.decode import span_probs
 from discourse_rl.decoders.registry import Span
@@ -65,7 +66,7 @@ class Element:
 
 
 @dataclass(frozen=True)
-class StageScores:
+class HeldOutF1:
     """How well a stage did on essays it never saw: macro F1 and F1 per element type."""
 
     macro_f1: float
@@ -101,14 +102,14 @@ def offered_stages(run: str | Path) -> tuple[str, ...]:
     return registry.offered(run)
 
 
-def heldout_scores(run: str | Path) -> dict[str, StageScores]:
+def heldout_scores(run: str | Path) -> dict[str, HeldOutF1]:
     """Each stage's F1 on essays it did not train on.
 
     The agent stage's table (held-out essays, mean over seeds) where it exists; else the NER
     stage's out-of-fold scores."""
 
     layout = RunLayout(run)
-    out: dict[str, StageScores] = {}
+    out: dict[str, HeldOutF1] = {}
     table = heldout_table(layout.root)
     if table.rows:
         source = f"{table.n_heldout} held-out essays"
@@ -117,21 +118,17 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
                 per_type = {
                     c: s.mean for c, s in row.per_class.items() if c in CLASSES and s.mean == s.mean
                 }
-                out[row.stage] = StageScores(row.macro_f1.mean, per_type, source)
-    ner = read_json(layout.ner_metrics, None)
-    if isinstance(ner, dict):
-        n = ner.get("essays")
-        source = f"out of fold over {n} essays" if n else "out of fold"
-        for stage, key in (("ner-naive", "naive"), ("ner-tuned", "tuned_cross_fitted")):
-            if stage in out or not isinstance(ner.get(key), dict):
-                continue
-            s = ner[key]
-            per_type = {
-                c: float(v["f1"])
-                for c, v in s.get("per_class", {}).items()
-                if c in CLASSES and v.get("f1") is not None
-            }
-            out[stage] = StageScores(float(s["macro_f1"]), per_type, source)
+                out[row.stage] = HeldOutF1(row.macro_f1.mean, per_type, source)
+    ner = NerMetrics.read(layout.ner_metrics) if layout.ner_metrics.is_file() else None
+    if ner is not None:
+        source = f"out of fold over {ner.essays} essays" if ner.essays else "out of fold"
+        for decoder in registry.decoders():
+            oof = None if decoder.name in out else decoder.out_of_fold(ner)
+            if oof is not None:
+                per_type = {
+                    c: f1 for c, f1 in oof[0].per_class.items() if c in CLASSES and f1 == f1
+                }
+                out[decoder.name] = HeldOutF1(oof[0].macro_f1, per_type, source)
     return out
 
 
@@ -159,13 +156,14 @@ class Labeller:
         self._offered = offered_stages(run)
         self._decoders: dict[str, registry.Decoder] = {}
         self._lock = threading.Lock()
-        self._scores: dict[str, StageScores] | None = None
+        self._scores: dict[str, HeldOutF1] | None = None
 
     @classmethod
-    def load(cls, run: str | Path, stage: str | None = None) -> Labeller:
-        """Load a run folder (or an exported model .zip); `stage` None = the run's best."""
+    def load(cls, run: str | Path | None = None, stage: str | None = None) -> Labeller:
+        """Load a run folder or an exported model .zip (None: the shipped model); `stage` None =
+        the run's best."""
 
-        given = Path(run)
+        given = SHIPPED if run is None else Path(run)
         run = open_model(given)
         try:
             check_format(run)  # a folder an older version wrote: one clear line, not a KeyError
@@ -198,7 +196,7 @@ class Labeller:
         return self._offered
 
     @property
-    def scores(self) -> dict[str, StageScores]:
+    def scores(self) -> dict[str, HeldOutF1]:
         if self._scores is None:
             self._scores = heldout_scores(self.run)
         return self._scores

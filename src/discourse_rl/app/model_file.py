@@ -20,6 +20,9 @@ from typing import Any
 from discourse_rl.core.common import DiscourseRLError
 
 MANIFEST = "export.json"
+SHIPPED = Path(__file__).resolve().parent.parent / "shipped" / "model.zip"
+"""The model that ships inside the package: the reference run's export, every stage in it. The
+default of `Labeller.load()`, `label`, `serve`, `predict`, `info` and `export`."""
 PT_FORMAT = {"format": "pt"}
 """Safetensors metadata that transformers 4.x requires of the weights it loads."""
 _BASE_PREFIXES = ("bert.", "model.")  # some saved backbones nest the encoder under a name
@@ -69,6 +72,10 @@ def open_model(model: str | Path) -> Path:
     model = Path(model)
     if model.is_dir():
         return model
+    if not model.exists() and model == SHIPPED:
+        raise DiscourseRLError(
+            f"{model}: this installation has no shipped model; name one with --model RUN"
+        )
     if not model.exists():
         raise DiscourseRLError(f"{model}: no such run folder or model file")
     digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]

@@ -120,7 +120,10 @@ def field_types(cls: type) -> dict[str, Any]:
 
 
 def plain(obj: Any) -> Any:
-    """A config (nested dataclasses, tuples, dicts) as plain JSON-able data."""
+    """A config (nested dataclasses, tuples, dicts) as plain JSON-able data, every setting in
+    it: what a step's key hashed before runtime settings left it. A runtime setting whose
+    meaning changed since (a new default) shows its old value, from its class's
+    `LEGACY_VALUES`, so that run folders written then keep their steps."""
     return _data(obj, keyed=False)
 
 
@@ -135,8 +138,12 @@ def keyed(obj: Any) -> Any:
 def _data(obj: Any, keyed: bool) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         skip: frozenset[str] = getattr(obj, "RUNTIME", frozenset()) if keyed else frozenset()
-        fields = dataclasses.fields(obj)
-        return {f.name: _data(getattr(obj, f.name), keyed) for f in fields if f.name not in skip}
+        old: Mapping[str, Any] = {} if keyed else getattr(obj, "LEGACY_VALUES", {})
+        return {
+            f.name: old[f.name] if f.name in old else _data(getattr(obj, f.name), keyed)
+            for f in dataclasses.fields(obj)
+            if f.name not in skip
+        }
     if isinstance(obj, dict):
         return {k: _data(v, keyed) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

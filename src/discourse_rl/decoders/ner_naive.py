@@ -12,7 +12,7 @@ from discourse_rl.decoders.registry import Decoder, Span, register, sorted_spans
 if TYPE_CHECKING:  # types only
     from discourse_rl.core.arrays import Probs
     from discourse_rl.core.data import Essay
-    from discourse_rl.core.records import NerMetrics
+    from discourse_rl.core.records import DecodingScore, NerMetrics
 
 OUT_OF_FOLD = "out of fold: each essay scored by the NER fold model that never saw it"
 
@@ -43,8 +43,8 @@ class NaiveDecoder(Decoder):
         return results.seconds
 
     @classmethod
-    def out_of_fold(cls, ner: NerMetrics) -> tuple[float, str] | None:
-        return ner.naive.macro_f1, OUT_OF_FOLD
+    def out_of_fold(cls, ner: NerMetrics) -> tuple[DecodingScore, str] | None:
+        return ner.naive, OUT_OF_FOLD
 
     @classmethod
     def load(cls, run: Path) -> Self:

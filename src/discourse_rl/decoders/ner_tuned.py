@@ -14,7 +14,7 @@ from discourse_rl.decoders.registry import Decoder, Span, register, sorted_spans
 if TYPE_CHECKING:  # types only
     from discourse_rl.core.arrays import Probs
     from discourse_rl.core.data import Essay
-    from discourse_rl.core.records import NerMetrics
+    from discourse_rl.core.records import DecodingScore, NerMetrics
     from discourse_rl.decoders.decode import TunedThresholds
 
 
@@ -39,10 +39,10 @@ class TunedDecoder(Decoder):
     seconds = NaiveDecoder.seconds
 
     @classmethod
-    def out_of_fold(cls, ner: NerMetrics) -> tuple[float, str] | None:
+    def out_of_fold(cls, ner: NerMetrics) -> tuple[DecodingScore, str] | None:
         cross = ner.tuned_cross_fitted
         note = ", with minima fitted on the other folds"
-        return None if cross is None else (cross.macro_f1, OUT_OF_FOLD + note)
+        return None if cross is None else (cross, OUT_OF_FOLD + note)
 
     @classmethod
     def load(cls, run: Path) -> Self:

@@ -32,7 +32,7 @@ from discourse_rl.core.layout import RunLayout
 if TYPE_CHECKING:  # types only: the registry itself stays free of numpy and pandas
     from discourse_rl.core.arrays import Probs
     from discourse_rl.core.data import Corpus, Essay
-    from discourse_rl.core.records import NerMetrics
+    from discourse_rl.core.records import DecodingScore, NerMetrics
 
 Span = tuple[int, int, int]
 """(class index, word_start, word_end) of one element, half-open over `text.split()`."""
@@ -116,7 +116,7 @@ class Decoder(ABC):
         return step_seconds
 
     @classmethod
-    def out_of_fold(cls, ner: NerMetrics) -> tuple[float, str] | None:
+    def out_of_fold(cls, ner: NerMetrics) -> tuple[DecodingScore, str] | None:
         """A score over the tagger's out-of-fold essays and how it was made, for a run without
         a held-out table (only the tagger's own decodings have one)."""
         return None
