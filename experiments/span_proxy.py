@@ -1,0 +1,168 @@
+"""gbdt variants on a proxy: a run's real out-of-fold tagger probabilities (or simulated ones),
+trained on the protocol's training essays (or a seeded subset) and scored on its held-out ones.
+
+    PYTHONPATH=src nice -n 5 .venv/bin/python -m experiments.span_proxy \\
+        --probs /tmp/ref/oof.npz --data ../shared/data/feedback-prize-2021 --train-essays 4000 \\
+        --variant base: --variant sent:sentence_ends=3 --variant rich:rich_features=true
+
+`--variant NAME:KEY=VALUE,KEY=VALUE` is one gbdt configuration (`SpanConfig` fields on top of
+`--base`, values in JSON: `subspan_shares=[0.65]`); `rules=...` (a `spans.rules.RuleSettings`
+field, e.g. `rules.one_per_essay=true`) post-processes its spans. The held-out essays are
+RUN/split.json's when `--split` names one, else the protocol's draw (`heldout_split(ids, 0.2,
+0)`, what the spans stage writes). Per variant: candidates per essay and their recall per class
+(training and held-out essays), held-out macro F1, per-class F1, the seed's unit (essay
+TP/(TP+FP+FN)) and the seconds spent. Candidate tables are built once per candidate setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from discourse_rl import constrained, spans
+from discourse_rl.data import CLASSES, load_corpus, load_word_probs
+from discourse_rl.protocol import heldout_score, heldout_split, read_split, scored_ids
+from discourse_rl.segments import gold_frame, simulate_word_probs
+from discourse_rl.spans.gbdt import TrainingTable, fit_table
+from discourse_rl.spans.model import SpanConfig, build_candidates
+from discourse_rl.spans.rules import RuleSettings, apply_rules
+
+CANDIDATE_FIELDS = (
+    "start_threshold",
+    "max_ends",
+    "class_min_prob",
+    "max_classes",
+    "shift",
+    "paragraph_candidates",
+    "sentence_ends",
+    "clause_ends",
+    "class_start_threshold",
+    "subspan_shares",
+    "sentence_splits",
+    "merge_naive",
+    "merge_gap",
+    "rich_features",
+)
+
+
+def parse_settings(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in filter(None, text.split(",")):
+        key, _, value = part.partition("=")
+        v = json.loads(value)
+        out[key.strip()] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
+def split_settings(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    gbdt = {k: v for k, v in d.items() if not k.startswith("rules.")}
+    rules = {k[6:]: v for k, v in d.items() if k.startswith("rules.")}
+    return gbdt, rules
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--probs", type=Path, default=None, help="oof.npz (default: --simulate)")
+    ap.add_argument("--simulate", type=float, default=0.5, help="noise of simulated probabilities")
+    ap.add_argument("--data", type=Path, default=None, help="Kaggle-layout folder (default: sample)")
+    ap.add_argument("--split", type=Path, default=None, help="a run's split.json")
+    ap.add_argument("--essays", type=int, default=0, help="simulated: draw this many (0: all)")
+    ap.add_argument("--train-essays", type=int, default=0, help="seeded training subset (0: all)")
+    ap.add_argument("--held-essays", type=int, default=0, help="seeded held-out subset (0: all)")
+    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,...")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here too")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    corpus = load_corpus(args.data)
+    if args.probs is not None:
+        probs = load_word_probs(args.probs)
+        ids = scored_ids(probs, corpus)
+        source = str(args.probs)
+    else:
+        ids = corpus.sure_ids()
+        if args.essays:
+            ids = sorted(np.random.default_rng(0).choice(ids, args.essays, replace=False).tolist())
+        probs = simulate_word_probs(corpus, args.simulate, 0, ids)
+        source = f"simulated noise {args.simulate}"
+    split = read_split(args.split) if args.split else heldout_split(ids, 0.2, 0)
+    train, held = list(split.train), list(split.heldout)
+    if args.train_essays and args.train_essays < len(train):
+        pick = np.random.default_rng(1).choice(len(train), args.train_essays, replace=False)
+        train = sorted(train[i] for i in pick)
+    if args.held_essays and args.held_essays < len(held):
+        pick = np.random.default_rng(2).choice(len(held), args.held_essays, replace=False)
+        held = sorted(held[i] for i in pick)
+    gt = gold_frame(corpus, held)
+    held_probs = {i: probs[i] for i in held}
+    print(
+        f"{source}: {len(train)} training, {len(held)} held-out essays "
+        f"(loaded in {time.perf_counter() - t0:.0f} s; load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
+    base = {"num_threads": args.threads, **parse_settings(args.base)}
+    limits = constrained.fit_constrained(
+        probs, corpus, train, constrained.ConstrainedConfig(fit=False)
+    )
+    tables: dict[str, tuple[TrainingTable, Any, float]] = {}
+    rows = []
+    for spec in args.variant or ["base:"]:
+        name, _, rest = spec.partition(":")
+        g, r = split_settings({**base, **parse_settings(rest)})
+        cfg = dataclasses.replace(SpanConfig(), **g)
+        rule_cfg = RuleSettings(**r)
+        ckey = json.dumps({k: getattr(cfg, k) for k in CANDIDATE_FIELDS}, sort_keys=True)
+        if ckey not in tables:
+            t = time.perf_counter()
+            tab = build_candidates(probs, corpus.essays, train, cfg, limits, corpus)
+            htab = build_candidates(held_probs, corpus.essays, held, cfg, limits, corpus)
+            tables[ckey] = (TrainingTable(sorted(train), limits, tab), htab, time.perf_counter() - t)
+        data, htab, build_s = tables[ckey]
+        for seed in args.seeds:
+            t = time.perf_counter()
+            model = fit_table(data, corpus, dataclasses.replace(cfg, seed=seed))
+            fit_s = time.perf_counter() - t
+            if rule_cfg.active:
+                pred = apply_rules(model, htab, held_probs, corpus.essays, rule_cfg)
+            else:
+                pred = model.predict_table(htab)
+            sc = heldout_score(pred, gt)
+            row = {
+                "variant": name,
+                "seed": seed,
+                "macro_f1": round(sc.macro_f1, 4),
+                "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+                "cand_train": round(data.table.cls.size / len(train), 1),
+                "cand_held": round(htab.cls.size / len(held), 1),
+                "build_s": round(build_s, 1),
+                "fit_s": round(fit_s, 1),
+                "load": round(os.getloadavg()[0], 1),
+                **{f"f1 {c}": round(v, 4) for c, v in sc.per_class.items()},
+                **{f"recall {c}": round(v, 3) for c, v in (htab.recall or {}).items()},
+                **{f"train recall {c}": round(v, 3) for c, v in data.table.recall.items()},  # type: ignore[union-attr]
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    df = pd.DataFrame(rows)
+    short = {f"f1 {c}": c[:5] for c in CLASSES}
+    cols = ["variant", "seed", "macro_f1", "essay_tp_fp_fn", "cand_held", "fit_s", *short]
+    print(df[cols].rename(columns=short).to_string(index=False))
+    rec = [f"recall {c}" for c in CLASSES]
+    print(df[["variant", *rec]].rename(columns={r: r[7:12] for r in rec}).to_string(index=False))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
