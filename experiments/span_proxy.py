@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from discourse_rl import constrained, spans
-from discourse_rl.data import CLASSES, load_corpus, load_word_probs
+from discourse_rl import constrained
+from discourse_rl.data import CLASSES, Corpus, load_corpus, load_word_probs
 from discourse_rl.protocol import heldout_score, heldout_split, read_split, scored_ids
 from discourse_rl.segments import gold_frame, simulate_word_probs
 from discourse_rl.spans.gbdt import TrainingTable, fit_table
@@ -68,33 +68,30 @@ def split_settings(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     return gbdt, rules
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--data", type=Path, default=None, help="Kaggle folder (default: sample)")
     ap.add_argument("--probs", type=Path, default=None, help="oof.npz (default: --simulate)")
     ap.add_argument("--simulate", type=float, default=0.5, help="noise of simulated probabilities")
-    ap.add_argument("--data", type=Path, default=None, help="Kaggle-layout folder (default: sample)")
     ap.add_argument("--split", type=Path, default=None, help="a run's split.json")
     ap.add_argument("--essays", type=int, default=0, help="simulated: draw this many (0: all)")
     ap.add_argument("--train-essays", type=int, default=0, help="seeded training subset (0: all)")
     ap.add_argument("--held-essays", type=int, default=0, help="seeded held-out subset (0: all)")
-    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of SpanConfig()")
-    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,...")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", type=Path, default=None, help="write the rows here too")
-    args = ap.parse_args()
 
+
+def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[str], list[str]]:
+    """The corpus, word probabilities, training and held-out essay ids of the proxy."""
     t0 = time.perf_counter()
     corpus = load_corpus(args.data)
+    probs: dict[str, Any]
     if args.probs is not None:
-        probs = load_word_probs(args.probs)
+        probs = dict(load_word_probs(args.probs))
         ids = scored_ids(probs, corpus)
         source = str(args.probs)
     else:
         ids = corpus.sure_ids()
         if args.essays:
             ids = sorted(np.random.default_rng(0).choice(ids, args.essays, replace=False).tolist())
-        probs = simulate_word_probs(corpus, args.simulate, 0, ids)
+        probs = dict(simulate_word_probs(corpus, args.simulate, 0, ids))
         source = f"simulated noise {args.simulate}"
     split = read_split(args.split) if args.split else heldout_split(ids, 0.2, 0)
     train, held = list(split.train), list(split.heldout)
@@ -104,13 +101,27 @@ def main() -> None:
     if args.held_essays and args.held_essays < len(held):
         pick = np.random.default_rng(2).choice(len(held), args.held_essays, replace=False)
         held = sorted(held[i] for i in pick)
-    gt = gold_frame(corpus, held)
-    held_probs = {i: probs[i] for i in held}
     print(
         f"{source}: {len(train)} training, {len(held)} held-out essays "
         f"(loaded in {time.perf_counter() - t0:.0f} s; load {os.getloadavg()[0]:.1f})",
         flush=True,
     )
+    return corpus, probs, train, held
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_data_args(ap)
+    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,...")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", type=Path, default=None, help="write the rows here too")
+    args = ap.parse_args()
+
+    corpus, probs, train, held = proxy_data(args)
+    gt = gold_frame(corpus, held)
+    held_probs = {i: probs[i] for i in held}
     base = {"num_threads": args.threads, **parse_settings(args.base)}
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
@@ -127,7 +138,11 @@ def main() -> None:
             t = time.perf_counter()
             tab = build_candidates(probs, corpus.essays, train, cfg, limits, corpus)
             htab = build_candidates(held_probs, corpus.essays, held, cfg, limits, corpus)
-            tables[ckey] = (TrainingTable(sorted(train), limits, tab), htab, time.perf_counter() - t)
+            tables[ckey] = (
+                TrainingTable(sorted(train), limits, tab),
+                htab,
+                time.perf_counter() - t,
+            )
         data, htab, build_s = tables[ckey]
         for seed in args.seeds:
             t = time.perf_counter()

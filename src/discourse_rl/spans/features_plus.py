@@ -124,7 +124,9 @@ def plus_features(
     i_min = _range(_sparse_table(i, np.minimum), np.minimum, s, e, c)
     i_max = _range(_sparse_table(i, np.maximum), np.maximum, s, e, c)
     inner_lo = np.minimum(s + 1, e - 1)
-    b_inside = np.where(length > 1, _range(_sparse_table(b, np.maximum), np.maximum, inner_lo, e, c), 0)
+    b_inside = np.where(
+        length > 1, _range(_sparse_table(b, np.maximum), np.maximum, inner_lo, e, c), 0
+    )
     b_inside_over_first = b_inside - b[s, c]
 
     key = s * (n + 1) + e
@@ -143,7 +145,9 @@ def plus_features(
     p_std = np.sqrt(np.maximum(mean_sq - mean_pc**2, 0.0))
     step = np.vstack([np.zeros((1, N_CLASSES)), np.abs(np.diff(pc, axis=0))])  # step into word
     cstep = _cum(step)
-    p_step = np.where(length > 1, (cstep[e, c] - cstep[np.minimum(s + 1, e), c]) / np.maximum(length - 1, 1), 0)
+    p_step = np.where(
+        length > 1, (cstep[e, c] - cstep[np.minimum(s + 1, e), c]) / np.maximum(length - 1, 1), 0
+    )
     change = np.concatenate([[0.0], (word_cls[1:] != word_cls[:-1]).astype(np.float64)])
     cchange = _cum(change)
     class_changes = np.where(length > 1, cchange[e] - cchange[np.minimum(s + 1, e)], 0) / length

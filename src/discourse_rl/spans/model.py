@@ -98,6 +98,8 @@ class SpanConfig:
     """Fewest candidates in a leaf."""
     feature_fraction: float = 0.8
     """Share of features each tree sees (seeded)."""
+    lambda_l2: float = 0.0
+    """L2 regularisation of the leaf values."""
     negative_share: float = 1.0
     """Train the boosters on this seeded share of the candidates that hit nothing (1 = all);
     every positive is kept. Scores then rank the same way, so the thresholds still fit."""
@@ -147,6 +149,7 @@ class SpanConfig:
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
             "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -171,6 +174,7 @@ _SPAN_RULES = {
     "num_leaves": rules.at_least(2),
     "min_child_samples": rules.positive,
     "feature_fraction": rules.unit_interval,
+    "lambda_l2": rules.non_negative,
     "negative_share": rules.unit_interval,
     "threshold_folds": rules.non_negative,
     "min_score": rules.probability,
