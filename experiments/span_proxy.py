@@ -21,19 +21,23 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from discourse_rl import constrained
+from discourse_rl import constrained, decode
 from discourse_rl.data import CLASSES, Corpus, load_corpus, load_word_probs
 from discourse_rl.protocol import heldout_score, heldout_split, read_split, scored_ids
 from discourse_rl.segments import gold_frame, simulate_word_probs
+from discourse_rl.spans.combine import Member, Predictor, fit_combined
 from discourse_rl.spans.gbdt import TrainingTable, fit_table
-from discourse_rl.spans.model import SpanConfig, build_candidates
+from discourse_rl.spans.model import CandidateTable, SpanConfig, build_candidates
 from discourse_rl.spans.rules import RuleSettings, apply_rules
+from discourse_rl.spans.search import subset_table
 
 CANDIDATE_FIELDS = (
     "start_threshold",
@@ -109,6 +113,53 @@ def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[s
     return corpus, probs, train, held
 
 
+def gbdt_member(
+    data: TrainingTable,
+    htab: CandidateTable,
+    corpus: Corpus,
+    cfg: SpanConfig,
+    rule_cfg: RuleSettings,
+    probs: dict[str, Any],
+) -> Member:
+    """A gbdt variant as a combining-stage member, on its already built tables."""
+    row_of = {eid: k for k, eid in enumerate(data.table.ids)}
+    hrow_of = {eid: k for k, eid in enumerate(htab.ids)}
+
+    def fit(ids: Sequence[str]) -> Predictor:
+        rows = np.array([row_of[i] for i in ids])
+        part = TrainingTable(sorted(ids), data.limits, subset_table(data.table, rows))
+        model = fit_table(part, corpus, cfg)
+
+        def predict(pred_ids: Sequence[str]) -> pd.DataFrame:
+            if all(i in row_of for i in pred_ids):
+                tab = subset_table(data.table, np.array([row_of[i] for i in pred_ids]))
+            else:
+                tab = subset_table(htab, np.array([hrow_of[i] for i in pred_ids]))
+            if rule_cfg.active:
+                return apply_rules(model, tab, probs, corpus.essays, rule_cfg)
+            return model.predict_table(tab)
+
+        return predict
+
+    return fit
+
+
+def ner_members(probs: dict[str, Any], corpus: Corpus) -> dict[str, Member]:
+    def tuned(ids: Sequence[str]) -> Predictor:
+        th = decode.fit_tuned({i: probs[i] for i in ids}, corpus.subset(ids))
+        return lambda pred: decode.decode_all(
+            {i: probs[i] for i in pred}, partial(decode.decode_tuned, thresholds=th)
+        )
+
+    def constrained_(ids: Sequence[str]) -> Predictor:
+        params = constrained.fit_constrained(probs, corpus, list(ids))
+        return lambda pred: decode.decode_all(
+            {i: probs[i] for i in pred}, partial(constrained.decode_constrained, params=params)
+        )
+
+    return {"ner-tuned": tuned, "ner-constrained": constrained_}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_args(ap)
@@ -117,6 +168,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the rows here too")
+    ap.add_argument(
+        "--combine",
+        action="store_true",
+        help="also the combining stage over ner-tuned, ner-constrained and the variants",
+    )
     args = ap.parse_args()
 
     corpus, probs, train, held = proxy_data(args)
@@ -127,6 +183,7 @@ def main() -> None:
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
     )
     tables: dict[str, tuple[TrainingTable, Any, float]] = {}
+    members: dict[str, Member] = {}
     rows = []
     for spec in args.variant or ["base:"]:
         name, _, rest = spec.partition(":")
@@ -144,6 +201,7 @@ def main() -> None:
                 time.perf_counter() - t,
             )
         data, htab, build_s = tables[ckey]
+        members[name] = gbdt_member(data, htab, corpus, cfg, rule_cfg, probs)
         for seed in args.seeds:
             t = time.perf_counter()
             model = fit_table(data, corpus, dataclasses.replace(cfg, seed=seed))
@@ -169,6 +227,25 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if args.combine:
+        members = {**ner_members(probs, corpus), **members}
+        t = time.perf_counter()
+        choice, predict = fit_combined(members, train, corpus, folds=2)
+        fit_s = time.perf_counter() - t
+        sc = heldout_score(predict(held), gt)
+        print("combined choice:", json.dumps(choice.to_json()), flush=True)
+        row = {
+            "variant": "combined",
+            "seed": 0,
+            "macro_f1": round(sc.macro_f1, 4),
+            "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+            "cand_held": float("nan"),
+            "fit_s": round(fit_s, 1),
+            "load": round(os.getloadavg()[0], 1),
+            **{f"f1 {c}": round(v, 4) for c, v in sc.per_class.items()},
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     df = pd.DataFrame(rows)
     short = {f"f1 {c}": c[:5] for c in CLASSES}
     cols = ["variant", "seed", "macro_f1", "essay_tp_fp_fn", "cand_held", "fit_s", *short]
