@@ -33,9 +33,11 @@ from discourse_rl import constrained, decode
 from discourse_rl.data import CLASSES, Corpus, load_corpus, load_word_probs
 from discourse_rl.protocol import heldout_score, heldout_split, read_split, scored_ids
 from discourse_rl.segments import gold_frame, simulate_word_probs
+from discourse_rl.spans.candidates import essay_candidates, hit_matrix, recall_per_class
 from discourse_rl.spans.combine import Member, Predictor, fit_combined
+from discourse_rl.spans.features import essay_layout
 from discourse_rl.spans.gbdt import TrainingTable, fit_table
-from discourse_rl.spans.model import CandidateTable, SpanConfig, build_candidates
+from discourse_rl.spans.model import CandidateTable, SpanConfig, _extend, build_candidates
 from discourse_rl.spans.rules import RuleSettings, apply_rules
 from discourse_rl.spans.search import subset_table
 
@@ -113,6 +115,33 @@ def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[s
     return corpus, probs, train, held
 
 
+def candidate_recall(
+    probs: dict[str, Any],
+    corpus: Corpus,
+    ids: Sequence[str],
+    cfg: SpanConfig,
+    limits: constrained.ConstrainedParams,
+) -> tuple[float, dict[str, float]]:
+    """Candidates per essay and recall per class, without features."""
+    found, gold_cls, count = [], [], 0
+    for eid in ids:
+        p = np.asarray(probs[eid], dtype=np.float32)
+        essay = corpus.essays[eid]
+        vit = constrained.constrained_spans(p, limits.unique_classes)
+        layout = essay_layout(essay)
+        breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
+        cand = essay_candidates(p, vit, cfg.candidates(), breaks)
+        if cfg.plus().active:
+            cand = _extend(cand, p, vit, layout, essay, cfg, breaks)
+        count += cand.size
+        el = corpus.essay_elements(eid)
+        gold = tuple(el[c].to_numpy(np.int64) for c in ("class_idx", "word_start", "word_end"))
+        m = hit_matrix((cand.cls, cand.start, cand.end), gold)  # type: ignore[arg-type]
+        found.append(np.asarray(m.any(0)))
+        gold_cls.append(gold[0])
+    return count / max(len(ids), 1), recall_per_class(found, gold_cls)
+
+
 def gbdt_member(
     data: TrainingTable,
     htab: CandidateTable,
@@ -169,6 +198,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None, help="write the rows here too")
     ap.add_argument(
+        "--recall-only",
+        action="store_true",
+        help="per variant only the candidates' count and recall (no features, no fit)",
+    )
+    ap.add_argument(
         "--combine",
         action="store_true",
         help="also the combining stage over ner-tuned, ner-constrained and the variants",
@@ -185,11 +219,25 @@ def main() -> None:
     tables: dict[str, tuple[TrainingTable, Any, float]] = {}
     members: dict[str, Member] = {}
     rows = []
+    fits: dict[str, Any] = {}
     for spec in args.variant or ["base:"]:
         name, _, rest = spec.partition(":")
         g, r = split_settings({**base, **parse_settings(rest)})
         cfg = dataclasses.replace(SpanConfig(), **g)
         rule_cfg = RuleSettings(**r)
+        if args.recall_only:
+            for part, part_ids in (("train", train), ("held", held)):
+                t = time.perf_counter()
+                per_essay, recall = candidate_recall(probs, corpus, part_ids, cfg, limits)
+                row = {
+                    "variant": name,
+                    "essays": part,
+                    "candidates_per_essay": round(per_essay, 1),
+                    "seconds": round(time.perf_counter() - t, 1),
+                    **{c: round(v, 3) for c, v in recall.items()},
+                }
+                print(json.dumps(row), flush=True)
+            continue
         ckey = json.dumps({k: getattr(cfg, k) for k in CANDIDATE_FIELDS}, sort_keys=True)
         if ckey not in tables:
             t = time.perf_counter()
@@ -204,7 +252,10 @@ def main() -> None:
         members[name] = gbdt_member(data, htab, corpus, cfg, rule_cfg, probs)
         for seed in args.seeds:
             t = time.perf_counter()
-            model = fit_table(data, corpus, dataclasses.replace(cfg, seed=seed))
+            fkey = json.dumps(dataclasses.asdict(cfg), sort_keys=True) + str(seed)
+            if fkey not in fits:
+                fits[fkey] = fit_table(data, corpus, dataclasses.replace(cfg, seed=seed))
+            model = fits[fkey]
             fit_s = time.perf_counter() - t
             if rule_cfg.active:
                 pred = apply_rules(model, htab, held_probs, corpus.essays, rule_cfg)
@@ -227,6 +278,8 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+    if args.recall_only:
+        return
     if args.combine:
         members = {**ner_members(probs, corpus), **members}
         t = time.perf_counter()

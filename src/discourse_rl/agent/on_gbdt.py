@@ -41,6 +41,8 @@ from discourse_rl.spans.search import subset_table
 N_CLASSES = len(CLASSES)
 N_GBDT_FEATURES = 3 * N_CLASSES + N_ACTIONS
 Spans = tuple[IntArray, IntArray, IntArray]
+Scored = tuple[IntArray, IntArray, IntArray, npt.NDArray[np.float64]]
+"""Candidates' class, start, end and gbdt score."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +54,7 @@ class GbdtView:
     spans: pd.DataFrame
     """id, class, word_start, word_end (`SpanModel.predict_table`'s frame)."""
 
-    def essay_candidates(self) -> dict[str, tuple[IntArray, IntArray, IntArray, FloatArray]]:
+    def essay_candidates(self) -> dict[str, Scored]:
         out = {}
         order = np.argsort(self.table.essay, kind="stable")
         bounds = np.searchsorted(self.table.essay[order], np.arange(len(self.table.ids) + 1))
@@ -127,7 +129,7 @@ def spans_actions(word_start: IntArray, word_end: IntArray, spans: Spans) -> Int
 def gbdt_segment_features(
     word_start: IntArray,
     word_end: IntArray,
-    cand: tuple[IntArray, IntArray, IntArray, FloatArray],
+    cand: Scored,
     spans: Spans,
 ) -> FloatArray:
     """(n_segments, N_GBDT_FEATURES): per class the best score of a candidate covering the
@@ -183,7 +185,7 @@ def gbdt_segments(
             para = np.asarray(paragraphs[eid], dtype=np.bool_)
             rich = rich_segment_features(p, starts, ends, sent | para, para)
             feats = np.concatenate([feats, rich], 1)
-        cand = cands.get(eid, (*empty, np.zeros(0)))
+        cand: Scored = cands.get(eid, (*empty, np.zeros(0, np.float64)))
         feats = np.concatenate([feats, gbdt_segment_features(starts, ends, cand, sp)], 1)
         out.append(EssaySegments(eid, n, starts, ends, feats.astype(np.float32)))
     return out
