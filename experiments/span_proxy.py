@@ -87,13 +87,14 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
 def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[str], list[str]]:
     """The corpus, word probabilities, training and held-out essay ids of the proxy."""
     t0 = time.perf_counter()
-    corpus = load_corpus(args.data)
     probs: dict[str, Any]
     if args.probs is not None:
         probs = dict(load_word_probs(args.probs))
+        corpus = load_corpus(args.data, ids=list(probs))  # only the essays with probabilities
         ids = scored_ids(probs, corpus)
         source = str(args.probs)
     else:
+        corpus = load_corpus(args.data)
         ids = corpus.sure_ids()
         if args.essays:
             ids = sorted(np.random.default_rng(0).choice(ids, args.essays, replace=False).tolist())
