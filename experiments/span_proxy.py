@@ -55,6 +55,7 @@ CANDIDATE_FIELDS = (
     "sentence_splits",
     "merge_naive",
     "merge_gap",
+    "rare_min_prob",
     "rich_features",
 )
 

@@ -220,3 +220,31 @@ def test_search_runs_when_optuna_is_installed(corpus, probs) -> None:  # type: i
     best, history = search(data, corpus, CFG, 2, 2, space=space, log=lambda _: None)
     assert set(best) == set(space) and len(history) == 2
     assert history[0]["num_leaves"] == 16  # the base (31) clipped into the range
+
+
+def test_rare_classes_get_sentence_candidates_below_the_top_classes() -> None:
+    # Words 0-9: mostly Claim, Evidence, Position; Rebuttal (class 4) only 0.03 on average.
+    n = 10
+    p = np.zeros((n, 15), np.float32)
+    p[:, 6] = 0.5  # I-Claim
+    p[:, 12] = 0.3  # I-Evidence
+    p[:, 4] = 0.17  # I-Position
+    p[:, 10] = 0.03  # I-Rebuttal
+    sent = np.zeros(n, np.bool_)
+    sent[[0, 5]] = True
+    z = np.zeros(n, np.bool_)
+    base = essay_candidates(p, EMPTY, CandidateSettings(0.15, 2, 0.05, 3, 0))
+    rebuttal = CLASS_INDEX["Rebuttal"]
+    for rare, expected in ((0.0, False), (0.02, True)):
+        out = extend_candidates(
+            base,
+            p,
+            EMPTY,
+            EMPTY,
+            np.array([0]),
+            sent,
+            sent,
+            z,
+            PlusSettings(sentence_ends=2, rare_min_prob=rare),
+        )
+        assert bool(((out.cls == rebuttal) & (out.start == 5) & (out.end == 10)).any()) is expected

@@ -49,6 +49,10 @@ class PlusSettings:
     merge_gap: int = 3
     class_min_prob: float = 0.05
     max_classes: int = 3
+    rare_min_prob: float = 0.0
+    """Sentence stretches and splits are also labelled with every class whose mean probability
+    over them reaches this, beyond the `max_classes` most probable (0: off): the rare classes,
+    which a weak tagger seldom ranks in the top few."""
 
     @property
     def active(self) -> bool:
@@ -124,10 +128,14 @@ def _best_windows(
 
 
 def _sentence_splits(
-    spans: Spans, sent: npt.NDArray[np.bool_], cls_cum: npt.NDArray[np.float64]
+    spans: Spans,
+    sent: npt.NDArray[np.bool_],
+    cls_cum: npt.NDArray[np.float64],
+    rare_min_prob: float = 0.0,
 ) -> list[Spans]:
     """Each span cut at every sentence start inside it: the parts before and after the cut,
-    each labelled with its own two most probable classes."""
+    each labelled with its own two most probable classes (and with every class whose mean
+    reaches `rare_min_prob`, when that is above 0)."""
     c, s, e = spans
     pos = np.flatnonzero(sent)
     ps, pe, pk = [], [], []
@@ -142,7 +150,11 @@ def _sentence_splits(
     st, en = np.array(ps, np.int64), np.array(pe, np.int64)
     mean = (cls_cum[en] - cls_cum[st]) / (en - st)[:, None]
     top = np.argsort(-mean, axis=1, kind="stable")[:, :2]
-    return [(top[:, j].astype(np.int64), st, en) for j in range(2)]
+    out = [(top[:, j].astype(np.int64), st, en) for j in range(2)]
+    if rare_min_prob > 0:
+        k, c = np.nonzero(mean >= rare_min_prob)
+        out.append((c.astype(np.int64), st[k], en[k]))
+    return out
 
 
 def _merges(naive: Spans, max_run: int, gap: int) -> list[Spans]:
@@ -191,6 +203,11 @@ def extend_candidates(
         starts = np.union1d(sent_pos, likely_starts)
         bounds = np.concatenate([sent_pos, para_pos, ends])
         parts += _stretches(starts, bounds, cfg.sentence_ends, cls_cum, mp, mc)
+        if cfg.rare_min_prob > 0:
+            for c in range(N_CLASSES):
+                parts += _stretches(
+                    starts, bounds, cfg.sentence_ends, cls_cum, cfg.rare_min_prob, 1, c
+                )
     if cfg.clause_ends:
         cl = np.flatnonzero(clause)
         starts = np.union1d(cl, sent_pos)
@@ -208,7 +225,7 @@ def extend_candidates(
             parts += _best_windows(spans, share, cls_cum, n)
     if cfg.sentence_splits:
         for spans in (naive, viterbi):
-            parts += _sentence_splits(spans, sentence | paragraph, cls_cum)
+            parts += _sentence_splits(spans, sentence | paragraph, cls_cum, cfg.rare_min_prob)
     if cfg.merge_naive >= 2:
         parts += _merges(naive, cfg.merge_naive, cfg.merge_gap)
 

@@ -83,6 +83,9 @@ class SpanConfig:
     """... runs of 2 to this many consecutive naive spans merged (0: off)."""
     merge_gap: int = 3
     """Largest gap in words between naive spans that `merge_naive` merges."""
+    rare_min_prob: float = 0.0
+    """Sentence stretches and splits are also labelled with every class whose mean probability
+    over them reaches this (0: off; for the rare classes a weak tagger seldom ranks high)."""
     rich_features: bool = False
     """Add `features_plus`'s features (per-class B / I statistics, quantiles, boundary and
     instability evidence, essay means, position, competing candidates) to the base ones."""
@@ -137,6 +140,7 @@ class SpanConfig:
             self.merge_gap,
             self.class_min_prob,
             self.max_classes,
+            self.rare_min_prob,
         )
 
     def feature_names(self) -> tuple[str, ...]:
@@ -169,6 +173,7 @@ _SPAN_RULES = {
     "class_start_threshold": rules.probability,
     "merge_naive": rules.non_negative,
     "merge_gap": rules.non_negative,
+    "rare_min_prob": rules.probability,
     "n_estimators": rules.positive,
     "learning_rate": rules.positive,
     "num_leaves": rules.at_least(2),
