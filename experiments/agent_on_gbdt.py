@@ -23,14 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from discourse_rl import constrained
-from discourse_rl.agent import predict_spans
-from discourse_rl.agent.bc import train_bc
-from discourse_rl.agent.common import AgentConfig, FineTuneInputs, split_validation
-from discourse_rl.agent.episode import EpisodeConfig, train_episode
-from discourse_rl.agent.on_gbdt import cross_fit_gbdt, gbdt_segments, view_of, with_actions
-from discourse_rl.protocol import heldout_score
-from discourse_rl.segments import (
+from discourse_rl.core.protocol import heldout_score
+from discourse_rl.decoders import constrained
+from discourse_rl.decoders.agent import predict_spans
+from discourse_rl.decoders.agent.bc import train_bc
+from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.decoders.agent.on_gbdt import cross_fit_gbdt, gbdt_segments, view_of, with_actions
+from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
+from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
+from discourse_rl.decoders.segments import (
     SegmentConfig,
     gold_frame,
     make_segments,
@@ -38,8 +40,6 @@ from discourse_rl.segments import (
     segment_gold_actions,
     spans_frame,
 )
-from discourse_rl.spans.gbdt import TrainingTable, fit_table
-from discourse_rl.spans.model import SpanConfig, build_candidates
 from experiments.span_proxy import add_data_args, parse_settings, proxy_data
 
 

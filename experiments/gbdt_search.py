@@ -18,12 +18,12 @@ import os
 import time
 from pathlib import Path
 
-from discourse_rl import constrained
-from discourse_rl.protocol import heldout_score
-from discourse_rl.segments import gold_frame
-from discourse_rl.spans.gbdt import TrainingTable, fit_table
-from discourse_rl.spans.model import SpanConfig, build_candidates
-from discourse_rl.spans.search import search
+from discourse_rl.core.protocol import heldout_score
+from discourse_rl.decoders import constrained
+from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
+from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
+from discourse_rl.decoders.gbdt.search import search
+from discourse_rl.decoders.segments import gold_frame
 from experiments.span_proxy import add_data_args, parse_settings, proxy_data
 
 

@@ -29,17 +29,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from discourse_rl import constrained, decode
-from discourse_rl.data import CLASSES, Corpus, load_corpus, load_word_probs
-from discourse_rl.protocol import heldout_score, heldout_split, read_split, scored_ids
-from discourse_rl.segments import gold_frame, simulate_word_probs
-from discourse_rl.spans.candidates import essay_candidates, hit_matrix, recall_per_class
-from discourse_rl.spans.combine import Member, Predictor, fit_combined
-from discourse_rl.spans.features import essay_layout
-from discourse_rl.spans.gbdt import TrainingTable, fit_table
-from discourse_rl.spans.model import CandidateTable, SpanConfig, _extend, build_candidates
-from discourse_rl.spans.rules import RuleSettings, apply_rules
-from discourse_rl.spans.search import subset_table
+from discourse_rl.core.data import CLASSES, Corpus, load_corpus, load_word_probs
+from discourse_rl.core.protocol import heldout_score, heldout_split, read_split, scored_ids
+from discourse_rl.decoders import constrained, decode
+from discourse_rl.decoders.gbdt.candidates import essay_candidates, hit_matrix, recall_per_class
+from discourse_rl.decoders.gbdt.combine import Member, Predictor, fit_combined
+from discourse_rl.decoders.gbdt.features import essay_layout
+from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
+from discourse_rl.decoders.gbdt.model import CandidateTable, SpanConfig, _extend, build_candidates
+from discourse_rl.decoders.gbdt.postprocess import RuleSettings, apply_rules
+from discourse_rl.decoders.gbdt.search import subset_table
+from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 
 CANDIDATE_FIELDS = (
     "start_threshold",

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discourse_rl import spans
-from discourse_rl.agent.on_gbdt import (
+from discourse_rl.core.data import load_corpus
+from discourse_rl.decoders import gbdt as spans
+from discourse_rl.decoders.agent.on_gbdt import (
     N_GBDT_FEATURES,
     cross_fit_gbdt,
     gbdt_segment_features,
@@ -20,8 +21,10 @@ from discourse_rl.agent.on_gbdt import (
     view_of,
     with_actions,
 )
-from discourse_rl.data import load_corpus
-from discourse_rl.segments import (
+from discourse_rl.decoders.gbdt.combine import choose, combine_frames, fit_combined
+from discourse_rl.decoders.gbdt.gbdt import training_table
+from discourse_rl.decoders.gbdt.model import build_candidates
+from discourse_rl.decoders.segments import (
     SegmentConfig,
     essay_gold_actions,
     gold_frame,
@@ -30,9 +33,6 @@ from discourse_rl.segments import (
     simulate_word_probs,
     spans_frame,
 )
-from discourse_rl.spans.combine import choose, combine_frames, fit_combined
-from discourse_rl.spans.gbdt import training_table
-from discourse_rl.spans.model import build_candidates
 
 CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=20, num_threads=1, min_child_samples=5)
 SEG = SegmentConfig(start_threshold=0.3, punctuation="clause", rich_features=True)

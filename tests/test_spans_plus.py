@@ -8,22 +8,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl import constrained, spans
-from discourse_rl.data import CLASS_INDEX, Essay, load_corpus
-from discourse_rl.decode import TunedThresholds
-from discourse_rl.segments import simulate_word_probs
-from discourse_rl.spans.candidates import CandidateSettings, essay_candidates
-from discourse_rl.spans.candidates_plus import (
+from discourse_rl.core.data import CLASS_INDEX, Essay, load_corpus
+from discourse_rl.decoders import constrained
+from discourse_rl.decoders import gbdt as spans
+from discourse_rl.decoders.decode import TunedThresholds
+from discourse_rl.decoders.gbdt.candidates import CandidateSettings, essay_candidates
+from discourse_rl.decoders.gbdt.candidates_plus import (
     PlusSettings,
     _best_windows,
     _merges,
     clause_starts,
     extend_candidates,
 )
-from discourse_rl.spans.features import FEATURE_NAMES, Layout
-from discourse_rl.spans.features_plus import N_PLUS, PLUS_NAMES, plus_features
-from discourse_rl.spans.model import build_candidates
-from discourse_rl.spans.rules import RuleSettings, _Span, apply_rules, essay_rules
+from discourse_rl.decoders.gbdt.features import FEATURE_NAMES, Layout
+from discourse_rl.decoders.gbdt.features_plus import N_PLUS, PLUS_NAMES, plus_features
+from discourse_rl.decoders.gbdt.model import build_candidates
+from discourse_rl.decoders.gbdt.postprocess import RuleSettings, _Span, apply_rules, essay_rules
+from discourse_rl.decoders.segments import simulate_word_probs
 
 CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=30, num_threads=1, min_child_samples=5)
 PLUS = dict(
@@ -197,8 +198,8 @@ def test_rules_one_per_essay_repair_short_evidence() -> None:
 
 
 def test_subset_table_and_inner_folds(corpus, probs) -> None:  # type: ignore[no-untyped-def]
-    from discourse_rl.spans.gbdt import training_table
-    from discourse_rl.spans.search import inner_score, subset_table
+    from discourse_rl.decoders.gbdt.gbdt import training_table
+    from discourse_rl.decoders.gbdt.search import inner_score, subset_table
 
     data = training_table(probs, corpus, corpus.ids[:20], CFG)
     part = subset_table(data.table, np.array([3, 1]))
@@ -212,8 +213,8 @@ def test_subset_table_and_inner_folds(corpus, probs) -> None:  # type: ignore[no
 
 def test_search_runs_when_optuna_is_installed(corpus, probs) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("optuna")
-    from discourse_rl.spans.gbdt import training_table
-    from discourse_rl.spans.search import search
+    from discourse_rl.decoders.gbdt.gbdt import training_table
+    from discourse_rl.decoders.gbdt.search import search
 
     data = training_table(probs, corpus, corpus.ids[:16], CFG)
     space = {"num_leaves": ("intlog", 4, 16), "lambda_l2": ("log", 1e-3, 1.0)}
