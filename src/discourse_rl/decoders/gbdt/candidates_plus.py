@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from discourse_rl.core.arrays import IntArray
+from discourse_rl.core.arrays import IntArray, Spans
 from discourse_rl.core.data import CLASSES, Essay
-from discourse_rl.decoders.gbdt.candidates import EssayCandidates, Spans, _key
+from discourse_rl.decoders.gbdt.candidates import EssayCandidates, _key
 
 N_CLASSES = len(CLASSES)
 CLAUSE_END = (",", ";", ":")
@@ -152,8 +152,8 @@ def _sentence_splits(
     top = np.argsort(-mean, axis=1, kind="stable")[:, :2]
     out = [(top[:, j].astype(np.int64), st, en) for j in range(2)]
     if rare_min_prob > 0:
-        k, c = np.nonzero(mean >= rare_min_prob)
-        out.append((c.astype(np.int64), st[k], en[k]))
+        rows, cols = np.nonzero(mean >= rare_min_prob)
+        out.append((cols.astype(np.int64), st[rows], en[rows]))
     return out
 
 
