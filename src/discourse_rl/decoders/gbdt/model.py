@@ -26,7 +26,7 @@ import numpy.typing as npt
 from discourse_rl.core import rules
 from discourse_rl.core.arrays import FloatArray, IntArray
 from discourse_rl.core.common import DiscourseRLError
-from discourse_rl.core.data import CLASSES, Corpus, Essay
+from discourse_rl.core.data import CLASSES, Corpus, Essay, labels_to_spans
 from discourse_rl.decoders import constrained, decode
 from discourse_rl.decoders.gbdt.candidates import (
     CandidateSettings,
@@ -35,13 +35,20 @@ from discourse_rl.decoders.gbdt.candidates import (
     hit_matrix,
     recall_per_class,
 )
+from discourse_rl.decoders.gbdt.candidates_plus import (
+    PlusSettings,
+    clause_starts,
+    extend_candidates,
+)
 from discourse_rl.decoders.gbdt.features import (
     CATEGORICAL,
     CLASS_COLUMN,
     FEATURE_NAMES,
+    Layout,
     candidate_features,
     essay_layout,
 )
+from discourse_rl.decoders.gbdt.features_plus import PLUS_NAMES, plus_features
 
 N_CLASSES = len(CLASSES)
 
@@ -64,6 +71,29 @@ class SpanConfig:
     """Paragraph starts are also likely starts and boundaries (whole paragraphs and runs of
     them become candidates: elements often follow paragraphs where the tagger's boundaries are
     weak)."""
+    sentence_ends: int = 0
+    """Extra candidates (`candidates_plus`): from every sentence start to one of the next this
+    many sentence or paragraph boundaries (0: off)."""
+    clause_ends: int = 0
+    """... from every clause start (after , ; :) to one of the next this many (0: off)."""
+    class_start_threshold: float = 0.0
+    """... per class, from every word whose start probability of that class exceeds this,
+    labelled with that class (0: off)."""
+    subspan_shares: tuple[float, ...] = ()
+    """... the best window of each share of every naive and constrained span's length, its
+    prefix and its suffix (e.g. [0.65])."""
+    sentence_splits: bool = False
+    """... naive and constrained spans cut at each sentence start inside them."""
+    merge_naive: int = 0
+    """... runs of 2 to this many consecutive naive spans merged (0: off)."""
+    merge_gap: int = 3
+    """Largest gap in words between naive spans that `merge_naive` merges."""
+    rare_min_prob: float = 0.0
+    """Sentence stretches and splits are also labelled with every class whose mean probability
+    over them reaches this (0: off; for the rare classes a weak tagger seldom ranks high)."""
+    rich_features: bool = False
+    """Add `features_plus`'s features (per-class B / I statistics, quantiles, boundary and
+    instability evidence, essay means, position, competing candidates) to the base ones."""
     per_class: bool = False
     """One model per class instead of one model with the class as a feature."""
     n_estimators: int = 300
@@ -76,6 +106,8 @@ class SpanConfig:
     """Fewest candidates in a leaf."""
     feature_fraction: float = 0.8
     """Share of features each tree sees (seeded)."""
+    lambda_l2: float = 0.0
+    """L2 regularisation of the leaf values."""
     negative_share: float = 1.0
     """Train the boosters on this seeded share of the candidates that hit nothing (1 = all);
     every positive is kept. Scores then rank the same way, so the thresholds still fit."""
@@ -102,6 +134,23 @@ class SpanConfig:
             self.start_threshold, self.max_ends, self.class_min_prob, self.max_classes, self.shift
         )
 
+    def plus(self) -> PlusSettings:
+        return PlusSettings(
+            self.sentence_ends,
+            self.clause_ends,
+            self.class_start_threshold,
+            tuple(self.subspan_shares),
+            self.sentence_splits,
+            self.merge_naive,
+            self.merge_gap,
+            self.class_min_prob,
+            self.max_classes,
+            self.rare_min_prob,
+        )
+
+    def feature_names(self) -> tuple[str, ...]:
+        return FEATURE_NAMES + PLUS_NAMES if self.rich_features else FEATURE_NAMES
+
     def lgb_params(self) -> dict[str, Any]:
         return {
             "objective": "binary",
@@ -109,6 +158,7 @@ class SpanConfig:
             "num_leaves": self.num_leaves,
             "min_child_samples": self.min_child_samples,
             "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
             "seed": self.seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -123,11 +173,18 @@ _SPAN_RULES = {
     "class_min_prob": rules.probability,
     "max_classes": lambda v: rules.at_least(1)(v) or rules.at_most(len(CLASSES))(v),
     "shift": rules.non_negative,
+    "sentence_ends": rules.non_negative,
+    "clause_ends": rules.non_negative,
+    "class_start_threshold": rules.probability,
+    "merge_naive": rules.non_negative,
+    "merge_gap": rules.non_negative,
+    "rare_min_prob": rules.probability,
     "n_estimators": rules.positive,
     "learning_rate": rules.positive,
     "num_leaves": rules.at_least(2),
     "min_child_samples": rules.positive,
     "feature_fraction": rules.unit_interval,
+    "lambda_l2": rules.non_negative,
     "negative_share": rules.unit_interval,
     "threshold_folds": rules.non_negative,
     "min_score": rules.probability,
@@ -168,6 +225,7 @@ def build_candidates(
 ) -> CandidateTable:
     """Candidates and features of `ids`; hits and recall too when `corpus` labels them."""
     settings = cfg.candidates()
+    plus = cfg.plus()
     rows: list[tuple[EssayCandidates, FloatArray]] = []
     hits: list[npt.NDArray[np.bool_]] = []
     found: list[npt.NDArray[np.bool_]] = []
@@ -181,7 +239,12 @@ def build_candidates(
         layout = essay_layout(essay)
         breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
         cand = essay_candidates(p, vit, settings, breaks)
-        rows.append((cand, candidate_features(p, cand, layout)))
+        if plus.active:
+            cand = _extend(cand, p, vit, layout, essay, cfg, breaks)
+        feats = candidate_features(p, cand, layout)
+        if cfg.rich_features:
+            feats = np.concatenate([feats, plus_features(p, cand, layout)], axis=1)
+        rows.append((cand, feats))
         if corpus is not None:
             el = corpus.essay_elements(eid)
             gold = tuple(el[c].to_numpy(np.int64) for c in ("class_idx", "word_start", "word_end"))
@@ -189,7 +252,7 @@ def build_candidates(
             hits.append(np.asarray(m.any(1)))
             found.append(np.asarray(m.any(0)))
             gold_cls.append(gold[0])
-    n_feat = len(FEATURE_NAMES)
+    n_feat = len(cfg.feature_names())
 
     def cat(xs: list[npt.NDArray[Any]], dtype: Any, shape: tuple[int, ...] = (0,)) -> Any:
         return np.concatenate(xs).astype(dtype) if xs else np.zeros(shape, dtype)
@@ -203,6 +266,33 @@ def build_candidates(
         cat([f for _, f in rows], np.float32, (0, n_feat)),
         cat(hits, np.bool_) if corpus is not None else None,
         recall_per_class(found, gold_cls) if corpus is not None else None,
+    )
+
+
+def _extend(
+    cand: EssayCandidates,
+    p: FloatArray,
+    vit: tuple[IntArray, IntArray, IntArray],
+    layout: Layout,
+    essay: Essay,
+    cfg: SpanConfig,
+    breaks: npt.NDArray[np.integer] | None,
+) -> EssayCandidates:
+    naive = labels_to_spans(np.argmax(p, axis=1))
+    likely = np.flatnonzero(p[:, 1::2].sum(1) > cfg.start_threshold)
+    likely = np.union1d(likely, np.concatenate([[0], naive[1], vit[1]]))
+    if breaks is not None:
+        likely = np.union1d(likely, breaks)
+    return extend_candidates(
+        cand,
+        p,
+        naive,
+        vit,
+        likely.astype(np.int64),
+        layout.sentence,
+        layout.paragraph,
+        clause_starts(essay),
+        cfg.plus(),
     )
 
 
@@ -225,7 +315,7 @@ def train_boosters(
         data = lgb.Dataset(
             xs,
             ys.astype(np.float64),
-            feature_name=list(FEATURE_NAMES),
+            feature_name=list(cfg.feature_names()),
             categorical_feature=list(CATEGORICAL),
             free_raw_data=True,
         )
