@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,11 @@ if TYPE_CHECKING:  # numpy stays out of `discourse-rl --help` (STAGES is read fr
     from discourse_rl.data import Essay
     from discourse_rl.ner import NerPredictor
 
+
+SCHEMA_VERSION = 1
+"""Version of the labels' JSON schema (`predict --format jsonl` lines, the web API): an element
+is {type, word_start, word_end, char_start, char_end, text, confidence}; a line or response
+carries it as "schema_version". A change that breaks a reader bumps it."""
 
 STAGES = ("ner-naive", "ner-tuned", "ner-constrained", "gbdt", "bc", "ppo", "episode")
 """Every stage a run may offer for labelling, in pipeline order."""
@@ -67,6 +72,10 @@ class StageScores:
     per_type: dict[str, float]
     source: str
     """Where the numbers come from, e.g. 'held-out essays (agent/results.json)'."""
+    recall: dict[str, float] = field(default_factory=dict)
+    """Per type, the share of true elements the stage finds on essays it never saw (empty where
+    the run records none for this stage)."""
+    recall_source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +169,26 @@ def heldout_scores(run: str | Path) -> dict[str, StageScores]:
                 if c in CLASSES and v.get("f1") is not None
             }
             out[stage] = StageScores(float(s["macro_f1"]), per_type, source)
+        for stage, key in (("ner-naive", "naive"), ("ner-tuned", "tuned_cross_fitted")):
+            recall = _recall(ner.get(key))
+            if stage in out and recall:
+                n = ner.get("essays")
+                where = f"out of fold over {n} essays" if n else "out of fold"
+                out[stage] = replace(out[stage], recall=recall, recall_source=where)
+    return out
+
+
+def _recall(score: Any) -> dict[str, float]:
+    """Per type TP / (TP + FN) of a metrics entry that records its counts."""
+    from discourse_rl.data import CLASSES
+
+    out: dict[str, float] = {}
+    per_class = score.get("per_class") if isinstance(score, dict) else None
+    for c, v in (per_class or {}).items():
+        if c in CLASSES and isinstance(v, dict) and "tp" in v and "fn" in v:
+            n = int(v["tp"]) + int(v["fn"])
+            if n:
+                out[c] = int(v["tp"]) / n
     return out
 
 
@@ -375,10 +404,15 @@ def elements_frame(labelled: Mapping[str, Sequence[Element]]) -> Any:
 
 
 def elements_jsonl(labelled: Mapping[str, Sequence[Element]], stage: str) -> str:
-    """One JSON object per essay: {"id", "stage", "elements": [Element...]}."""
+    """One JSON object per essay: {"schema_version", "id", "stage", "elements": [Element...]}."""
     lines = [
         json.dumps(
-            {"id": k, "stage": stage, "elements": [el.to_json() for el in els]},
+            {
+                "schema_version": SCHEMA_VERSION,
+                "id": k,
+                "stage": stage,
+                "elements": [el.to_json() for el in els],
+            },
             ensure_ascii=False,
         )
         for k, els in labelled.items()
