@@ -51,6 +51,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from discourse_rl import api
+from discourse_rl.batch import UnpackError
 from discourse_rl.docx import DOCX_MEDIA, DocxError, docx_text
 from discourse_rl.labeller import SCHEMA_VERSION, Element, Labeller
 from discourse_rl.security import Access, Gate, Guard
@@ -306,7 +307,7 @@ class LabelQueue:
         t0 = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(self.worker, fn, *args)
-        except (ApiError, DocxError):
+        except (ApiError, DocxError, UnpackError):
             raise
         except Exception as exc:
             frames = "".join(traceback.format_tb(exc.__traceback__))
@@ -332,7 +333,7 @@ def _element_from(corrected: api.CorrectedElement) -> Element:
 
 def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastAPI:
     """The ASGI app serving one loaded labeller (loopback rules and no saving by default)."""
-    from discourse_rl.batch import UnpackError, split_pasted, unpack_zip
+    from discourse_rl.batch import split_pasted, unpack_zip
     from discourse_rl.feedback import summarise
 
     options = options or ServeOptions()
@@ -609,6 +610,23 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
         await in_thread(the_store().delete, set_id)
         return {"deleted": set_id}
 
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, plus the request bodies the handlers parse themselves."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            doc = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            for model in (api.LabelRequest, api.BatchRequest, api.SummaryRequest, api.ClassSetIn):
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     return app
 
