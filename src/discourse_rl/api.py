@@ -164,7 +164,7 @@ class Deleted(_Model):
 
 
 class StageScoresModel(_Model):
-    macro_f1: float
+    macro_f1: float | None
     per_type: dict[str, float]
     source: str
     recall: dict[str, float]

@@ -57,6 +57,7 @@ def machine_names(bind: str) -> set[str]:
     if not _is_wildcard(bind):
         names.add(bind.strip("[]").lower())
         return names
+    names.update(_interface_addresses())
     for name in {socket.gethostname(), socket.getfqdn()}:
         if not name:
             continue
@@ -67,6 +68,20 @@ def machine_names(bind: str) -> set[str]:
         except OSError:
             pass
     return names
+
+
+def _interface_addresses() -> set[str]:
+    """This machine's addresses on its networks: the source address of a route out (a UDP
+    "connect" sends nothing), for IPv4 and IPv6."""
+    found = set()
+    for family, probe in ((socket.AF_INET, "10.255.255.255"), (socket.AF_INET6, "fd00::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))
+                found.add(str(s.getsockname()[0]).lower())
+        except OSError:
+            pass
+    return found
 
 
 @dataclass

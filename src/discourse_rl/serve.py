@@ -128,8 +128,8 @@ def privacy_line(options: ServeOptions) -> str:
     )
 
 
-def _finite(x: float) -> float:
-    return x if math.isfinite(x) else -1.0
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def info(labeller: Labeller, options: ServeOptions | None = None) -> dict[str, Any]:
@@ -687,10 +687,12 @@ def serve(
     app = create_app(labeller, options)
     print(f"discourse-rl: serving {labeller.run} (stage {labeller.stage}) on {address}")
     if access.token is not None:
-        names = ", ".join(sorted(access.allowed_hosts))
-        print(f"discourse-rl: access token: {access.token}")
-        print(f"discourse-rl: open http://HOST:{port}/#token={access.token} (HOST one of {names};")
-        print("discourse-rl:   more names with --allowed-host). Every API call needs the token.")
+        print(f"discourse-rl: access token: {access.token} (every API call needs it)")
+        names = sorted(access.allowed_hosts - {"localhost", "127.0.0.1", "::1"})
+        for name in names or ["localhost"]:
+            shown_name = f"[{name}]" if ":" in name else name
+            print(f"discourse-rl: open http://{shown_name}:{port}/#token={access.token}")
+        print("discourse-rl: other host names the server should answer to: --allowed-host NAME")
     if store is not None:
         print(f"discourse-rl: class sets are saved (when the teacher presses Save) in {store}")
     print(f"discourse-rl: {LICENCE}")
