@@ -294,7 +294,9 @@
     return essay.corrected;
   }
 
-  async function afterCorrection(message) {
+  // Re-summarise the corrected essay, show it again, and put the keyboard focus back on the
+  // element at `wordStart` (or the editor's nearest control) so that a keyboard user stays put.
+  async function afterCorrection(message, wordStart) {
     const essay = set.essays[current];
     essay.corrected.sort((a, b) => a.word_start - b.word_start);
     try {
@@ -302,9 +304,12 @@
     } catch (err) {
       status(err.message, true);
     }
-    const keep = current;
-    showEssay(keep, false);
+    showEssay(current, false);
     status(message, false);
+    const k = essay.corrected.findIndex((e) => e.word_start === wordStart);
+    const mark = k < 0 ? null : document.querySelector('#essay-view mark[data-index="' + k + '"]');
+    if (mark) mark.focus();
+    else $("add-from").focus();
   }
 
   function applyType() {
@@ -324,14 +329,14 @@
       }
     }
     e.type = type;
-    afterCorrection("Changed to " + type + ".");
+    afterCorrection("Changed to " + type + ".", e.word_start);
   }
 
   function removeSelected() {
     if (selected < 0) return;
     const labels = startCorrecting(set.essays[current]);
     const gone = labels.splice(selected, 1)[0];
-    afterCorrection("Removed the " + gone.type + ".");
+    afterCorrection("Removed the " + gone.type + ".", -1);
   }
 
   function addElement() {
@@ -356,7 +361,7 @@
       type: type, word_start: ws, word_end: we, char_start: cs, char_end: ce,
       text: essay.text.slice(cs, ce), confidence: null, changed: "added",
     });
-    afterCorrection("Marked words " + from + "–" + to + " as " + type + ".");
+    afterCorrection("Marked words " + from + "–" + to + " as " + type + ".", ws);
   }
 
   function revert() {
