@@ -305,6 +305,12 @@ def test_class_set_correction_download_print_and_accessibility(
         assert not violations, _describe(violations)
         driver.find_element(By.ID, "print-back").click()
         wait.until(lambda d: d.find_element(By.ID, "input").is_displayed())
+        # Printing the page itself (Ctrl-P) frames the elements too.
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "print"})
+        mark = driver.find_element(By.CSS_SELECTOR, "#essay-view mark.element")
+        assert mark.value_of_css_property("border-top-width") == "2px"
+        assert not driver.find_element(By.ID, "add-box").is_displayed()
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": ""})
 
         # Save on the server, reload the page, reopen, delete.
         name = driver.find_element(By.ID, "set-name")
