@@ -26,10 +26,10 @@ import pytest
 pytest.importorskip("fastapi")
 
 from discourse_rl import Labeller
-from discourse_rl.data import CLASSES, read_essay, sample_dir
-from discourse_rl.labeller import SCHEMA_VERSION
-from discourse_rl.serve import ServeOptions, create_app
-from discourse_rl.store import ClassSetStore
+from discourse_rl.app.labeller import SCHEMA_VERSION
+from discourse_rl.app.serve import ServeOptions, create_app
+from discourse_rl.app.store import ClassSetStore
+from discourse_rl.core.data import CLASSES, read_essay, sample_dir
 from tests.test_serve import make_docx
 
 REPO = Path(__file__).resolve().parents[1]
@@ -370,7 +370,7 @@ def test_page_asks_for_the_token_on_a_shared_server(labeller: Labeller) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from discourse_rl.security import Access
+    from discourse_rl.app.security import Access
 
     access = Access.for_bind("0.0.0.0", allow_remote=True)
     options = ServeOptions(access=access, address="http://school:8000")

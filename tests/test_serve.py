@@ -16,10 +16,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from discourse_rl import Labeller
-from discourse_rl.cli import main
-from discourse_rl.data import CLASSES, read_essay, sample_dir
-from discourse_rl.labeller import SCHEMA_VERSION
-from discourse_rl.serve import MAX_ESSAY_BYTES, create_app
+from discourse_rl.app.cli import main
+from discourse_rl.app.labeller import SCHEMA_VERSION
+from discourse_rl.app.serve import MAX_ESSAY_BYTES, create_app
+from discourse_rl.core.data import CLASSES, read_essay, sample_dir
 
 LOCAL = "http://127.0.0.1:8000"  # the Host a page served on loopback sends
 
@@ -202,7 +202,7 @@ def test_docx_errors_are_one_line_and_name_the_right_limit(
 def test_label_reads_a_docx_and_shows_the_definitions(
     served_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from discourse_rl.feedback import DEFINITIONS
+    from discourse_rl.app.feedback import DEFINITIONS
 
     path = tmp_path / "essay.docx"
     path.write_bytes(make_docx(_essay().split("\n\n")))
@@ -328,8 +328,8 @@ def _class_set(name: str = "Period 3") -> dict[str, object]:
 def test_class_sets_are_saved_only_on_save_and_survive_a_restart(
     labeller: Labeller, tmp_path: Path
 ) -> None:
-    from discourse_rl.serve import ServeOptions
-    from discourse_rl.store import ClassSetStore
+    from discourse_rl.app.serve import ServeOptions
+    from discourse_rl.app.store import ClassSetStore
 
     path = tmp_path / "store" / "sets.sqlite3"
     options = ServeOptions(store=ClassSetStore(path))
@@ -382,7 +382,7 @@ def test_info_has_definitions_recall_and_a_true_privacy_line(client: TestClient)
 
 
 def test_not_found_says_how_often_the_model_finds_the_type() -> None:
-    from discourse_rl.feedback import not_found_sentence
+    from discourse_rl.app.feedback import not_found_sentence
 
     assert not_found_sentence("Rebuttal", 0.26, 0.3) == (
         "No Rebuttal found — the model finds about 3 in 10 Rebuttals"
@@ -395,7 +395,7 @@ def test_not_found_says_how_often_the_model_finds_the_type() -> None:
 
 
 def test_jsonl_lines_carry_the_schema_version(labeller: Labeller) -> None:
-    from discourse_rl.labeller import elements_jsonl
+    from discourse_rl.app.labeller import elements_jsonl
 
     lines = elements_jsonl({"a": labeller.label(_essay()), "b": []}, "ner-naive").splitlines()
     assert [json.loads(x)["schema_version"] for x in lines] == [SCHEMA_VERSION] * 2
@@ -425,8 +425,8 @@ def test_serve_beyond_loopback_needs_the_option(
 
 
 def test_remote_serving_needs_the_token_on_every_api_call(labeller: Labeller) -> None:
-    from discourse_rl.security import Access
-    from discourse_rl.serve import ServeOptions
+    from discourse_rl.app.security import Access
+    from discourse_rl.app.serve import ServeOptions
 
     access = Access.for_bind("0.0.0.0", allow_remote=True, extra_hosts=["school.example"])
     assert access.token and len(access.token) >= 24
@@ -456,7 +456,7 @@ def test_remote_serving_needs_the_token_on_every_api_call(labeller: Labeller) ->
 def test_a_full_queue_answers_503_with_retry_after() -> None:
     import asyncio
 
-    from discourse_rl.serve import ApiError, LabelQueue
+    from discourse_rl.app.serve import ApiError, LabelQueue
 
     async def scenario() -> ApiError | None:
         queue = LabelQueue(2)
@@ -483,7 +483,7 @@ def test_a_full_queue_over_http(labeller: Labeller, monkeypatch: pytest.MonkeyPa
     import urllib.error
     import urllib.request
 
-    from discourse_rl.serve import ServeOptions
+    from discourse_rl.app.serve import ServeOptions
 
     app = create_app(labeller, ServeOptions(queue_limit=1))
     slow = threading.Event()
@@ -522,7 +522,7 @@ def test_a_full_queue_over_http(labeller: Labeller, monkeypatch: pytest.MonkeyPa
 def _start(app: object) -> tuple[object, str]:
     import uvicorn
 
-    from discourse_rl.serve import _server_class
+    from discourse_rl.app.serve import _server_class
 
     port = _free_port()
     server = _server_class()(
@@ -590,7 +590,7 @@ def test_serve_exits_0_on_sigterm(served_run: Path, tmp_path: Path) -> None:
 
     port = _free_port()
     env = dict(_os.environ, PYTHONPATH=str(Path(__file__).parents[1] / "src"))
-    cmd = [sys.executable, "-m", "discourse_rl.cli", "serve", "--model", str(served_run),
+    cmd = [sys.executable, "-m", "discourse_rl", "serve", "--model", str(served_run),
            "--port", str(port), "--store", str(tmp_path / "s.sqlite3")]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:

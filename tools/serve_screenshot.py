@@ -25,8 +25,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from discourse_rl import Labeller
-from discourse_rl.data import sample_dir
-from discourse_rl.serve import create_app
+from discourse_rl.app.serve import create_app
+from discourse_rl.core.data import sample_dir
 
 
 def main() -> None:
