@@ -176,7 +176,7 @@ def test_docx_upload_gives_its_paragraphs(client: TestClient) -> None:
 def test_docx_errors_are_one_line_and_name_the_right_limit(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from discourse_rl import serve
+    from discourse_rl.app import serve
 
     ole = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600  # how Word stores a password
     r = client.post("/api/docx", content=ole, headers=DOCX)
