@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from discourse_rl.core.data import Corpus, load_corpus
@@ -19,3 +21,11 @@ def corpus_small() -> Corpus:
     """The first 8 essays of the embedded sample."""
     corpus = load_corpus()
     return corpus.subset(sorted(corpus.essays)[:8])
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny trained run folder for the web server's and the page's tests."""
+    from tests.tiny_run import make_tiny_run
+
+    return make_tiny_run(tmp_path_factory.mktemp("served"))

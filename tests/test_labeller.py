@@ -183,8 +183,9 @@ def test_summary_says_what_is_missing() -> None:
     elements += [_el("Counterclaim", 4), _el("Evidence", 5)]
     s = summarise(elements, {"Claim": 0.7, "Rebuttal": 0.1, "Lead": 0.4})
     assert s.counts["Claim"] == 2 and s.counts["Rebuttal"] == 0
-    assert "no Concluding Statement" in s.missing and "no Position" in s.missing
-    assert "no Claim" not in s.missing
+    assert "Concluding Statement" in s.not_found and "Position" in s.not_found
+    assert "Claim" not in s.not_found
+    assert "No Rebuttal found — the model's held-out F1 on Rebuttals is 0.10" in " ".join(s.missing)
     unsupported = [m for m in s.missing if "has no Evidence" in m]
     assert len(unsupported) == 1 and unsupported[0].startswith("Claim 2")
     assert s.unsure == [3]

@@ -140,6 +140,6 @@ def test_a_registered_decoder_is_offered_everywhere(
     assert "toy" in {r["stage"] for r in json.loads(capsys.readouterr().out)}
 
     # /api/info: the page lists it.
-    with TestClient(create_app(Labeller.load(run, "toy"))) as client:
+    with TestClient(create_app(Labeller.load(run, "toy")), base_url="http://127.0.0.1") as client:
         info = client.get("/api/info").json()
     assert "toy" in info["stages"] and info["stage"] == "toy" and "toy" in info["scores"]

@@ -1,9 +1,11 @@
-"""The README's screenshot of the labelling page: serve a run, paste an essay, press Label.
+"""The README's screenshots of the labelling page: a class set, and one essay marked.
 
-python tools/serve_screenshot.py --model runs/demo --out docs/serve.png
+python tools/serve_screenshot.py --model runs/demo --out-dir docs
 
+Serves the run on a free port of 127.0.0.1 (in this process), opens the sample's test essays as
+files, presses Label, then writes OUT_DIR/serve-class-set.png (the table) and OUT_DIR/serve.png
+(one essay: its summary and the essay with an element's confidence tip showing).
 Needs Debian's chromium and chromium-driver and the selenium package (as the page's test does).
-The server runs in this process on a free port of 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,24 +18,23 @@ import time
 from pathlib import Path
 
 import uvicorn
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from discourse_rl import Labeller
 from discourse_rl.app.serve import create_app
-from discourse_rl.core.data import read_essay, sample_dir
+from discourse_rl.core.data import sample_dir
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=Path("runs/demo"))
     ap.add_argument("--stage", default=None)
-    ap.add_argument("--essay", type=Path, default=sample_dir() / "test" / "D46BCB48440A.txt")
-    ap.add_argument("--out", type=Path, default=Path("docs/serve.png"))
-    ap.add_argument("--width", type=int, default=1100)
+    ap.add_argument("--out-dir", type=Path, default=Path("docs"))
+    ap.add_argument("--width", type=int, default=1280)
     args = ap.parse_args()
 
     with socket.socket() as s:
@@ -55,25 +56,47 @@ def main() -> None:
         service=Service(executable_path=shutil.which("chromedriver") or "chromedriver"),
         options=options,
     )
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     try:
         driver.get(f"http://127.0.0.1:{port}/")
-        wait = WebDriverWait(driver, 120)
-        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#legend li")))
-        box = driver.find_element(By.ID, "essay")
-        driver.execute_script(
-            "arguments[0].value = arguments[1];", box, read_essay(args.essay).text
-        )
+        wait = WebDriverWait(driver, 300)
+        wait.until(lambda d: "Held-out F1" in d.find_element(By.ID, "legend").text)
+        essays = sorted((sample_dir() / "test").glob("*.txt"))
+        driver.find_element(By.ID, "file").send_keys("\n".join(str(p) for p in essays))
+        wait.until(lambda d: "ready" in d.find_element(By.ID, "status").text)
         driver.find_element(By.ID, "go").click()
-        wait.until(ec.visibility_of_element_located((By.ID, "result")))
+        n = len(essays)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#set-table tbody tr")) == n)
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(args.width, int(height) + 40)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(args.out))
+        driver.set_window_size(args.width, int(height) + 200)
+        out = args.out_dir / "serve-class-set.png"
+        driver.find_element(By.ID, "classset").screenshot(str(out))
+        print(f"wrote {out}")
+
+        rows = driver.find_elements(By.CSS_SELECTOR, "#set-table tbody tr button.open-essay")
+        rows[min(1, len(rows) - 1)].click()
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(args.width, int(height) + 200)
+        marks = driver.find_elements(By.CSS_SELECTOR, "#essay-view mark.element")[1:8]
+        if marks:  # the one nearest the left edge, so that its tip fits on the page
+            mark = min(marks, key=lambda m: m.rect["x"])
+            driver.execute_script("arguments[0].focus();", mark)  # its tip shows
+        full = args.out_dir / "serve-full.tmp.png"
+        driver.save_screenshot(str(full))
+        top = driver.find_element(By.ID, "summary").rect["y"] - 10
+        bottom = driver.find_element(By.ID, "essay-view").rect
+        ratio = driver.execute_script("return window.devicePixelRatio") or 1
+        with Image.open(full) as img:
+            end = bottom["y"] + bottom["height"] + 10
+            box = (0, int(top * ratio), img.width, int(end * ratio))
+            out = args.out_dir / "serve.png"
+            img.crop(box).save(out)
+        full.unlink()
+        print(f"wrote {out}")
     finally:
         driver.quit()
         server.should_exit = True
         thread.join(timeout=10)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

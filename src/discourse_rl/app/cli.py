@@ -306,9 +306,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "      --format jsonl\n"
         "  discourse-rl predict --model runs/demo --essays essays/ --out by-stage/ --stage all\n"
         "csv: id,class,predictionstring (the Kaggle format). jsonl: one essay per line,\n"
-        '{"id", "stage", "elements": [{"type", "word_start", "word_end", "char_start",\n'
-        '"char_end", "text", "confidence"}]}. --stage all writes OUT/<stage>.<format> for every\n'
-        "stage the run offers, from one pass of the tagger.",
+        '{"schema_version", "id", "stage", "elements": [{"type", "word_start", "word_end",\n'
+        '"char_start", "char_end", "text", "confidence"}]}. --stage all writes\n'
+        "OUT/<stage>.<format> for every stage the run offers, from one pass of the tagger.",
     )
     _options(p, "model")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
@@ -433,7 +433,7 @@ def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "  discourse-rl label my_essay.txt --model runs/reference --stage ner-tuned\n"
         "  discourse-rl label my_essay.txt --json          # the elements and summary as JSON",
     )
-    p.add_argument("essay", type=Path, help="the essay, a UTF-8 .txt file")
+    p.add_argument("essay", type=Path, help="the essay: a UTF-8 .txt file or a Word .docx file")
     _options(p, "model")
     _stage_option(p)
     _options(p, "json")
@@ -445,21 +445,31 @@ def _cmd_label(args: argparse.Namespace) -> int:
     from discourse_rl.app.labeller import Labeller
     from discourse_rl.core.data import read_essay
 
-    essay = read_essay(args.essay)
+    if args.essay.suffix.lower() == ".docx":
+        # only for a Word file
+        from discourse_rl.app.docx import read_text_file
+
+        text = read_text_file(args.essay)
+    else:
+        text = read_essay(args.essay).text
     labeller = Labeller.load(args.model, args.stage)
-    elements = labeller.label(essay.text)
+    elements = labeller.label(text)
     scores = labeller.scores.get(labeller.stage)
     per_type = scores.per_type if scores else {}
-    summary = summarise(elements, per_type)
+    summary = summarise(elements, per_type, scores.recall if scores else None)
     if args.json:
+        # only for --json
+        from discourse_rl.app.labeller import SCHEMA_VERSION
+
         blob = {
+            "schema_version": SCHEMA_VERSION,
             "stage": labeller.stage,
             "elements": [el.to_json() for el in elements],
             "summary": summary.to_json(),
         }
         print(json.dumps(blob, indent=2, ensure_ascii=False))
     else:
-        render_terminal(essay.text, elements, summary, per_type, labeller.stage)
+        render_terminal(text, elements, summary, per_type, labeller.stage)
     return 0
 
 
@@ -477,7 +487,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "  discourse-rl serve --model runs/demo             # http://127.0.0.1:8000\n"
         "  discourse-rl serve --model model.zip --port 8080\n"
         'API: POST /api/label {"text": "..."} -> {"elements": [...], "summary": {...}};\n'
-        "GET /api/health; GET /api/info. Binds 127.0.0.1 unless --host says otherwise.\n"
+        "POST /api/label-batch; GET /api/health; GET /api/info; GET /api/openapi.json.\n"
+        "Binds 127.0.0.1; another --host needs --allow-remote and then an access token.\n"
         "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0: non-commercial use,\n"
         "with attribution (see src/discourse_rl/sample/LICENSE.md).",
     )
@@ -485,13 +496,48 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     _stage_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000, help="port (8000)")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="needed for a --host other than 127.0.0.1/localhost: other computers may then "
+        "connect, each API call with the access token printed at start (or DISCOURSE_RL_TOKEN)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the server answers to besides its own names (repeatable)",
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="the SQLite file where the page saves class sets when the teacher presses Save "
+        "(~/.local/share/discourse-rl/class-sets.sqlite3)",
+    )
+    p.add_argument("--no-store", action="store_true", help="turn saving class sets off")
+    p.add_argument(
+        "--queue", type=int, default=32, help="requests that may wait to be labelled (32)"
+    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.serve import serve
+    from discourse_rl.app.store import default_store
 
-    serve(args.model, args.stage, args.host, args.port)
+    store = None if args.no_store else (args.store or default_store())
+    serve(
+        args.model,
+        args.stage,
+        args.host,
+        args.port,
+        allow_remote=args.allow_remote,
+        allowed_hosts=tuple(args.allowed_host),
+        store=store,
+        queue_limit=max(1, args.queue),
+    )
     return 0
 
 

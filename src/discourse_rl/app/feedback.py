@@ -32,6 +32,22 @@ COLOURS = {
     "Evidence": "#b3de69",
     "Concluding Statement": "#fdb462",
 }
+DEFINITIONS = {
+    "Lead": "the opening that draws the reader in: a fact, a question, a story or a quotation "
+    "that leads up to the writer's view",
+    "Position": "the writer's answer to the essay's question: the one view the whole essay "
+    "argues for",
+    "Claim": "a reason the writer gives for the position; the essay then backs it up",
+    "Counterclaim": "a view that opposes the position (or a claim), stated by the writer so as "
+    "to answer it",
+    "Rebuttal": "the writer's answer to a counterclaim: why the opposing view falls short",
+    "Evidence": "what supports a claim or a rebuttal: examples, facts, figures, personal "
+    "experience, sources",
+    "Concluding Statement": "the closing that restates the position and sums up the claims",
+}
+"""A short definition of each element type (this project's own words): the page's legend and
+the terminal's."""
+
 # Elements that end an argument's run: Evidence after one of these supports it, not a Claim
 # before it.
 _ARGUMENT_BREAKS = ("Claim", "Counterclaim", "Concluding Statement")
@@ -42,7 +58,10 @@ class Summary:
     counts: dict[str, int]
     """Elements per type (every type, zeros included)."""
     missing: list[str]
-    """Plain sentences: 'no Counterclaim', 'Claim 2 has no Evidence after it', ..."""
+    """Plain sentences: 'No Rebuttal found — the model finds about 3 in 10 Rebuttals', 'Claim 2
+    (…) has no Evidence after it', ..."""
+    not_found: list[str]
+    """The types with no element in the essay."""
     unsure: list[int]
     """Indices (into the element list) of elements with confidence below UNSURE_BELOW."""
     reliability: dict[str, str]
@@ -60,12 +79,45 @@ def reliability_word(f1: float | None) -> str:
     return "reliable" if f1 >= RELIABLE_FROM else "fair"
 
 
-def summarise(elements: Sequence[Element], per_type_f1: Mapping[str, float]) -> Summary:
-    """The summary of one labelled essay; `per_type_f1` is the stage's held-out F1 per type."""
+def _plural(kind: str) -> str:
+    return kind + "s"
+
+
+def not_found_sentence(
+    kind: str, recall: float | None = None, f1: float | None = None, where: str = ""
+) -> str:
+    """'No Rebuttal found — the model finds about 3 in 10 Rebuttals': an absence read together
+    with how often the model misses that type (its recall on essays it never saw; its F1 where
+    the run recorded no recall for the stage)."""
+    head = f"No {kind} found"
+    if recall is not None and recall == recall:
+        tenths = round(10 * recall)
+        if tenths >= 10:
+            return f"{head} — the model finds nearly all {_plural(kind)}"
+        if tenths <= 0:
+            return f"{head} — but the model finds almost no {_plural(kind)}: check for one yourself"
+        return f"{head} — the model finds about {tenths} in 10 {_plural(kind)}"
+    if f1 is not None and f1 == f1:
+        return (
+            f"{head} — the model's held-out F1 on {_plural(kind)} is {f1:.2f} "
+            f"(its recall{where} was not recorded): it may have missed one"
+        )
+    return f"{head} — how often the model misses {_plural(kind)} is not known"
+
+
+def summarise(
+    elements: Sequence[Element],
+    per_type_f1: Mapping[str, float],
+    recall: Mapping[str, float] | None = None,
+) -> Summary:
+    """The summary of one labelled essay; `per_type_f1` is the stage's held-out F1 per type,
+    `recall` its held-out recall per type (the share of true elements it finds) where known."""
+    recall = recall or {}
     counts = {c: 0 for c in CLASSES}
     for el in elements:
         counts[el.type] += 1
-    missing = [f"no {c}" for c in CLASSES if counts[c] == 0]
+    not_found = [c for c in CLASSES if counts[c] == 0]
+    missing = [not_found_sentence(c, recall.get(c), per_type_f1.get(c)) for c in not_found]
     ordered = sorted(elements, key=lambda el: el.word_start)
     claim_no = 0
     for i, el in enumerate(ordered):
@@ -83,7 +135,7 @@ def summarise(elements: Sequence[Element], per_type_f1: Mapping[str, float]) -> 
             missing.append(f"Claim {claim_no} (“{_shorten(el.text)}”) has no Evidence after it")
     unsure = [i for i, el in enumerate(elements) if el.confidence < UNSURE_BELOW]
     reliability = {c: reliability_word(per_type_f1.get(c)) for c in CLASSES}
-    return Summary(counts, missing, unsure, reliability)
+    return Summary(counts, missing, not_found, unsure, reliability)
 
 
 def _shorten(text: str, words: int = 8) -> str:
@@ -123,6 +175,11 @@ def render_terminal(
         legend.append(f" {c} ", style=styles[c])
         legend.append(" ")
     console.print(legend)
+    for c in CLASSES:
+        entry = Text("  ")
+        entry.append(f" {c} ", style=styles[c])
+        entry.append(f" {DEFINITIONS[c]}")
+        console.print(entry)
     console.print()
     console.print(Text(f"Summary (stage {stage})", style="bold"))
     for c in CLASSES:
@@ -130,7 +187,7 @@ def render_terminal(
         how = "" if f1 is None else f"   held-out F1 {f1:.2f}: {summary.reliability[c]}"
         console.print(Text(f"  {c:<22}{summary.counts[c]:>3}{how}"))
     if summary.missing:
-        console.print(Text("Missing", style="bold"))
+        console.print(Text("Not found", style="bold"))
         for line in summary.missing:
             console.print(Text(f"  - {line}"))
     if summary.unsure:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,12 @@ if TYPE_CHECKING:  # numpy stays out of `discourse-rl --help` (STAGES is read fr
     from discourse_rl.core.arrays import FloatArray
     from discourse_rl.core.data import Essay
     from discourse_rl.ner import NerPredictor
+
+
+SCHEMA_VERSION = 1
+"""Version of the labels' JSON schema (`predict --format jsonl` lines, the web API): an element
+is {type, word_start, word_end, char_start, char_end, text, confidence}; a line or response
+carries it as "schema_version". A change that breaks a reader bumps it."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,10 @@ class HeldOutF1:
     per_type: dict[str, float]
     source: str
     """Where the numbers come from, e.g. 'held-out essays (agent/results.json)'."""
+    recall: dict[str, float] = field(default_factory=dict)
+    """Per type, the share of true elements the stage finds on essays it never saw (empty where
+    the run records none for this stage)."""
+    recall_source: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,7 +139,30 @@ def heldout_scores(run: str | Path) -> dict[str, HeldOutF1]:
                     c: f1 for c, f1 in oof[0].per_class.items() if c in CLASSES and f1 == f1
                 }
                 out[decoder.name] = HeldOutF1(oof[0].macro_f1, per_type, source)
+        raw = read_json(layout.ner_metrics, None)
+        for decoder in registry.decoders():
+            oof = decoder.out_of_fold(ner)
+            recall = _recall(raw, oof[0].macro_f1) if oof is not None else {}
+            if decoder.name in out and recall:
+                out[decoder.name] = replace(out[decoder.name], recall=recall, recall_source=source)
     return out
+
+
+def _recall(raw: Any, macro_f1: float) -> dict[str, float]:
+    """Per type TP / (TP + FN) of the NER metrics entry whose macro F1 is `macro_f1` (the
+    decoder's out-of-fold score), where the entry records its counts."""
+    entries = raw.values() if isinstance(raw, dict) else ()
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("macro_f1") != macro_f1:
+            continue
+        out: dict[str, float] = {}
+        for c, v in (entry.get("per_class") or {}).items():
+            if c in CLASSES and isinstance(v, dict) and "tp" in v and "fn" in v:
+                n = int(v["tp"]) + int(v["fn"])
+                if n:
+                    out[c] = int(v["tp"]) / n
+        return out
+    return {}
 
 
 def default_stage(run: str | Path) -> str:
@@ -279,10 +312,15 @@ def elements_frame(labelled: Mapping[str, Sequence[Element]]) -> Any:
 
 
 def elements_jsonl(labelled: Mapping[str, Sequence[Element]], stage: str) -> str:
-    """One JSON object per essay: {"id", "stage", "elements": [Element...]}."""
+    """One JSON object per essay: {"schema_version", "id", "stage", "elements": [Element...]}."""
     lines = [
         json.dumps(
-            {"id": k, "stage": stage, "elements": [el.to_json() for el in els]},
+            {
+                "schema_version": SCHEMA_VERSION,
+                "id": k,
+                "stage": stage,
+                "elements": [el.to_json() for el in els],
+            },
             ensure_ascii=False,
         )
         for k, els in labelled.items()
