@@ -236,7 +236,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "ner",
         (),
-        lambda c: (c.seed, c.ner, c.decode),
+        # Runtime settings (the precision) never change the key.
+        lambda c: (c.seed, c.ner.keyed(), c.decode),
         lambda lay: lay.ner_metrics,
         _run_ner,
     ),
@@ -344,6 +345,14 @@ def _corpus(data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] 
     return corpus.sure_subset() if cfg.sure_only else corpus
 
 
+def _precision(cfg: RunConfig, log: Callable[[str], None]) -> None:
+    """One line at the start: the CPU, the probe's rates and the precision chosen."""
+    if distributed.is_main():
+        from discourse_rl.ner.precision import announce
+
+        announce(cfg.ner, log)
+
+
 def _finish(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, float]:
     if not distributed.is_main():
         return {}
@@ -366,6 +375,7 @@ def run_pipeline(
     old_format = check_format(out)
     lay = start_run(out)
     corpus = _corpus(data, cfg, log)
+    _precision(cfg, log)
     source = _Source.of(data, config, corpus)
     keys = stage_keys(corpus, cfg)
     state = read_stages(lay.stages)
@@ -512,6 +522,7 @@ def train_ner(
             cfg = dataclasses.replace(cfg, seed=seed)
     lay = start_run(run)
     corpus = _corpus(data, cfg, log)
+    _precision(cfg, log)
     log("[ner] running")
     _forget(lay, read_stages(lay.stages), "ner")
     t0 = time.perf_counter()

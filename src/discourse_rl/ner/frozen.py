@@ -143,7 +143,7 @@ def train_frozen(
     device = default_device()
     for k, fold in enumerate(layout.folds(cfg.folds)):
         train_ids, val_ids = fold_split(folds, k)
-        done = {"config": asdict(cfg), "train": len(train_ids), "seed": seed + k}
+        done = {"config": asdict(cfg.keyed()), "train": len(train_ids), "seed": seed + k}
         if fold.oof.is_file() and read_json(fold.done) == done:
             continue
         # Its record goes first: a crash before the new one is written leaves none.
@@ -212,7 +212,7 @@ def _train_head(
     )
     ckpt = fold.checkpoint
     step, epoch = 0, 0
-    identity = {"config": asdict(cfg), "train": len(train_ids), "seed": seed}
+    identity = {"config": asdict(cfg.keyed()), "train": len(train_ids), "seed": seed}
     state = torch.load(ckpt, weights_only=False) if ckpt.is_file() else None
     if state is not None and state.get("identity") == identity:
         head.load_state_dict(state["head"])

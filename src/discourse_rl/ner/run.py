@@ -51,7 +51,9 @@ def run_ner_config(run_dir: str | Path) -> NerConfig:
 
 def inputs_key(corpus: Corpus, cfg: NerConfig, seed: int) -> str:
     """What every fold model and probability of the stage depends on."""
-    text = json.dumps([asdict(cfg), seed, corpus.content_key()], sort_keys=True, default=str)
+    text = json.dumps(
+        [asdict(cfg.keyed()), seed, corpus.content_key()], sort_keys=True, default=str
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
