@@ -587,7 +587,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         from discourse_rl.ner import precision
 
         m = precision.measured()
-        choice = precision.choose(m.rates)
+        choice = precision.choose(m.rates, int8_auto=precision.INT8_AUTO)
         report = precision.report_json(m, choice)
         print(json.dumps(report) if args.json else "\n".join(precision.report_lines(m, choice)))
         if args.model is None:

@@ -75,6 +75,11 @@ TIE = 1.05
 """A lower precision is chosen only when it measured at least this much faster than fp32 (5%:
 within the probe's noise fp32, the exact one, wins)."""
 
+INT8_AUTO = False
+"""Whether `bf16 = "auto"` may choose int8 for inference where it measures fastest. Not while
+int8 dynamic quantisation costs more than 0.003 out-of-fold F1 on a fine-tuned model
+(docs/ner.md, "Precision")."""
+
 QUIET_ENV = "DISCOURSE_RL_PRECISION_SAID"
 """Set once this process has said what a forced setting costs; child processes inherit it and
 stay quiet, so a run says it once."""
@@ -530,7 +535,7 @@ def resolve(cfg: NerConfig, device: torch.device | None = None, model: Any = Non
         return _cuda_choice(device, cfg.bf16, cfg.infer_dtype)
     source = model if model is not None else _backbone_folder(cfg)
     rates = measured(Shape.of(source)).rates
-    return choose(rates, cfg.bf16, cfg.infer_dtype)
+    return choose(rates, cfg.bf16, cfg.infer_dtype, INT8_AUTO)
 
 
 def _backbone_folder(cfg: NerConfig) -> str | None:
@@ -598,7 +603,7 @@ def announce(cfg: NerConfig, log: Callable[[str], None] = print) -> Choice:
         log(f"precision: GPU, training {choice.train}, inference {choice.infer}")
         return choice
     m = measured(Shape.of(_backbone_folder(cfg)))
-    choice = choose(m.rates, cfg.bf16, cfg.infer_dtype)
+    choice = choose(m.rates, cfg.bf16, cfg.infer_dtype, INT8_AUTO)
     log(describe(m, choice))
     say_once(choice)
     return choice
