@@ -62,12 +62,13 @@ def _linears(encoder: nn.Module) -> dict[str, nn.Linear]:
 
 
 def _quantize_per_tensor(x: torch.Tensor) -> torch.Tensor:
-    """`x` through what dynamic quantisation does to an activation: one affine uint8 scale over
-    the whole tensor (min and max of this call), then back to float."""
+    """`x` through what dynamic quantisation does to an activation: one affine scale over the
+    whole tensor (min and max of this call), 7 bits as x86's dynamic linear uses them
+    (`reduce_range`), then back to float."""
     lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = max(hi - lo, 1e-8) / 255.0
+    scale = max(hi - lo, 1e-8) / 127.0
     zero = round(-lo / scale)
-    q = torch.clamp(torch.round(x / scale) + zero, 0, 255)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, 127)
     return (q - zero) * scale
 
 
@@ -169,6 +170,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stats-essays", type=int, default=40, help="essays of the statistics pass")
     ap.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES))
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument(
+        "--probs-dir", type=Path, default=None, help="keep each scheme's probabilities here"
+    )
+    ap.add_argument("--no-stats", action="store_true", help="skip the statistics pass")
     run_benchmark(ap, measure, argv)
 
 
@@ -187,19 +192,32 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         base = NerPredictor.load(args.run, threads=args.threads, infer_dtype="fp32")
         if not base.models:
             raise SystemExit("a finetune run is needed (fold models)")
-        stats: dict[str, dict[str, Any]] = {}
-        few = {i: essays[i] for i in ids[: args.stats_essays]}
-        with _statistics(base.models[0].encoder, stats):
-            out_of_fold(replace(base, models=base.models[:1]), few, dict.fromkeys(few, 0))
-        out["fold0_linears"] = stats
-        for name, stat in stats.items():
-            print(f"{name:<45} {stat}", flush=True)
+        if not args.no_stats:
+            stats: dict[str, dict[str, Any]] = {}
+            few = {i: essays[i] for i in ids[: args.stats_essays]}
+            with _statistics(base.models[0].encoder, stats):
+                out_of_fold(replace(base, models=base.models[:1]), few, dict.fromkeys(few, 0))
+            out["fold0_linears"] = stats
+            for name, stat in stats.items():
+                print(f"{name:<45} {stat}", flush=True)
         probs: dict[str, dict[str, FloatArray]] = {}
         for scheme in args.schemes:
-            pred = replace(base, models=[quantized(m, scheme) for m in base.models])
+            kept = (
+                args.probs_dir / f"{scheme.replace(':', '_')}-{len(ids)}.npz"
+                if args.probs_dir
+                else None
+            )
             t0 = time.perf_counter()
             cpu0 = time.process_time()
-            probs[scheme] = out_of_fold(pred, essays, folds)
+            if kept is not None and kept.is_file():
+                with np.load(kept) as z:
+                    probs[scheme] = {i: z[i] for i in ids}
+            else:
+                pred = replace(base, models=[quantized(m, scheme) for m in base.models])
+                probs[scheme] = out_of_fold(pred, essays, folds)
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(kept, **probs[scheme])
             row: dict[str, Any] = {
                 "seconds": round(time.perf_counter() - t0, 1),
                 "cpu_seconds": round(time.process_time() - cpu0, 1),
