@@ -343,3 +343,19 @@ def test_info_machine(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
     assert got["cpu"] == "AMD EPYC" and got["flags"] == list(AMD.flags)
     assert main(["info"]) == 2
     assert "--machine" in capsys.readouterr().err
+
+
+def test_benchmark_prints_the_issue_s_json_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import precision as bench
+
+    _inject(monkeypatch, EMULATED)
+    bench.main(["--quick", "--json"])
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    got = json.loads(out)
+    assert {"cpu", "flags", "rates", "chosen"} <= set(got)
+    assert set(got["rates"]) == {"fp32", "bf16", "int8"}
+    assert got["chosen"] == {"train": "fp32", "infer": "fp32"}
+    assert got["chosen_share"] == {"train": 1.0, "infer": 1.0}
