@@ -25,6 +25,8 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks experiments tools
 	$(BIN)/ruff format --check src tests benchmarks experiments tools
 	$(BIN)/mypy
+	# the layer contract: imports only point down, no import cycles (tests/test_layers.py)
+	$(BIN)/pytest -q tests/test_layers.py -k 'point_down or cycles or say_why'
 
 test: lint
 	$(BIN)/pytest

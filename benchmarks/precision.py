@@ -35,8 +35,8 @@ from typing import Any
 import torch
 
 from benchmarks.common import parser, run_benchmark
-from discourse_rl.common import torch_threads
-from discourse_rl.data import NUM_LABELS
+from discourse_rl.core.common import torch_threads
+from discourse_rl.core.data import NUM_LABELS
 from discourse_rl.ner import NerConfig
 from discourse_rl.ner import precision as precision
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, resolve_backbone

@@ -38,15 +38,14 @@ import torch
 from torch import nn
 
 from benchmarks.common import require, run_benchmark
-from discourse_rl.arrays import FloatArray
-from discourse_rl.common import torch_threads
-from discourse_rl.data import load_corpus, sample_dir
-from discourse_rl.decode import evaluate_decoding
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import read_json, torch_threads
+from discourse_rl.core.data import load_corpus, sample_dir
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders.decode import evaluate_decoding
 from discourse_rl.ner import NerPredictor
 from discourse_rl.ner.model import NerModel
-from discourse_rl.ner.run import read_json
-from discourse_rl.ner.stage import stage_config
+from discourse_rl.run.steps.ner import stage_config
 from experiments.infer_dtype import out_of_fold
 
 DEFAULT_SCHEMES = (

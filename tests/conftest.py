@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from discourse_rl.data import Corpus, load_corpus
+from discourse_rl.core.data import Corpus, load_corpus
 from tests.tiny import save_tiny_bert
 
 

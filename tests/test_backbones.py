@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Corpus, load_corpus, load_word_probs
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, Corpus, load_corpus, load_word_probs
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner import NerPredictor, train_ner
 from discourse_rl.ner.backbone import (
     check_marker,
@@ -201,7 +201,13 @@ def test_alignment_markers_windows_and_freezing(backbone: str, corpus: Corpus) -
     )
     cls_id, sep_id, _ = special_ids(tokenizer)
     windows = essay_windows(tokens[0], 0, 64, 16, cls_id, sep_id)
-    assert len(windows) > 1 and all(len(w.input_ids) <= 64 for w in windows)
+    # 62 sub-tokens a window (64 less CLS and SEP), each next one 62 - 16 = 46 further on, the
+    # last pulled back to end with the essay.
+    ids = tokens[0].input_ids
+    starts = [*range(0, len(ids) - 62, 46), len(ids) - 62]
+    assert len(ids) > 62 and len(windows) == len(starts)
+    for w, s in zip(windows, starts, strict=True):
+        assert w.input_ids.tolist() == [cls_id, *ids[s : s + 62].tolist(), sep_id]
     assert windows[0].input_ids[0] == cls_id and windows[-1].word_end == essays[0].n_words
 
     model = NerModel(load_encoder(backbone), tiny_cfg(backbone))

@@ -6,11 +6,12 @@ import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from discourse_rl import common
-from discourse_rl.common import (
+from discourse_rl.core import common, rules
+from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_open,
     atomic_save,
@@ -102,7 +103,7 @@ def test_atomic_write_over_a_folder_is_one_clear_error(tmp_path: Path) -> None:
 def test_torch_threads_sets_and_restores_and_zero_leaves_as_is() -> None:
     import torch
 
-    from discourse_rl.common import torch_threads
+    from discourse_rl.core.common import torch_threads
 
     before = torch.get_num_threads()
     other = 1 if before != 1 else 2
@@ -127,3 +128,17 @@ def test_progress_in_a_log_file_is_periodic_plain_lines(monkeypatch: pytest.Monk
     assert "\r" not in log.getvalue() and len(lines) == 2, lines
     assert lines[0].startswith("BC:   0% 0/50 [") and lines[1].startswith("BC: 100% 50/50 [")
     assert "loss=0.5" in lines[1] and "|" not in lines[1]
+
+
+@dataclass(frozen=True)
+class _Table:
+    RUNTIME: ClassVar[frozenset[str]] = frozenset({"threads", "precision"})
+    LEGACY_VALUES: ClassVar[dict[str, object]] = {"precision": True}
+    lr: float = 0.1
+    threads: int = 0
+    precision: str = "auto"
+
+
+def test_keys_leave_runtime_settings_out_and_legacy_keys_see_old_values() -> None:
+    assert rules.keyed(_Table(threads=4)) == rules.keyed(_Table()) == {"lr": 0.1}
+    assert rules.plain([_Table(threads=2)]) == [{"lr": 0.1, "threads": 2, "precision": True}]

@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, load_corpus
-from discourse_rl.decode import (
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, load_corpus
+from discourse_rl.core.metric import score
+from discourse_rl.decoders.decode import (
     DecodeConfig,
     TunedThresholds,
     decode_all,
@@ -19,7 +20,6 @@ from discourse_rl.decode import (
     save_thresholds,
     span_probs,
 )
-from discourse_rl.metric import score
 
 
 def one_hot(labels: np.ndarray, confidence: float = 1.0) -> np.ndarray:
@@ -70,23 +70,37 @@ def test_fit_removes_junk_spans_and_beats_naive(corpus) -> None:  # type: ignore
     """True spans with confident probabilities plus short, unsure junk spans in the gaps and
     inside Evidence: the fit must find minima that drop the junk and keep the true spans."""
     rng = np.random.default_rng(0)
-    probs = {}
+    probs, clean, junk_words = {}, {}, {}
     for i in corpus.essays:
         labels = corpus.word_labels(i).astype(np.int64)
         p = one_hot(labels, 0.9)
+        clean[i] = p.copy()
+        junk_words[i] = set()
         for s in rng.choice(labels.size - 2, size=3, replace=False):
             junk = np.zeros(NUM_LABELS, np.float32)
             junk[1 + 2 * 2] = 0.45  # B-Claim, unsure
             junk[0] = 0.30
             p[s : s + 2] = junk
+            junk_words[i] |= {int(s), int(s) + 1}
         probs[i] = p
     folds = {i: k % 2 for k, i in enumerate(corpus.essays)}
     report = evaluate_decoding(probs, corpus, folds, DecodeConfig(max_min_words=4))
     assert report.tuned.macro_f1 > report.naive.macro_f1
     assert report.tuned_cross_fitted.macro_f1 > report.naive.macro_f1
     th = fit_tuned(probs, corpus, DecodeConfig(max_min_words=4))
-    assert th.min_prob[2] > 0.45 or th.min_words[2] > 2
     kept = decode_all(probs, lambda p: decode_tuned(p, th))
+    rows = set(zip(kept["id"], kept["class"], kept["word_start"], kept["word_end"], strict=True))
+    # The junk is Claim-like: no span of junk words alone is kept, and every true Claim the junk
+    # did not touch is kept whole.
+    assert not any(set(range(s, e)) <= junk_words[i] for i, _, s, e in rows)
+    true = decode_all(clean, decode_naive)
+    true_rows = zip(true["id"], true["class"], true["word_start"], true["word_end"], strict=True)
+    claims = {
+        (i, c, s, e)
+        for i, c, s, e in true_rows
+        if c == "Claim" and not junk_words[i] & set(range(s, e))
+    }
+    assert len(claims) > 10 and claims <= rows
     assert score(kept, corpus.elements).macro_f1 == pytest.approx(report.tuned.macro_f1)
     frozen = fit_tuned(probs, corpus, DecodeConfig(fit=False))
     assert frozen == TunedThresholds(DecodeConfig().min_words, DecodeConfig().min_prob)

@@ -11,22 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl import metric
-from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc
-from discourse_rl.agent.common import labelling_masks, masks_after, sample_labellings
-from discourse_rl.agent.episode import EpisodeConfig, train_episode
-from discourse_rl.agent.episode_loss import episode_loss
-from discourse_rl.agent.policy import (
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError, config_from_dict
+from discourse_rl.core.data import Corpus, load_corpus
+from discourse_rl.decoders.agent import FineTuneInputs, predict_spans, train_bc
+from discourse_rl.decoders.agent.common import labelling_masks, masks_after, sample_labellings
+from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.decoders.agent.episode_loss import episode_loss
+from discourse_rl.decoders.agent.policy import (
     PrevLabelHead,
     load_policy,
     masked_greedy,
     save_policy,
     segment_logits,
 )
-from discourse_rl.agent.reward import MacroReward, gold_table, labelling_counts, rewards
-from discourse_rl.common import DiscourseRLError, config_from_dict
-from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.segments import (
+from discourse_rl.decoders.agent.reward import MacroReward, gold_table, labelling_counts, rewards
+from discourse_rl.decoders.segments import (
     N_ACTIONS,
     EssaySegments,
     SegmentConfig,
@@ -206,7 +206,12 @@ def test_rewards_come_from_the_metric() -> None:
         acts[i, 0, : s.n_segments] = s.gold_action
     counts = labelling_counts(segs[:3], acts, gold)
     f1 = rewards(counts, "f1")
-    assert (f1[:, 0] > 0.5).all() and (f1[:, 1] == 0).all()
+    # The gold labelling's reward is each essay's F-score as the metric computes it from spans.
+    labelled = spans_frame(segs[:3], [acts[i, 0, : s.n_segments] for i, s in enumerate(segs[:3])])
+    ids = [s.essay_id for s in segs[:3]]
+    by_metric = metric.per_essay_scores(labelled, gold_frame(corpus, ids)).set_index("id")
+    assert f1[:, 0].tolist() == pytest.approx(by_metric.loc[ids, "f1"].tolist(), abs=1e-12)
+    assert (f1[:, 1] == 0).all()
     spans = spans_frame([segs[0]], [acts[0, 0, : segs[0].n_segments]])
     one = metric.score(spans, gold_frame(corpus, [segs[0].essay_id]))
     assert counts[0, 0, :, 0].sum() == sum(c.tp for c in one.per_class.values())

@@ -1,6 +1,6 @@
 """Issue 15: NER folds trained side by side, each in its own single-thread process
 (`ner.fold_workers`), and many essays predicted in shares by single-thread processes, both
-through the package's one launcher (`discourse_rl.workers`)."""
+through the package's one launcher (`discourse_rl.launch.workers`)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl import rules
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import Corpus, load_word_probs
-from discourse_rl.layout import RunLayout
+from discourse_rl.core import rules
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import Corpus, load_word_probs
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.launch.workers import Job, child_env, run_jobs
 from discourse_rl.ner import NerConfig, train_ner
 from discourse_rl.ner.finetune import fold_workers
 from discourse_rl.ner.run import inputs_key, keep_or_clear
-from discourse_rl.workers import Job, child_env, run_jobs
 from tests.tiny import tiny_cfg
 
 CPU = torch.device("cpu")
@@ -48,6 +48,7 @@ def test_how_many_folds_train_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
         NerConfig(fold_workers=-1)
 
 
+@pytest.mark.slow
 def test_children_start_alike_and_return_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
     env = child_env(1)
@@ -72,6 +73,7 @@ def test_a_failing_child_is_one_line_naming_it(capfd: pytest.CaptureFixture[str]
     assert "[broken] Traceback (most recent call last):" in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_fold_processes_give_the_same_folds_as_one_process(
     tiny_backbone: str, corpus_small: Corpus, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -99,6 +101,7 @@ def test_fold_processes_give_the_same_folds_as_one_process(
             assert torch.equal(wa[name], wb[name]), name
 
 
+@pytest.mark.slow
 def test_a_failing_fold_child_stops_the_stage_with_one_line(
     tiny_backbone: str, corpus_small: Corpus, tmp_path: Path
 ) -> None:
@@ -119,6 +122,7 @@ def test_a_failing_fold_child_stops_the_stage_with_one_line(
     assert "checkpoint-1" in line, line
 
 
+@pytest.mark.slow
 def test_prediction_shared_by_processes_is_one_processs_in_order(
     tiny_backbone: str,
     corpus_small: Corpus,

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discourse_rl import metric
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASS_INDEX, CLASSES
-from discourse_rl.metric import essay_counts, essay_f1, essay_jaccard, per_essay_scores, score
-from discourse_rl.metric_oracle import oracle_score
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASS_INDEX, CLASSES
+from discourse_rl.core.metric import essay_counts, essay_f1, essay_jaccard, per_essay_scores, score
+from tests.metric_oracle import oracle_score
 
 ESSAYS = ("e1", "e2", "e3")
 SOME_CLASSES = CLASSES[:3]  # few classes, so that same-class overlaps are frequent
@@ -75,6 +75,7 @@ def _can_double_count(pred: pd.DataFrame, gt: pd.DataFrame) -> bool:
     return False
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_agrees_with_pandas_oracle_unless_double_count(
@@ -97,6 +98,7 @@ def test_agrees_with_pandas_oracle_unless_double_count(
         assert ours.per_class[cls].f1 == pytest.approx(f1, abs=1e-12)
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(cases())
 def test_per_essay_counts_agree_with_corpus_score(case: tuple[pd.DataFrame, pd.DataFrame]) -> None:
@@ -336,6 +338,7 @@ def test_non_contiguous_prediction_scores_by_word_sets_on_the_fast_path() -> Non
     assert not doubtful and per_class["Claim"] == result.f1
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_score_is_the_same_without_the_fast_parse(case: tuple[pd.DataFrame, pd.DataFrame]) -> None:

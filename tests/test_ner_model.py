@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Essay, load_corpus
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, Essay, load_corpus
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import (
@@ -95,7 +95,13 @@ def test_essay_windows_cover_every_word(tiny_backbone: str) -> None:
     (tokens,) = tokenize_essays(tok, [essay])
     cls_id, sep_id, _ = special_ids(tok)
     windows = essay_windows(tokens, 0, 40, 10, cls_id, sep_id)
-    assert len(windows) > 3
+    # 38 sub-tokens a window (40 less CLS and SEP), starts 38 - 10 = 28 apart, the last one
+    # pulled back to end with the essay.
+    n = len(tokens.input_ids)
+    starts = [*range(0, n - 38, 28), n - 38]
+    assert len(starts) > 3 and [len(w.input_ids) for w in windows] == [40] * len(starts)
+    for w, s in zip(windows, starts, strict=True):
+        assert w.input_ids[1:-1].tolist() == tokens.input_ids[s : s + 38].tolist()
     seen = np.zeros(essay.n_words, dtype=bool)
     for w in windows:
         assert len(w.input_ids) <= 40 and w.input_ids[0] == cls_id and w.input_ids[-1] == sep_id

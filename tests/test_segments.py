@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl import metric
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Corpus, load_corpus
-from discourse_rl.segments import (
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, Corpus, load_corpus
+from discourse_rl.decoders.segments import (
     N_BASE_FEATURES,
     EssaySegments,
     SegmentConfig,
@@ -180,8 +180,10 @@ def test_simulated_probabilities_are_deterministic_and_calibrated() -> None:
     gt = gold_frame(c, ids)
     naive = metric.score(naive_frame(p1, ids), gt).macro_f1
     assert 0.35 <= naive <= 0.6
-    clean = metric.score(naive_frame(simulate_word_probs(c, 0.0, seed=3), ids), gt).macro_f1
-    assert clean > 0.95
+    # Without noise the simulated tagger is the gold labelling: every span back, nothing else.
+    clean = metric.score(naive_frame(simulate_word_probs(c, 0.0, seed=3), ids), gt)
+    assert clean.macro_f1 == 1.0
+    assert all(s.fp == s.fn == 0 and s.tp > 0 for s in clean.per_class.values())
 
 
 def test_default_oracle_and_tradeoff() -> None:

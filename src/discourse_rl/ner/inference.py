@@ -1,6 +1,5 @@
 """Running trained models over essays: word vectors (frozen encoder), word probabilities
-(heads over cached vectors, or fold models over windows), in the precision measured fastest
-(`precision`).
+(heads over cached vectors, or fold models over windows), in bf16 where the hardware has it.
 
 Fold models fine-tuned from one backbone with frozen lower layers share those layers bit for
 bit; `reuse_shared_layers` runs them once per batch for the whole ensemble.
@@ -10,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -19,9 +19,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.arrays import FloatArray
-from discourse_rl.data import NUM_LABELS, Essay
-from discourse_rl.distributed import local_rank
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.data import NUM_LABELS, Essay
+from discourse_rl.launch.distributed import local_rank
 from discourse_rl.ner import precision
 from discourse_rl.ner.backbone import encoder_inputs, encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import NerConfig
@@ -83,7 +83,6 @@ def int8_encoder_copy(model: _M) -> _M:
     """An inference copy whose encoder's linear layers compute in int8 (weights quantised once,
     activations per call: `quantize_dynamic`; CPU only, VNNI kernels where the CPU has them).
     Layer norms, attention softmax and the head stay fp32."""
-    import warnings
 
     out = copy.deepcopy(model).eval()
     with warnings.catch_warnings():

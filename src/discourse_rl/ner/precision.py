@@ -283,7 +283,7 @@ def probe(shape: Shape | None = None, rounds: int = 3, budget: float = 0.6) -> R
 
     import torch
 
-    from discourse_rl.common import torch_threads
+    from discourse_rl.core.common import torch_threads
 
     shape = shape or Shape()
     start = time.perf_counter()
@@ -404,7 +404,7 @@ def measured(
 ) -> Measured:
     """This machine's rates at `shape`: cached, else probed now and cached (a cache that cannot
     be written is skipped: the rates then last for this process)."""
-    from discourse_rl.common import atomic_write_text
+    from discourse_rl.core.common import atomic_write_text
 
     shape = shape or Shape()
     machine = machine or this_machine()

@@ -8,19 +8,20 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.common import (
+from discourse_rl.core import artefacts, rules
+from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
     config_from_dict,
     config_to_toml,
     load_toml,
 )
-from discourse_rl.data import Corpus
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.data import Corpus
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner.backbone import encoder_from_config
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.model import NerHead, NerModel
@@ -51,9 +52,7 @@ def run_ner_config(run_dir: str | Path) -> NerConfig:
 
 def inputs_key(corpus: Corpus, cfg: NerConfig, seed: int) -> str:
     """What every fold model and probability of the stage depends on."""
-    text = json.dumps(
-        [asdict(cfg.keyed()), seed, corpus.content_key()], sort_keys=True, default=str
-    )
+    text = json.dumps([rules.plain(cfg), seed, corpus.content_key()], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -100,10 +99,9 @@ def require_encoder(layout: RunLayout) -> Path:
 
 
 def _weights(path: Path) -> dict[str, Any]:
+    # safetensors: loaded when weights are read
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from discourse_rl import artefacts
 
     if not path.is_file():
         raise DiscourseRLError(f"{path}: fold model missing (is the NER training finished?)")
@@ -139,8 +137,3 @@ def load_finetuned(run_dir: str | Path, cfg: NerConfig) -> list[NerModel]:
 
 def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """The file's JSON, or None when it does not exist."""
-    return json.loads(path.read_text()) if path.is_file() else None
