@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from discourse_rl.core.data import Corpus, load_corpus
 from tests.tiny import save_tiny_bert
+
+
+@pytest.fixture(scope="session", autouse=True)
+def precision_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The precision probe's cache in a folder of the session (child processes inherit it),
+    not the user's ~/.cache."""
+    os.environ["DISCOURSE_RL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
 @pytest.fixture(scope="session")

@@ -654,16 +654,32 @@ def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         "list the stages a trained run can predict with and their held-out scores",
         "  discourse-rl info --model runs/demo\n"
         "  discourse-rl info --model runs/reference --json\n"
+        "  discourse-rl info --machine      # this CPU, its probe's rates, the precision chosen\n"
         "--json prints a list of rows with the keys stage, macro_f1, sd, seeds, n_heldout,\n"
         "n_train, heldout, essay_f1, essay_jaccard, seconds, data, config, model.",
     )
-    _options(p, "model", "json")
+    flag, kwargs = _SHARED["model"]
+    p.add_argument(flag, **{**kwargs, "required": False})
+    p.add_argument(
+        "--machine",
+        action="store_true",
+        help="this machine: CPU, flags that matter, measured rates, chosen precision",
+    )
+    _options(p, "json")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.info import format_info, info_json, run_info
 
+    if args.machine:
+        from discourse_rl.ner import precision
+
+        m = precision.measured()
+        choice = precision.choose(m.rates, int8_auto=precision.INT8_AUTO)
+        report = precision.report_json(m, choice)
+        print(json.dumps(report) if args.json else "\n".join(precision.report_lines(m, choice)))
+        return 0
     info = run_info(args.model)
     print(json.dumps(info_json(info), indent=2) if args.json else format_info(info))
     return 0

@@ -236,7 +236,12 @@ def _coerce(value: Any, hint: Any) -> Any:
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
         raise rules.ConfigValueError("", value, f"expected {hint.__name__}")
-    if origin is typing.Literal and not isinstance(value, str):
+    # A literal of booleans too (e.g. "auto" | true | false) takes its own booleans.
+    if (
+        origin is typing.Literal
+        and not isinstance(value, str)
+        and not any(type(value) is type(a) and value == a for a in typing.get_args(hint))
+    ):
         raise rules.ConfigValueError("", value, "expected str")
     return value
 

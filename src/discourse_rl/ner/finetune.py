@@ -24,6 +24,7 @@ from discourse_rl.core.data import Corpus, Essay, save_word_probs
 from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.launch import distributed
 from discourse_rl.launch.workers import Job, run_jobs
+from discourse_rl.ner import precision
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.frozen_states import (
@@ -32,7 +33,7 @@ from discourse_rl.ner.frozen_states import (
     build_state_cache,
     drop_state_cache,
 )
-from discourse_rl.ner.inference import bf16_available, default_device, window_probs
+from discourse_rl.ner.inference import default_device, window_probs
 from discourse_rl.ner.model import NerModel
 from discourse_rl.ner.run import fold_split
 from discourse_rl.ner.tokens import (
@@ -185,7 +186,9 @@ def train_folds(
             trained = UpperModel(model, cfg.freeze_layers)
         trainer = Trainer(
             model=trained,
-            args=training_arguments(cfg, fold, device, seed + k),
+            args=training_arguments(
+                cfg, fold, device, seed + k, precision.train_bf16(cfg, device, encoder)
+            ),
             train_dataset=_WindowData(windows, rows if cache is not None else None),
             data_collator=collate,
             optimizers=(_optimizer(model, cfg), None),
@@ -226,7 +229,7 @@ def _state_cache(
     if not cfg.cache_frozen:
         return None
     flat = [w for ws in per_essay for w in ws]
-    bf16 = cfg.bf16 and bf16_available(device)
+    bf16 = precision.train_bf16(cfg, device, str(layout.ner_encoder))
 
     def build() -> StateCache:
         backbone = NerModel(load_encoder(layout.ner_encoder, 0.0, 0.0), cfg).to(device)
@@ -259,10 +262,13 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     return None
 
 
-def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, seed: int) -> Any:
+def training_arguments(
+    cfg: NerConfig, fold: FoldLayout, device: torch.device, seed: int, bf16: bool | None = None
+) -> Any:
     """The Trainer's settings for one fold, spelled for the installed transformers: 5.x takes a
     warm-up fraction as `warmup_steps` and a `train_sampling_strategy`; 4.x names them
-    `warmup_ratio` and `group_by_length`."""
+    `warmup_ratio` and `group_by_length`. `bf16`: autocast (default: `precision`'s choice for
+    the default shapes)."""
     # transformers and safetensors: loaded when a fold trains
     from transformers import TrainingArguments
 
@@ -284,7 +290,7 @@ def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, s
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
         lr_scheduler_type="linear",
-        bf16=cfg.bf16 and bf16_available(device),
+        bf16=precision.train_bf16(cfg, device) if bf16 is None else bf16,
         use_cpu=device.type == "cpu",
         save_strategy="steps",
         save_steps=cfg.save_every,

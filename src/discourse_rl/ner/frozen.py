@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.core import faults
+from discourse_rl.core import faults, rules
 from discourse_rl.core.arrays import FloatArray
 from discourse_rl.core.common import DiscourseRLError, atomic_save, progress, read_json
 from discourse_rl.core.data import NUM_LABELS, Corpus, save_word_probs
@@ -145,7 +145,7 @@ def train_frozen(
     device = default_device()
     for k, fold in enumerate(layout.folds(cfg.folds)):
         train_ids, val_ids = fold_split(folds, k)
-        done = {"config": asdict(cfg), "train": len(train_ids), "seed": seed + k}
+        done = {"config": rules.plain(cfg), "train": len(train_ids), "seed": seed + k}
         if fold.oof.is_file() and read_json(fold.done, None) == done:
             continue
         # Its record goes first: a crash before the new one is written leaves none.
@@ -215,7 +215,7 @@ def _train_head(
     )
     ckpt = fold.checkpoint
     step, epoch = 0, 0
-    identity = {"config": asdict(cfg), "train": len(train_ids), "seed": seed}
+    identity = {"config": rules.plain(cfg), "train": len(train_ids), "seed": seed}
     state = torch.load(ckpt, weights_only=False) if ckpt.is_file() else None
     if state is not None and state.get("identity") == identity:
         head.load_state_dict(state["head"])

@@ -22,6 +22,7 @@ from torch import nn
 from discourse_rl.core.arrays import FloatArray
 from discourse_rl.core.data import NUM_LABELS, Essay
 from discourse_rl.launch.distributed import local_rank
+from discourse_rl.ner import precision
 from discourse_rl.ner.backbone import encoder_inputs, encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.model import NerHead, NerModel, pool_words
@@ -57,12 +58,11 @@ def default_device() -> torch.device:
 
 
 def bf16_available(device: torch.device) -> bool:
+    """Whether bf16 runs at all: a GPU that has it; every CPU (natively or emulated, whether it
+    is worth it is measured: `precision`)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return True
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
@@ -103,13 +103,13 @@ def quantize_linears(module: _M) -> _M:
 
 
 def for_inference(model: _M, cfg: NerConfig, device: torch.device) -> _M:
-    """`model` ready to predict in `cfg.infer_dtype`: 'bf16' a bf16 encoder copy where `cfg.bf16`
-    and the hardware allow; 'int8' (CPU only; bf16 on a GPU) a dynamically quantised encoder
-    copy; otherwise the model itself in eval mode (fp32)."""
-    dtype = cfg.infer_dtype
+    """`model` ready to predict in the precision `cfg` gives on this machine
+    (`precision.infer_precision`: measured where `bf16 = "auto"`): a bf16 encoder copy, a
+    dynamically quantised one (int8, CPU only), or the model itself in eval mode (fp32)."""
+    dtype = precision.infer_precision(cfg, device, model)
     if dtype == "int8" and device.type == "cpu":
         return int8_encoder_copy(model)
-    if dtype in ("bf16", "int8") and cfg.bf16 and bf16_available(device):
+    if dtype == "bf16":
         return bf16_encoder_copy(model)
     return model.eval()
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core import artefacts
+from discourse_rl.core import artefacts, rules
 from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
@@ -52,7 +52,7 @@ def run_ner_config(run_dir: str | Path) -> NerConfig:
 
 def inputs_key(corpus: Corpus, cfg: NerConfig, seed: int) -> str:
     """What every fold model and probability of the stage depends on."""
-    text = json.dumps([asdict(cfg), seed, corpus.content_key()], sort_keys=True, default=str)
+    text = json.dumps([rules.plain(cfg), seed, corpus.content_key()], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -23,6 +23,7 @@ from discourse_rl.run import lock, space
 from discourse_rl.run.config import RunConfig, load_run_config
 from discourse_rl.run.pipeline import (
     Source,
+    announce_precision,
     dependents,
     finish_run,
     forget_step,
@@ -88,6 +89,7 @@ def train_ner(
             cfg = dataclasses.replace(cfg, seed=seed)
     lay = start_run(run)
     corpus = read_corpus(data, cfg, log)
+    announce_precision(cfg, log)
     log("[ner] running")
     forget_step(lay, read_stages(lay.stages), "ner")
     t0 = time.perf_counter()

@@ -290,6 +290,14 @@ def _warn_versions(stage: str, prev: StageRecord, old: RunFormat | None) -> None
         )
 
 
+def announce_precision(cfg: RunConfig, log: Callable[[str], None]) -> None:
+    """One line at the start: the CPU, the probe's rates and the precision chosen."""
+    if distributed.is_main():
+        from discourse_rl.ner.precision import announce
+
+        announce(cfg.ner, log)
+
+
 def read_corpus(
     data: str | Path | None, cfg: RunConfig, log: Callable[[str], None] = print
 ) -> Corpus:
@@ -319,6 +327,7 @@ def run_pipeline(
     old_format = check_format(out)
     lay = start_run(out)
     corpus = read_corpus(data, cfg, log)
+    announce_precision(cfg, log)
     source = Source.of(data, config, corpus)
     keys = stage_keys(corpus, cfg)
     legacy = stage_keys(corpus, cfg, legacy=True)
