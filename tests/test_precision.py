@@ -321,12 +321,12 @@ def test_announce_says_one_line_and_the_forced_cost_once(
 ) -> None:
     _inject(monkeypatch, EMULATED)
     lines: list[str] = []
-    auto = precision.announce(NerConfig(), lines.append)
+    auto = precision.announce(NerConfig(), torch.device("cpu"), lines.append)
     assert (auto.train, auto.infer) == ("fp32", "fp32") and len(lines) == 1
     assert lines[0].startswith("precision: AMD EPYC") and "chosen: training fp32" in lines[0]
     assert capsys.readouterr().err == ""
-    precision.announce(NerConfig(bf16=True), lines.append)
-    precision.announce(NerConfig(bf16=True), lines.append)
+    precision.announce(NerConfig(bf16=True), torch.device("cpu"), lines.append)
+    precision.announce(NerConfig(bf16=True), torch.device("cpu"), lines.append)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "bf16 = true is slower on this machine" in err[0]
 

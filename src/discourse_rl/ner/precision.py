@@ -23,6 +23,7 @@ setting: it never enters a stage key (`NerConfig.keyed`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -35,7 +36,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from discourse_rl.core.common import atomic_write_text
+
 if TYPE_CHECKING:
+    # torch loads only when measuring: `info --machine` reads the cache without it
     import torch
     from torch import nn
 
@@ -226,6 +230,7 @@ class Rates:
 def _probe_layer(shape: Shape) -> nn.Module:
     """One encoder layer's arithmetic: the fused query/key/value product, the attention call,
     the output product, the feed-forward pair, two layer norms."""
+    # torch loads only when measuring: `info --machine` reads the cache without it
     import torch
     from torch import nn
 
@@ -255,9 +260,9 @@ def _probe_layer(shape: Shape) -> nn.Module:
 def _int8_copy(layer: nn.Module) -> nn.Module | None:
     """`layer` with its linear layers dynamically quantised, or None where torch has no int8
     engine."""
-    import copy
     import warnings
 
+    # torch loads only when measuring: `info --machine` reads the cache without it
     import torch
     from torch import nn
 
@@ -279,8 +284,8 @@ def probe(shape: Shape | None = None, rounds: int = 3, budget: float = 0.6) -> R
     each, then `rounds` rounds taking turns (fewer, at least 2, once `budget` seconds are
     spent). Each precision's fastest round in thread CPU time -> tokens/s of the whole
     backbone."""
-    import copy
 
+    # torch loads only when measuring: `info --machine` reads the cache without it
     import torch
 
     from discourse_rl.core.common import torch_threads
@@ -404,7 +409,6 @@ def measured(
 ) -> Measured:
     """This machine's rates at `shape`: cached, else probed now and cached (a cache that cannot
     be written is skipped: the rates then last for this process)."""
-    from discourse_rl.core.common import atomic_write_text
 
     shape = shape or Shape()
     machine = machine or this_machine()
@@ -519,6 +523,7 @@ def _toml(value: Any) -> str:
 def _cuda_choice(device: torch.device, bf16: Bf16Setting, infer_dtype: str) -> Choice:
     """On a GPU: bf16 where the GPU has it (always faster there), unless forced off; int8
     inference is CPU only (bf16 instead), as before."""
+    # torch loads only when measuring: `info --machine` reads the cache without it
     import torch
 
     has = bool(torch.cuda.is_bf16_supported())
@@ -541,6 +546,7 @@ def resolve(cfg: NerConfig, device: torch.device | None = None, model: Any = Non
 def _backbone_folder(cfg: NerConfig) -> str | None:
     """The config's backbone as a local folder, when it is one (its config.json gives the
     shapes); None for a hub name (the default shapes then)."""
+    # the backbone module loads transformers: only when a config names one
     from discourse_rl.ner.backbone import resolve_backbone
 
     try:
@@ -592,12 +598,10 @@ def describe(m: Measured, choice: Choice) -> str:
     )
 
 
-def announce(cfg: NerConfig, log: Callable[[str], None] = print) -> Choice:
+def announce(cfg: NerConfig, device: torch.device, log: Callable[[str], None] = print) -> Choice:
     """At a run's start: `describe`'s line through `log`, and the forced-slower line once
-    (stderr). On a GPU, one line naming it."""
-    from discourse_rl.ner.inference import default_device
-
-    device = default_device()
+    (stderr). On a GPU, one line naming it. The caller names the device (the inference module,
+    which knows it, reads this one)."""
     if device.type == "cuda":
         choice = resolve(cfg, device)
         log(f"precision: GPU, training {choice.train}, inference {choice.infer}")

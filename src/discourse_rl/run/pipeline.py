@@ -293,9 +293,10 @@ def _warn_versions(stage: str, prev: StageRecord, old: RunFormat | None) -> None
 def announce_precision(cfg: RunConfig, log: Callable[[str], None]) -> None:
     """One line at the start: the CPU, the probe's rates and the precision chosen."""
     if distributed.is_main():
+        from discourse_rl.ner.inference import default_device
         from discourse_rl.ner.precision import announce
 
-        announce(cfg.ner, log)
+        announce(cfg.ner, default_device(), log)
 
 
 def read_corpus(
