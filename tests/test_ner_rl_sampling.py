@@ -37,7 +37,7 @@ def test_transition_mask_is_the_constrained_decoders() -> None:
 def test_masked_samples_are_valid_and_padded_with_o() -> None:
     logp = _logp(3, 40)
     lengths = torch.tensor([40, 17, 1])
-    labels = rs.sample_masked(logp, lengths, 5, torch.Generator().manual_seed(1))
+    labels = rs.sample_masked(logp, lengths, 5, np.random.default_rng(1))
     assert labels.shape == (3, 5, 40)
     for b in range(3):
         for k in range(5):
@@ -54,7 +54,7 @@ def test_masked_log_prob_is_a_distribution_and_matches_the_sampler() -> None:
     valid = torch.tensor([valid_labels(s.numpy()) for s in seqs])
     lp = rs.masked_log_prob(logp, seqs[valid][None], lengths)[0]
     assert float(lp.exp().sum()) == pytest.approx(1.0, abs=1e-5)
-    draws = rs.sample_masked(logp, lengths, 20000, torch.Generator().manual_seed(3))[0]
+    draws = rs.sample_masked(logp, lengths, 20000, np.random.default_rng(3))[0]
     index = {tuple(s.tolist()): j for j, s in enumerate(seqs[valid])}
     freq = np.bincount([index[tuple(d.tolist())] for d in draws], minlength=len(index)) / 20000
     assert np.abs(freq - lp.exp().numpy()).max() < 0.02
@@ -88,7 +88,7 @@ def test_lattice_log_prob_is_a_distribution_over_valid_paths(unique: tuple[int, 
     assert float(rs.lattice_log_partition(logp, lengths, lat)[0].exp()) == pytest.approx(total)
     lp = rs.lattice_log_prob(logp, seqs[valid][None], lengths, lat)[0]
     assert float(lp.exp().sum()) == pytest.approx(1.0, abs=1e-6)
-    draws = rs.sample_lattice(logp, lengths, 20000, lat, torch.Generator().manual_seed(6))[0]
+    draws = rs.sample_lattice(logp, lengths, 20000, lat, np.random.default_rng(6))[0]
     index = {tuple(s.tolist()): j for j, s in enumerate(seqs[valid])}
     assert all(tuple(d.tolist()) in index for d in draws)  # valid, limits kept
     freq = np.bincount([index[tuple(d.tolist())] for d in draws], minlength=len(index)) / 20000
@@ -102,7 +102,7 @@ def test_lattice_samples_respect_lengths_and_limits() -> None:
     lat = rs.lattice((0, 1, 6))
     logp = _logp(3, 50, seed=7)
     lengths = torch.tensor([50, 9, 1])
-    labels = rs.sample_lattice(logp, lengths, 4, lat, torch.Generator().manual_seed(8))
+    labels = rs.sample_lattice(logp, lengths, 4, lat, np.random.default_rng(8))
     for b in range(3):
         n = int(lengths[b])
         for k in range(4):
@@ -118,9 +118,9 @@ def test_log_probs_have_gradients() -> None:
     logits = torch.randn(2, 8, NUM_LABELS, requires_grad=True)
     logp = torch.log_softmax(logits, -1)
     lengths = torch.tensor([8, 5])
-    labels = rs.sample_masked(logp, lengths, 3, torch.Generator().manual_seed(0))
+    labels = rs.sample_masked(logp, lengths, 3, np.random.default_rng(0))
     lat = rs.lattice((0,))
-    lab2 = rs.sample_lattice(logp, lengths, 3, lat, torch.Generator().manual_seed(0))
+    lab2 = rs.sample_lattice(logp, lengths, 3, lat, np.random.default_rng(0))
     loss = rs.masked_log_prob(logp, labels, lengths).sum()
     loss = loss + rs.lattice_log_prob(logp, lab2, lengths, lat).sum()
     loss.backward()
@@ -163,3 +163,25 @@ def test_viterbi_still_agrees_on_long_essays() -> None:
     lat = rs.lattice((0, 1, 6))
     p = _logp(1, 200, seed=9, sharp=3.0).exp()[0].numpy()
     assert np.array_equal(rs.lattice_greedy([p], lat)[0], viterbi(p, (0, 1, 6)))
+
+
+@pytest.mark.parametrize("unique", [(), (0, 6)])
+def test_lattice_gradient_is_the_autograd_one(unique: tuple[int, ...]) -> None:
+    """The surrogate's gradient (forward-backward marginals) equals autograd through a plain
+    torch forward pass."""
+    lat = rs.lattice(unique)
+    logits = torch.randn(2, 7, NUM_LABELS, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([7, 4])
+    logp = torch.log_softmax(logits, -1)
+    rs.lattice_log_partition(logp, lengths, lat).sum().backward()
+    ours = logits.grad.clone()
+    logits.grad = None
+    emit = torch.log_softmax(logits, -1).exp()[:, :, lat.label]
+    total = torch.zeros(())
+    for b in range(2):
+        alpha = emit[b, 0] * lat.first.double()
+        for t in range(1, int(lengths[b])):
+            alpha = (alpha @ lat.step.double()) * emit[b, t]
+        total = total + alpha.sum().log()
+    total.backward()
+    assert torch.allclose(ours, logits.grad, atol=1e-8)

@@ -51,9 +51,8 @@ def transition_mask() -> torch.Tensor:
 _ALLOWED = transition_mask()
 
 
-def _gumbel(shape: Sequence[int], generator: torch.Generator | None) -> torch.Tensor:
-    u = torch.rand(*shape, generator=generator, dtype=torch.float64)
-    return -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-12)))
+def _gumbel(shape: Sequence[int], rng: np.random.Generator | None) -> np.ndarray:
+    return (rng or np.random.default_rng()).gumbel(size=tuple(shape))
 
 
 def _word_mask(lengths: torch.Tensor, n: int) -> torch.Tensor:
@@ -68,7 +67,7 @@ def sample_masked(
     logp: torch.Tensor,
     lengths: torch.Tensor,
     k: int,
-    generator: torch.Generator | None = None,
+    rng: np.random.Generator | None = None,
     greedy: bool = False,
 ) -> torch.Tensor:
     """K sequences per essay drawn word by word under the transition mask (Gumbel-max: the noise
@@ -76,19 +75,20 @@ def sample_masked(
     one noiseless sequence per essay (the masked argmax), K ignored."""
     b, n, _ = logp.shape
     k = 1 if greedy else k
-    scores = logp.detach().double()[:, None].expand(b, k, n, NUM_LABELS)
+    # The loop runs in numpy: on arrays this small torch's per-call cost dominates.
+    scores = np.broadcast_to(logp.detach().double().numpy()[:, None], (b, k, n, NUM_LABELS))
     if not greedy:
-        scores = scores + _gumbel((b, k, n, NUM_LABELS), generator)
-    live = _word_mask(lengths, n)
-    out = torch.zeros(b, k, n, dtype=torch.int64)
-    prev = torch.full((b, k), START, dtype=torch.int64)
-    blocked = torch.where(_ALLOWED, 0.0, -torch.inf).double()
+        scores = scores + _gumbel((b, k, n, NUM_LABELS), rng)
+    live = _word_mask(lengths, n).numpy()
+    out = np.zeros((b, k, n), dtype=np.int64)
+    prev = np.full((b, k), START, dtype=np.int64)
+    blocked = np.where(_ALLOWED.numpy(), 0.0, -np.inf)
     for t in range(n):
         lab = (scores[:, :, t] + blocked[prev]).argmax(-1)
-        lab = torch.where(live[:, t, None], lab, 0)
+        lab = np.where(live[:, t, None], lab, 0)
         out[:, :, t] = lab
         prev = lab
-    return out
+    return torch.from_numpy(out)
 
 
 def masked_log_prob(logp: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -161,33 +161,65 @@ def lattice(unique: Sequence[int] = ()) -> Lattice:
 _FLOOR = 1e-12  # as `constrained.viterbi`: no label is impossible in the emissions
 
 
-def _forward(
-    logp: torch.Tensor, lengths: torch.Tensor, lat: Lattice
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised forward messages (B, N, S) and the log partition function (B,), in float64;
-    differentiable in `logp`. Past an essay's end the messages stay as they were."""
-    b, n, _ = logp.shape
-    emit = logp.double().exp().clamp_min(_FLOOR)[:, :, lat.label]  # (B, N, S)
-    step = lat.step.double()
-    live = _word_mask(lengths, n)
-    alpha = emit[:, 0] * lat.first.double()
-    norm = alpha.sum(-1, keepdim=True)
-    alpha = alpha / norm
-    log_z = torch.where(live[:, 0], norm[:, 0].log(), 0.0)
-    msgs = [alpha]
-    for t in range(1, n):
-        nxt = (alpha @ step) * emit[:, t]
-        norm = nxt.sum(-1, keepdim=True)
-        on = live[:, t, None]
-        alpha = torch.where(on, nxt / norm, alpha)
-        log_z = log_z + torch.where(on[:, 0], norm[:, 0].log(), 0.0)
-        msgs.append(alpha)
-    return torch.stack(msgs, 1), log_z
+def _emissions(logp: torch.Tensor, lat: Lattice) -> np.ndarray:
+    """(B, N, S) float64 probability of each state's label, floored."""
+    probs = np.maximum(logp.detach().double().exp().numpy(), _FLOOR)
+    return np.asarray(probs[:, :, lat.label.numpy()])
+
+
+def _forward(emit: np.ndarray, lengths: np.ndarray, lat: Lattice) -> tuple[np.ndarray, np.ndarray]:
+    """Forward messages (B, N, S), each normalised to sum 1, and the log partition function (B,).
+    Past an essay's end the messages stay as they were."""
+    b, n, _ = emit.shape
+    step = lat.step.numpy().astype(np.float64)
+    msgs = np.empty_like(emit)
+    alpha = emit[:, 0] * lat.first.numpy()
+    log_z = np.zeros(b)
+    for t in range(n):
+        if t:
+            alpha = (alpha @ step) * emit[:, t]
+        norm = alpha.sum(-1, keepdims=True)
+        on = (t < lengths)[:, None]
+        alpha = np.where(on, alpha / norm, msgs[:, t - 1] if t else alpha)
+        log_z += np.where(on[:, 0], np.log(norm[:, 0]), 0.0)
+        msgs[:, t] = alpha
+    return msgs, log_z
+
+
+def _marginals(
+    emit: np.ndarray, msgs: np.ndarray, lengths: np.ndarray, lat: Lattice
+) -> np.ndarray:
+    """(B, N, 15) posterior probability of each label at each word over the valid paths (zero
+    past an essay's end): the gradient of the log partition function in the log-probabilities."""
+    b, n, s = emit.shape
+    step = lat.step.numpy().astype(np.float64)
+    beta = np.ones((b, s))
+    out = np.zeros((b, n, NUM_LABELS))
+    label = lat.label.numpy()
+    for t in range(n - 1, -1, -1):
+        if t < n - 1:
+            nxt = step @ (emit[:, t + 1] * beta).T  # (S, B)
+            nxt = nxt.T / nxt.sum(0)[:, None]
+            beta = np.where((t < lengths - 1)[:, None], nxt, 1.0)
+        post = msgs[:, t] * beta
+        post = post / post.sum(-1, keepdims=True)
+        post = np.where((t < lengths)[:, None], post, 0.0)
+        out[:, t] = post.reshape(b, -1, NUM_LABELS).sum(1)
+    return out
 
 
 def lattice_log_partition(logp: torch.Tensor, lengths: torch.Tensor, lat: Lattice) -> torch.Tensor:
-    """(B,) log of the summed product of word probabilities over every valid path."""
-    return _forward(logp, lengths, lat)[1]
+    """(B,) log of the summed product of word probabilities over every valid path. Computed in
+    numpy by forward filtering; its gradient in `logp` is the posterior label marginals
+    (forward-backward), attached through a surrogate with the same value."""
+    emit = _emissions(logp, lat)
+    lens = lengths.numpy()
+    msgs, log_z = _forward(emit, lens, lat)
+    value = torch.from_numpy(log_z).to(logp.dtype)
+    if not logp.requires_grad:
+        return value
+    marg = torch.from_numpy(_marginals(emit, msgs, lens, lat)).to(logp.dtype)
+    return value + (marg * (logp - logp.detach())).sum((1, 2))
 
 
 def sample_lattice(
@@ -195,27 +227,27 @@ def sample_lattice(
     lengths: torch.Tensor,
     k: int,
     lat: Lattice,
-    generator: torch.Generator | None = None,
+    rng: np.random.Generator | None = None,
 ) -> torch.Tensor:
     """K sequences per essay drawn exactly from the lattice's path distribution (forward
-    filtering, then backward sampling with Gumbel-max over the predecessor states)."""
+    filtering, then backward sampling of each state given the next)."""
     b, n, _ = logp.shape
-    with torch.no_grad():
-        msgs, _ = _forward(logp.detach(), lengths, lat)
-    log_msgs = msgs.clamp_min(1e-300).log()  # (B, N, S)
-    log_step_t = torch.where(lat.step.T, 0.0, -torch.inf).double()  # [dest, src]
-    noise = _gumbel((b, k, n, lat.n_states), generator)
-    state = torch.zeros(b, k, dtype=torch.int64)
-    out = torch.zeros(b, k, n, dtype=torch.int64)
-    last = (lengths - 1)[:, None]
+    msgs, _ = _forward(_emissions(logp, lat), lengths.numpy(), lat)
+    step_t = lat.step.T.numpy().astype(np.float64)  # [dest, src]
+    # Inverse-CDF draws: one uniform per word and sample instead of Gumbel noise per state.
+    uniform = (rng or np.random.default_rng()).random((n, b, k))
+    labels = lat.label.numpy()
+    state = np.zeros((b, k), dtype=np.int64)
+    out = np.zeros((b, k, n), dtype=np.int64)
+    last = (lengths - 1).numpy()[:, None]
     for t in range(n - 1, -1, -1):
-        base = log_msgs[:, t][:, None] + noise[:, :, t]  # (B, K, S)
-        cont = base + log_step_t[state]
-        pick = torch.where((t == last)[..., None], base, cont).argmax(-1)
+        weights = msgs[:, t][:, None] * np.where((t == last)[..., None], 1.0, step_t[state])
+        cum = np.cumsum(weights, -1)
+        pick = (cum < (uniform[t] * cum[..., -1])[..., None]).sum(-1)
         live = t <= last
-        state = torch.where(live, pick, state)
-        out[:, :, t] = torch.where(live, lat.label[state], 0)
-    return out
+        state = np.where(live, np.minimum(pick, lat.n_states - 1), state)
+        out[:, :, t] = np.where(live, labels[state], 0)
+    return torch.from_numpy(out)
 
 
 def lattice_states(labels: torch.Tensor, lat: Lattice) -> torch.Tensor:
@@ -235,7 +267,9 @@ def lattice_log_prob(
     log-probabilities (floored as in the forward pass) minus the log partition function."""
     b, k, n = labels.shape
     log_z = lattice_log_partition(logp, lengths, lat)
-    emit = logp.double().exp().clamp_min(_FLOOR).log()[:, None].expand(b, k, n, NUM_LABELS)
+    # The floor of the forward pass, kept out of the gradient (as there).
+    floored = torch.maximum(logp, torch.full_like(logp, np.log(_FLOOR)))
+    emit = floored[:, None].expand(b, k, n, NUM_LABELS)
     chosen = emit.gather(-1, labels[..., None])[..., 0]
     live = _word_mask(lengths, n)[:, None]
     return torch.where(live, chosen, 0.0).sum(-1) - log_z[:, None]
