@@ -299,7 +299,9 @@ def greedy(logp: torch.Tensor, lengths: torch.Tensor, lattice: rs.Lattice | None
         return rs.sample_masked(logp, lengths, 1, greedy=True)
     probs = logp.detach().exp().double().numpy()
     out = torch.zeros(logp.shape[0], 1, logp.shape[1], dtype=torch.int64)
-    for b, path in enumerate(rs.lattice_greedy([probs[b, : int(n)] for b, n in enumerate(lengths)], lattice)):
+    for b, path in enumerate(
+        rs.lattice_greedy([probs[b, : int(n)] for b, n in enumerate(lengths)], lattice)
+    ):
         out[b, 0, : path.size] = torch.from_numpy(path)
     return out
 
@@ -398,7 +400,8 @@ def _order(n: int, batch: int, seed: int, step: int) -> list[int]:
     per_epoch = max(n // batch, 1)
     epoch, j = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[j * batch : (j + 1) * batch].tolist() or perm[:batch].tolist()
+    chosen: list[int] = perm[j * batch : (j + 1) * batch].tolist() or perm[:batch].tolist()
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -448,7 +451,10 @@ def _finish_fold(model: NerModel, arm: _Arm, out: FoldLayout, done: dict[str, An
 
 
 def _is_done(out: FoldLayout, identity: dict[str, Any]) -> bool:
-    return out.model.is_file() and out.oof.is_file() and read_json(out.done) == identity
+    done = read_json(out.done)
+    if not (out.model.is_file() and out.oof.is_file() and isinstance(done, dict)):
+        return False
+    return {k: done.get(k) for k in identity} == identity
 
 
 def _run_loop(
@@ -590,7 +596,12 @@ def train_fold_control(arm: _Arm, seconds: float) -> dict[str, Any]:
     out = control_fold(arm.layout, arm.k)
     c = arm.cfg
     identity = {
-        "control": {"lr": c.lr, "head_lr": c.head_lr, "warmup": c.warmup_steps, "wd": c.weight_decay},
+        "control": {
+            "lr": c.lr,
+            "head_lr": c.head_lr,
+            "warmup": c.warmup_steps,
+            "wd": c.weight_decay,
+        },
         "seconds": round(seconds, 2),
         "seed": arm.seed + arm.k,
         "train": len(arm.train),
@@ -743,7 +754,9 @@ def plot_curves(layout: RunLayout, n_folds: int, arms: Sequence[str]) -> Path | 
                 axes[0].fill_between(steps, reward - spread, reward + spread, alpha=0.2)
                 axes[1].plot(steps, [h["kl"] for h in hist if "kl" in h], label=f"KL, fold {k}")
                 axes[1].plot(
-                    steps, [h["entropy"] for h in hist if "entropy" in h], "--",
+                    steps,
+                    [h["entropy"] for h in hist if "entropy" in h],
+                    "--",
                     label=f"entropy, fold {k}",
                 )
     axes[0].set(title="sampled reward (mean ± spread in essay)", xlabel="update")

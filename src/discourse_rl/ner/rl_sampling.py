@@ -91,7 +91,9 @@ def sample_masked(
     return torch.from_numpy(out)
 
 
-def masked_log_prob(logp: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def masked_log_prob(
+    logp: torch.Tensor, labels: torch.Tensor, lengths: torch.Tensor
+) -> torch.Tensor:
     """(B, K) log-probability of each sequence under the masked sampler (differentiable in
     `logp`): per word, its label's log-probability minus the log of the mass its predecessor
     allows, summed over the essay's words."""
@@ -186,16 +188,13 @@ def _forward(emit: np.ndarray, lengths: np.ndarray, lat: Lattice) -> tuple[np.nd
     return msgs, log_z
 
 
-def _marginals(
-    emit: np.ndarray, msgs: np.ndarray, lengths: np.ndarray, lat: Lattice
-) -> np.ndarray:
+def _marginals(emit: np.ndarray, msgs: np.ndarray, lengths: np.ndarray, lat: Lattice) -> np.ndarray:
     """(B, N, 15) posterior probability of each label at each word over the valid paths (zero
     past an essay's end): the gradient of the log partition function in the log-probabilities."""
     b, n, s = emit.shape
     step = lat.step.numpy().astype(np.float64)
     beta = np.ones((b, s))
     out = np.zeros((b, n, NUM_LABELS))
-    label = lat.label.numpy()
     for t in range(n - 1, -1, -1):
         if t < n - 1:
             nxt = step @ (emit[:, t + 1] * beta).T  # (S, B)
@@ -239,9 +238,10 @@ def sample_lattice(
     labels = lat.label.numpy()
     state = np.zeros((b, k), dtype=np.int64)
     out = np.zeros((b, k, n), dtype=np.int64)
-    last = (lengths - 1).numpy()[:, None]
+    last: np.ndarray = (lengths - 1).numpy()[:, None]
     for t in range(n - 1, -1, -1):
-        weights = msgs[:, t][:, None] * np.where((t == last)[..., None], 1.0, step_t[state])
+        at_end = np.equal(last, t)[..., None]
+        weights = msgs[:, t][:, None] * np.where(at_end, 1.0, step_t[state])
         cum = np.cumsum(weights, -1)
         pick = (cum < (uniform[t] * cum[..., -1])[..., None]).sum(-1)
         live = t <= last
@@ -297,7 +297,8 @@ def batch_spans(labels: np.ndarray, lengths: np.ndarray) -> list[Spans]:
     cuts = np.searchsorted(row, np.arange(m + 1))
     s, e = start - offset, end - offset
     return [
-        (cls[a:b], s[a:b], e[a:b]) for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)
+        (cls[a:b], s[a:b], e[a:b])
+        for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=True)
     ]
 
 
@@ -314,9 +315,7 @@ def sequence_counts(labels: torch.Tensor, lengths: torch.Tensor, gold: Sequence[
     return out.reshape(b, k, N_CLASSES, 3)
 
 
-def sequence_rewards(
-    counts: IntArray, kind: str, macro: MacroReward | None = None
-) -> np.ndarray:
+def sequence_rewards(counts: IntArray, kind: str, macro: MacroReward | None = None) -> np.ndarray:
     """Rewards of (..., 7, 3) counts with the project's one reward module (`agent.reward`):
     'f1', 'jaccard' or 'macro' (the macro-aligned reward; needs `macro`)."""
     return rewards(counts, kind, macro)
@@ -329,11 +328,13 @@ def advantages(reward: np.ndarray, baseline: str, greedy: np.ndarray | None = No
         k = reward.shape[1]
         if k < 2:
             raise ValueError("the leave-one-out baseline needs at least 2 samples per essay")
-        return reward - (reward.sum(1, keepdims=True) - reward) / (k - 1)
+        out: np.ndarray = reward - (reward.sum(1, keepdims=True) - reward) / (k - 1)
+        return out
     if baseline == "greedy":
         if greedy is None:
             raise ValueError("the greedy baseline needs the greedy sequences' rewards")
-        return reward - greedy[:, None]
+        sc: np.ndarray = reward - greedy[:, None]
+        return sc
     raise ValueError(f"baseline must be 'rloo' or 'greedy', got {baseline!r}")
 
 
