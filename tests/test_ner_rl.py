@@ -190,7 +190,7 @@ def test_phase_and_control_on_a_tiny_run(tiny_run, tmp_path: Path) -> None:  # t
         for i, p in probs.items():
             assert p.shape == (corpus.essays[i].n_words, NUM_LABELS)
             assert np.allclose(p.sum(1), 1.0, atol=1e-2)
-        assert (rl.arm_dir(layout, arm) / "metrics.json").is_file()
+        assert 0.0 <= metrics[arm]["naive_macro_f1"] <= 1.0
     done = json.loads(rl.rl_fold(layout, 0).done.read_text())
     control = json.loads(rl.control_fold(layout, 0).done.read_text())
     assert done["steps"] == 4
@@ -239,7 +239,10 @@ def test_a_killed_phase_resumes_where_it_stopped(
     assert state["step"] == 2
     rl.train_rl(corpus, ner, cfg, RunLayout(killed), folds, 1)
     for k in (0, 1):
-        runs = [json.loads((rl.rl_fold(RunLayout(r), k).root / "history.json").read_text()) for r in (whole, killed)]
+        runs = [
+            json.loads((rl.rl_fold(RunLayout(r), k).root / "history.json").read_text())
+            for r in (whole, killed)
+        ]
         assert [h["step"] for h in runs[1]["history"]] == [1, 2, 3, 4]
         for a, b in zip(*(r["history"] for r in runs), strict=True):
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-6)

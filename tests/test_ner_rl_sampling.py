@@ -159,10 +159,25 @@ def test_advantages() -> None:
         rs.advantages(r[:, :1], "rloo")
 
 
-def test_viterbi_still_agrees_on_long_essays() -> None:
-    lat = rs.lattice((0, 1, 6))
-    p = _logp(1, 200, seed=9, sharp=3.0).exp()[0].numpy()
-    assert np.array_equal(rs.lattice_greedy([p], lat)[0], viterbi(p, (0, 1, 6)))
+@pytest.mark.parametrize("unique", [(), (0, 1, 6)])
+def test_the_lattice_mode_is_the_constrained_viterbi(unique: tuple[int, ...]) -> None:
+    lat = rs.lattice(unique)
+    probs = _logp(3, 200, seed=9, sharp=3.0).exp().numpy()
+    probs[1, :50] = probs[0, :50] ** 4  # sharper stretches
+    for p, got in zip(probs, rs.lattice_greedy(list(probs), lat), strict=True):
+        assert np.array_equal(got, viterbi(p, unique))
+    assert rs.lattice_greedy([probs[0, :0]], lat)[0].size == 0
+
+
+def test_limited_classes_are_the_constrained_decoders() -> None:
+    from discourse_rl.constrained import ConstrainedConfig, unique_classes
+    from discourse_rl.data import load_corpus
+
+    corpus = load_corpus()
+    ids = sorted(corpus.essays)[:120]
+    for share, most in ((0.99, 3), (0.9, 2), (0.5, 7)):
+        want = unique_classes(corpus, ids, ConstrainedConfig(unique_share=share, max_unique=most))
+        assert rs.unique_classes(corpus, ids, share, most) == want
 
 
 @pytest.mark.parametrize("unique", [(), (0, 6)])

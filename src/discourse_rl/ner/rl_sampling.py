@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from discourse_rl import constrained, metric
+from discourse_rl import metric
 from discourse_rl.agent.reward import MacroReward, Spans, rewards
 from discourse_rl.arrays import IntArray
-from discourse_rl.data import CLASSES, NUM_LABELS, labels_to_spans
+from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, class_counts, labels_to_spans
 
 N_CLASSES = len(CLASSES)
 START = NUM_LABELS
@@ -276,8 +276,46 @@ def lattice_log_prob(
 
 
 def lattice_greedy(probs: Sequence[np.ndarray], lat: Lattice) -> list[IntArray]:
-    """The constrained decoder's best path per essay (its Viterbi)."""
-    return [constrained.viterbi(p, lat.unique) for p in probs]
+    """The most probable valid path per essay (max-product over the lattice, word
+    probabilities floored as in the forward pass): the constrained decoder's Viterbi sequence,
+    computed here so that the tagger's layer needs no decoder (a test checks they agree)."""
+    log_step = np.where(lat.step.numpy(), 0.0, -np.inf)
+    first = np.where(lat.first.numpy(), 0.0, -np.inf)
+    label = lat.label.numpy()
+    out = []
+    for p in probs:
+        n = p.shape[0]
+        if n == 0:
+            out.append(np.zeros(0, dtype=np.int64))
+            continue
+        emit = np.log(np.maximum(np.asarray(p, dtype=np.float64), _FLOOR))[:, label]
+        back = np.zeros((n, lat.n_states), dtype=np.int64)
+        score = first + emit[0]
+        for t in range(1, n):
+            cand = score[:, None] + log_step  # [src, dest]
+            back[t] = cand.argmax(0)
+            score = cand.max(0) + emit[t]
+        state = int(score.argmax())
+        path = np.empty(n, dtype=np.int64)
+        for t in range(n - 1, -1, -1):
+            path[t] = label[state]
+            state = int(back[t, state])
+        out.append(path)
+    return out
+
+
+def unique_classes(corpus: Corpus, ids: Sequence[str], share: float, most: int) -> tuple[int, ...]:
+    """The types the lattice allows once per essay: at least `share` of the essays `ids` have at
+    most one span of them (the surest first, at most `most`), as the constrained decoder's fit
+    chooses them (a test checks they agree)."""
+    counts = class_counts(corpus.subset(ids)).to_numpy()
+    if counts.shape[0] == 0:
+        return ()
+    at_most_one = (counts <= 1).mean(0)
+    present = (counts > 0).any(0)
+    order = [c for c in np.argsort(-at_most_one, kind="stable") if present[c]]
+    chosen = [int(c) for c in order if at_most_one[c] >= share][:most]
+    return tuple(sorted(chosen))
 
 
 # ---------------------------------------------------------------------------------------------
