@@ -312,7 +312,7 @@ def unique_classes(corpus: Corpus, ids: Sequence[str], share: float, most: int) 
     if counts.shape[0] == 0:
         return ()
     at_most_one = (counts <= 1).mean(0)
-    present = (counts > 0).any(0)
+    present = np.asarray((counts > 0).any(0), dtype=np.bool_)
     order = [c for c in np.argsort(-at_most_one, kind="stable") if present[c]]
     chosen = [int(c) for c in order if at_most_one[c] >= share][:most]
     return tuple(sorted(chosen))
