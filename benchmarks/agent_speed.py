@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from benchmarks.common import run_benchmark
-from discourse_rl.agent import AgentConfig, FineTuneInputs, train_bc, train_ppo
-from discourse_rl.agent.common import torch_threads
-from discourse_rl.agent.policy import make_policy, predict_actions
-from discourse_rl.agent.ppo import make_env
-from discourse_rl.data import load_corpus
-from discourse_rl.env import SegmentLabelEnv, gold_table
-from discourse_rl.segments import (
+from discourse_rl.core.data import load_corpus
+from discourse_rl.decoders.agent import AgentConfig, FineTuneInputs, train_bc, train_ppo
+from discourse_rl.decoders.agent.common import torch_threads
+from discourse_rl.decoders.agent.env import SegmentLabelEnv, gold_table
+from discourse_rl.decoders.agent.policy import make_policy, predict_actions
+from discourse_rl.decoders.agent.ppo import make_env
+from discourse_rl.decoders.segments import (
     SegmentConfig,
     make_segments,
     segment_gold_actions,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.core.common import DiscourseRLError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT / ".." / "shared" / "data" / "feedback-prize-2021"

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, one_line_errors
-from discourse_rl.agent.bc import train_bc
-from discourse_rl.agent.common import AgentConfig, split_validation
-from discourse_rl.common import atomic_write_text
-from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.segments import (
+from discourse_rl.core.common import atomic_write_text
+from discourse_rl.core.data import Corpus, load_corpus
+from discourse_rl.decoders.agent.bc import train_bc
+from discourse_rl.decoders.agent.common import AgentConfig, split_validation
+from discourse_rl.decoders.segments import (
     EssaySegments,
     load_segments,
     make_segments,
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=SETUP, help="where the setup is cached")
     args = ap.parse_args()
     s = prepare(args.out, args.essays, args.data)
-    from discourse_rl.agent.policy import load_policy, score_policy
+    from discourse_rl.decoders.agent.policy import load_policy, score_policy
 
     f1 = score_policy(load_policy(s.bc_path), s.test, s.corpus).macro_f1
     print(f"train {len(s.train)}, val {len(s.val)}, held out {len(s.test)}; BC held-out {f1:.4f}")

@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import one_line_errors, run_benchmark
-from discourse_rl import constrained, metric, spans
-from discourse_rl.data import load_corpus
-from discourse_rl.protocol import heldout_split
-from discourse_rl.segments import gold_frame, simulate_word_probs
-from discourse_rl.spans.model import build_candidates
+from discourse_rl.core import metric
+from discourse_rl.core.data import load_corpus
+from discourse_rl.core.protocol import heldout_split
+from discourse_rl.decoders import constrained
+from discourse_rl.decoders import gbdt as spans
+from discourse_rl.decoders.gbdt.model import build_candidates
+from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 
 
 def main(argv: list[str] | None = None) -> None:

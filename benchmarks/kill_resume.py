@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import parser, run_benchmark
-from discourse_rl.common import TEMP_PATTERN, DiscourseRLError
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import TEMP_PATTERN, DiscourseRLError
+from discourse_rl.core.layout import RunLayout
 
 PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("ner-train", re.compile(r"^\[ner\] running|^encode essays|^fold\d+ head")),

@@ -21,8 +21,8 @@ import numpy as np
 from benchmarks.common import parser, run_benchmark
 from benchmarks.serve_load import _post, start_server, stop_server
 from discourse_rl import Labeller
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import load_corpus
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import load_corpus
 
 
 def _percentiles(xs: list[float]) -> dict[str, float]:
@@ -32,8 +32,11 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = parser(__doc__, model=True)
     ap.add_argument("--stage", default=None, help="default: the run's best")
-    ap.add_argument("--words", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=20)
+    for flag, default, what in (
+        ("--words", 500, "words of the essay labelled"),
+        ("--repeats", 20, "how many times it is labelled"),
+    ):
+        ap.add_argument(flag, type=int, default=default, help=f"{what} ({default})")
     run_benchmark(ap, measure, argv)
 
 

@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.metric --data src/discourse_rl/sample    # seconds
 
 Measures `metric.score` (parsing predictionstrings, and on word ranges as the pipeline hands
-them over) against the pandas oracle (`discourse_rl.metric_oracle`) on the same perturbed
+them over) against the pandas oracle (`tests.metric_oracle`) on the same perturbed
 predictions, checks that both give identical per-class scores wherever the oracle cannot
 double-count, and times the per-essay reward (`essay_counts` + `essay_f1`). Prints both
 implementations' times and scores, their ratio, and the per-essay reward's time. Targets on 2
@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from benchmarks.common import SHARED_DATA, parser, require, run_benchmark
-from discourse_rl.data import CLASS_INDEX, CLASSES, predictionstring
-from discourse_rl.metric import essay_counts, essay_f1, score
-from discourse_rl.metric_oracle import oracle_score
+from discourse_rl.core.data import CLASS_INDEX, CLASSES, predictionstring
+from discourse_rl.core.metric import essay_counts, essay_f1, score
+from tests.metric_oracle import oracle_score
 
 
 def perturb(gt: pd.DataFrame, seed: int) -> pd.DataFrame:

@@ -44,9 +44,10 @@ import torch
 
 from benchmarks.background import KINDS, busy_background, cpu_seconds
 from benchmarks.common import require, run_benchmark
-from discourse_rl.common import DiscourseRLError, torch_threads
-from discourse_rl.data import NUM_LABELS, load_corpus
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import DiscourseRLError, torch_threads
+from discourse_rl.core.data import NUM_LABELS, load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.launch.workers import Job, run_jobs
 from discourse_rl.ner import NerConfig, NerPredictor
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, resolve_backbone
 from discourse_rl.ner.config import INFER_DTYPES, PREDICT_WINDOWS
@@ -59,7 +60,6 @@ from discourse_rl.ner.inference import (
     int8_encoder_copy,
 )
 from discourse_rl.ner.model import NerModel
-from discourse_rl.workers import Job, run_jobs
 
 
 def tokens_per_second(
@@ -248,7 +248,7 @@ def side_by_side(args: argparse.Namespace, processes: int) -> dict[str, float]:
     """Summed rates of `processes` single-thread child processes measuring at once, started by
     the package's own launcher (as the fold processes are)."""
     # By its module's name: run as `python -m`, this module is `__main__`, which a child
-    # (itself `discourse_rl.workers` there) cannot find the function in.
+    # (itself `discourse_rl.launch.workers` there) cannot find the function in.
     function = importlib.import_module("benchmarks.ner_speed").sibling_rates
     with tempfile.TemporaryDirectory(prefix="ner-speed-") as tmp:
         jobs = [

@@ -31,13 +31,13 @@ import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, parser, run_benchmark
 from benchmarks.episode_data import SETUP, fresh_heldout, prepare
-from discourse_rl import metric
-from discourse_rl.agent import FineTuneInputs, predict_spans
-from discourse_rl.agent.episode import EpisodeConfig, train_episode
-from discourse_rl.agent.ppo import train_ppo
-from discourse_rl.common import atomic_write_text
-from discourse_rl.records import TrainedPolicy
-from discourse_rl.segments import gold_frame
+from discourse_rl.core import metric
+from discourse_rl.core.common import atomic_write_text
+from discourse_rl.core.records import TrainedPolicy
+from discourse_rl.decoders.agent import FineTuneInputs, predict_spans
+from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.decoders.agent.ppo import train_ppo
+from discourse_rl.decoders.segments import gold_frame
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,8 +31,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 from benchmarks.common import parser, require, run_benchmark
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import read_essay, sample_dir
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import read_essay, sample_dir
 
 
 def _free_port() -> int:
@@ -119,7 +119,7 @@ def start_server(model: Path, stage: str | None = None) -> tuple[str, subprocess
     """`discourse-rl serve` as a child process on a free port of 127.0.0.1, once healthy."""
     require(model, "no such run folder or model file")
     port = _free_port()
-    cmd = [sys.executable, "-m", "discourse_rl.cli", "serve", "--model", str(model)]
+    cmd = [sys.executable, "-m", "discourse_rl.app.cli", "serve", "--model", str(model)]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--stage", stage] if stage else []
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from benchmarks.common import one_line_errors, require
-from discourse_rl import metric
-from discourse_rl.agent import AgentConfig, predict_spans, train_bc
-from discourse_rl.agent.common import split_validation
-from discourse_rl.data import CLASSES, load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.protocol import read_split
-from discourse_rl.segments import gold_frame, load_segments
+from discourse_rl.core import metric
+from discourse_rl.core.data import CLASSES, load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import read_split
+from discourse_rl.decoders.agent import AgentConfig, predict_spans, train_bc
+from discourse_rl.decoders.agent.common import split_validation
+from discourse_rl.decoders.segments import gold_frame, load_segments
 
 
 def main() -> None:

@@ -21,19 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import one_line_errors, require
-from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc
-from discourse_rl.agent.common import split_validation
-from discourse_rl.agent.episode import train_episode
-from discourse_rl.data import load_corpus, load_word_probs
-from discourse_rl.layout import RunLayout
-from discourse_rl.pipeline import load_run_config
-from discourse_rl.protocol import heldout_score, read_split
-from discourse_rl.segments import (
+from discourse_rl.core.data import load_corpus, load_word_probs
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import heldout_score, read_split
+from discourse_rl.decoders.agent import FineTuneInputs, predict_spans, train_bc
+from discourse_rl.decoders.agent.common import split_validation
+from discourse_rl.decoders.agent.episode import train_episode
+from discourse_rl.decoders.segments import (
     gold_frame,
     make_segments,
     paragraph_starts,
     segment_gold_actions,
 )
+from discourse_rl.run.config import load_run_config
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, one_line_errors, require
 from benchmarks.episode_data import SETUP, fresh_heldout, prepare
-from discourse_rl import metric
-from discourse_rl.common import atomic_write_text
-from discourse_rl.segments import gold_frame
+from discourse_rl.core import metric
+from discourse_rl.core.common import atomic_write_text
+from discourse_rl.decoders.segments import gold_frame
 from experiments.episode_variants import last_checkpoint, predict
 
 

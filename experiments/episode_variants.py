@@ -26,12 +26,12 @@ import torch
 
 from benchmarks.common import ROOT, SHARED_DATA, one_line_errors
 from benchmarks.episode_data import SETUP, prepare
-from discourse_rl import metric
-from discourse_rl.agent import FineTuneInputs, predict_spans
-from discourse_rl.agent.episode import EpisodeConfig, train_episode
-from discourse_rl.common import atomic_write_text
-from discourse_rl.data import CLASSES
-from discourse_rl.segments import EssaySegments, gold_frame
+from discourse_rl.core import metric
+from discourse_rl.core.common import atomic_write_text
+from discourse_rl.core.data import CLASSES
+from discourse_rl.decoders.agent import FineTuneInputs, predict_spans
+from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.decoders.segments import EssaySegments, gold_frame
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "rloo-f1": {"estimator": "rloo", "reward": "f1"},

@@ -29,17 +29,16 @@ import numpy as np
 import torch
 
 from benchmarks.common import require, run_benchmark
-from discourse_rl.arrays import FloatArray
-from discourse_rl.common import torch_threads
-from discourse_rl.data import Essay, load_corpus, sample_dir
-from discourse_rl.decode import evaluate_decoding
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import read_json, torch_threads
+from discourse_rl.core.data import Essay, load_corpus, sample_dir
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders.decode import evaluate_decoding
 from discourse_rl.ner import NerPredictor
 from discourse_rl.ner.config import INFER_DTYPES, PREDICT_WINDOWS
 from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
-from discourse_rl.ner.run import read_json
-from discourse_rl.ner.stage import stage_config
 from discourse_rl.ner.tokens import word_features
+from discourse_rl.run.steps.ner import stage_config
 
 
 def out_of_fold(

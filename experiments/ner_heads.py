@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import one_line_errors
-from discourse_rl.common import torch_threads
-from discourse_rl.data import load_corpus, make_folds
-from discourse_rl.decode import evaluate_decoding
-from discourse_rl.layout import FoldLayout
+from discourse_rl.core.common import torch_threads
+from discourse_rl.core.data import load_corpus, make_folds
+from discourse_rl.core.layout import FoldLayout
+from discourse_rl.decoders.decode import evaluate_decoding
 from discourse_rl.ner import run_ner_config
 from discourse_rl.ner.frozen import load_cache, train_head
 from discourse_rl.ner.inference import head_probs

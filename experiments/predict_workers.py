@@ -17,11 +17,11 @@ import time
 
 import numpy as np
 
-from discourse_rl.data import load_corpus
-from discourse_rl.decode import decode_all, decode_naive
-from discourse_rl.metric import score
+from discourse_rl.core.data import load_corpus
+from discourse_rl.core.metric import score
+from discourse_rl.decoders.decode import decode_all, decode_naive
+from discourse_rl.decoders.segments import gold_frame
 from discourse_rl.ner import predict_word_probs
-from discourse_rl.segments import gold_frame
 
 
 def main(argv: list[str]) -> None:

@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from discourse_rl import constrained, decode, metric, spans
-from discourse_rl.data import CLASSES, load_corpus
-from discourse_rl.segments import gold_frame, simulate_word_probs
+from discourse_rl.core import metric
+from discourse_rl.core.data import CLASSES, load_corpus
+from discourse_rl.decoders import constrained, decode
+from discourse_rl.decoders import gbdt as spans
+from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from discourse_rl.data import Corpus, load_corpus
+from discourse_rl.core.data import Corpus, load_corpus
 from tests.tiny import save_tiny_bert
 
 

@@ -16,9 +16,12 @@ from gymnasium import spaces
 from sb3_contrib import MaskablePPO
 from stable_baselines3.common.utils import obs_as_tensor
 
-from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc, train_ppo
-from discourse_rl.agent.common import pad_batch, split_validation
-from discourse_rl.agent.policy import (
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import Corpus, load_corpus
+from discourse_rl.decoders.agent import FineTuneInputs, predict_spans, train_bc, train_ppo
+from discourse_rl.decoders.agent.common import pad_batch, split_validation
+from discourse_rl.decoders.agent.env import SegmentLabelEnv, observation_space
+from discourse_rl.decoders.agent.policy import (
     AttentionPolicy,
     PolicyConfig,
     load_policy,
@@ -27,12 +30,9 @@ from discourse_rl.agent.policy import (
     predict_actions,
     save_policy,
 )
-from discourse_rl.agent.ppo import SB3Policy, make_env, policy_kl
-from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.env import SegmentLabelEnv, observation_space
-from discourse_rl.segments import (
+from discourse_rl.decoders.agent.ppo import SB3Policy, make_env, policy_kl
+from discourse_rl.decoders.agent.reward import essay_counts, essay_reward, gold_table
+from discourse_rl.decoders.segments import (
     EssaySegments,
     SegmentConfig,
     allowed_actions,

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Corpus, load_corpus, load_word_probs
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, Corpus, load_corpus, load_word_probs
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner import NerPredictor, train_ner
 from discourse_rl.ner.backbone import (
     check_marker,

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, load_corpus
+from discourse_rl.app.cli import main
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES, load_corpus
 
 TEXT = "One two three four.\n\nFive six seven eight nine ten."
 ROWS = [
@@ -331,7 +331,16 @@ def test_score_warns_when_predictions_cover_few_essays(
 def test_closed_pipe_is_quiet(tmp_path: Path) -> None:
     """`discourse-rl score --json | head`: the reader leaves first; no traceback, exit 141."""
     pred, gt = _score_files(tmp_path, 300)
-    cmd = [sys.executable, "-m", "discourse_rl.cli", "score", "--pred", str(pred), "--gt", str(gt)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "discourse_rl.app.cli",
+        "score",
+        "--pred",
+        str(pred),
+        "--gt",
+        str(gt),
+    ]
     proc = subprocess.Popen(
         [*cmd, "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -13,7 +13,7 @@ import pytest
 import benchmarks
 import experiments
 from benchmarks import metric as metric_benchmark
-from discourse_rl.data import sample_dir
+from discourse_rl.core.data import sample_dir
 
 MODULES = [
     f"{package.__name__}.{info.name}"

@@ -8,10 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from discourse_rl.cli import main
-from discourse_rl.data import CLASSES, load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.records import RunFormat, StageRecord, write_stages
+from discourse_rl.app.cli import main
+from discourse_rl.core.data import CLASSES, load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.records import StageRecord, write_stages
+from discourse_rl.run.runformat import RunFormat
 
 
 def test_score_prints_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -42,7 +43,7 @@ def test_score_bad_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_help_imports_nothing_heavy() -> None:
     code = (
-        "import sys, discourse_rl.cli as c\n"
+        "import sys, discourse_rl.app.cli as c\n"
         "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
         "try:\n    c.main(['info', '--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'transformers', 'pandas', 'numpy') if m in sys.modules]\n"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from discourse_rl import common
-from discourse_rl.common import (
+from discourse_rl.core import common
+from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_open,
     atomic_save,
@@ -102,7 +102,7 @@ def test_atomic_write_over_a_folder_is_one_clear_error(tmp_path: Path) -> None:
 def test_torch_threads_sets_and_restores_and_zero_leaves_as_is() -> None:
     import torch
 
-    from discourse_rl.common import torch_threads
+    from discourse_rl.core.common import torch_threads
 
     before = torch.get_num_threads()
     other = 1 if before != 1 else 2

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from discourse_rl import constrained as cd
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASS_INDEX, NUM_LABELS, labels_to_spans, load_corpus
-from discourse_rl.decode import TunedThresholds, decode_naive
-from discourse_rl.segments import simulate_word_probs
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASS_INDEX, NUM_LABELS, labels_to_spans, load_corpus
+from discourse_rl.decoders import constrained as cd
+from discourse_rl.decoders.decode import TunedThresholds, decode_naive
+from discourse_rl.decoders.segments import simulate_word_probs
 
 NO_MINIMA = TunedThresholds((0,) * 7, (0.0,) * 7)
 LEAD, POSITION, CONCLUDING = (CLASS_INDEX[c] for c in ("Lead", "Position", "Concluding Statement"))

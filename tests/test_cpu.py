@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from benchmarks.background import busy_background
-from discourse_rl.data import load_word_probs
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.data import load_word_probs
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner import NerConfig, train_ner
 from discourse_rl.ner.backbone import load_encoder, load_tokenizer
 from discourse_rl.ner.frozen_states import UpperModel

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import (
+from discourse_rl.app.cli import main
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import (
     LABELS,
     Corpus,
     class_counts,
@@ -208,7 +208,7 @@ def test_content_key_covers_texts_types_and_ranges(tmp_path: Path) -> None:
 
 
 def test_stage_key_follows_the_content(tmp_path: Path) -> None:
-    from discourse_rl.pipeline import data_key
+    from discourse_rl.run.pipeline import data_key
 
     base = load_corpus(_mini(tmp_path / "a"))
     edited = load_corpus(_mini(tmp_path / "b", b"One two three four.\n\nSix five."))

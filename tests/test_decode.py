@@ -5,9 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, load_corpus
-from discourse_rl.decode import (
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, load_corpus
+from discourse_rl.core.metric import score
+from discourse_rl.decoders.decode import (
     DecodeConfig,
     TunedThresholds,
     decode_all,
@@ -19,7 +20,6 @@ from discourse_rl.decode import (
     save_thresholds,
     span_probs,
 )
-from discourse_rl.metric import score
 
 
 def one_hot(labels: np.ndarray, confidence: float = 1.0) -> np.ndarray:

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discourse_rl import distributed
-from discourse_rl.common import WRITE_TRACE, DiscourseRLError
-from discourse_rl.data import load_corpus, load_word_probs, sample_dir
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import WRITE_TRACE, DiscourseRLError
+from discourse_rl.core.data import load_corpus, load_word_probs, sample_dir
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.launch import distributed
+from discourse_rl.launch.workers import child_env
 from discourse_rl.ner import NerPredictor
-from discourse_rl.pipeline import train_ner
-from discourse_rl.workers import child_env
+from discourse_rl.run.one_step import train_ner
 
 SKIP = ("checkpoints", "tensorboard", "tb")
 """Folders written by libraries (the Trainer's checkpoints, TensorBoard), not by the stage."""
@@ -150,7 +150,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_predict_shards_combine_into_the_unsharded_output(
     tiny_run: Path, tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from discourse_rl.cli import main
+    from discourse_rl.app.cli import main
 
     run = tiny_run
     essays = sample_dir() / "test"
@@ -170,7 +170,7 @@ def test_predict_shards_combine_into_the_unsharded_output(
 
 def test_torchrun_predict_shares_the_essays_and_combines(tiny_run: Path, tmp_path: Path) -> None:
     """Under a launcher each process labels its share; process 0 writes what one process would."""
-    from discourse_rl.cli import main
+    from discourse_rl.app.cli import main
 
     essays = sample_dir() / "test"
     args = ["predict", "--model", str(tiny_run), "--essays", str(essays), "--stage", "ner-naive"]

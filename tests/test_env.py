@@ -10,11 +10,11 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from discourse_rl import metric
-from discourse_rl.agent.reward import essay_counts, essay_reward, gold_table
-from discourse_rl.data import load_corpus
-from discourse_rl.env import SegmentLabelEnv
-from discourse_rl.segments import (
+from discourse_rl.core import metric
+from discourse_rl.core.data import load_corpus
+from discourse_rl.decoders.agent.env import SegmentLabelEnv
+from discourse_rl.decoders.agent.reward import essay_counts, essay_reward, gold_table
+from discourse_rl.decoders.segments import (
     EssaySegments,
     actions_to_spans,
     make_segments,

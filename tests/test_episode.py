@@ -11,22 +11,22 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl import metric
-from discourse_rl.agent import FineTuneInputs, predict_spans, train_bc
-from discourse_rl.agent.common import labelling_masks, masks_after, sample_labellings
-from discourse_rl.agent.episode import EpisodeConfig, train_episode
-from discourse_rl.agent.episode_loss import episode_loss
-from discourse_rl.agent.policy import (
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError, config_from_dict
+from discourse_rl.core.data import Corpus, load_corpus
+from discourse_rl.decoders.agent import FineTuneInputs, predict_spans, train_bc
+from discourse_rl.decoders.agent.common import labelling_masks, masks_after, sample_labellings
+from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
+from discourse_rl.decoders.agent.episode_loss import episode_loss
+from discourse_rl.decoders.agent.policy import (
     PrevLabelHead,
     load_policy,
     masked_greedy,
     save_policy,
     segment_logits,
 )
-from discourse_rl.agent.reward import MacroReward, gold_table, labelling_counts, rewards
-from discourse_rl.common import DiscourseRLError, config_from_dict
-from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.segments import (
+from discourse_rl.decoders.agent.reward import MacroReward, gold_table, labelling_counts, rewards
+from discourse_rl.decoders.segments import (
     N_ACTIONS,
     EssaySegments,
     SegmentConfig,

@@ -1,6 +1,6 @@
 """Issue 15: NER folds trained side by side, each in its own single-thread process
 (`ner.fold_workers`), and many essays predicted in shares by single-thread processes, both
-through the package's one launcher (`discourse_rl.workers`)."""
+through the package's one launcher (`discourse_rl.launch.workers`)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl import rules
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import Corpus, load_word_probs
-from discourse_rl.layout import RunLayout
+from discourse_rl.core import rules
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import Corpus, load_word_probs
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.launch.workers import Job, child_env, run_jobs
 from discourse_rl.ner import NerConfig, train_ner
 from discourse_rl.ner.finetune import fold_workers
 from discourse_rl.ner.run import inputs_key, keep_or_clear
-from discourse_rl.workers import Job, child_env, run_jobs
 from tests.tiny import tiny_cfg
 
 CPU = torch.device("cpu")

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from discourse_rl import Element, Labeller
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, read_essay, sample_dir
-from discourse_rl.feedback import summarise
-from discourse_rl.labeller import heldout_scores, offered_stages, word_char_spans
+from discourse_rl.app.cli import main
+from discourse_rl.app.feedback import summarise
+from discourse_rl.app.labeller import heldout_scores, offered_stages, word_char_spans
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES, read_essay, sample_dir
 from tests.tiny_run import make_tiny_run
 
 AWKWARD = (
@@ -84,7 +84,7 @@ def test_every_stage_labels_with_the_same_confidence_definition(
 
 
 def _essay(text: str):  # type: ignore[no-untyped-def]
-    from discourse_rl.data import Essay
+    from discourse_rl.core.data import Essay
 
     return Essay.from_text("a", text)
 
@@ -199,7 +199,7 @@ def test_exported_zip_labels_like_the_run(
 
     import numpy as np
 
-    from discourse_rl.export import open_model
+    from discourse_rl.app.model_file import open_model
 
     monkeypatch.setenv("DISCOURSE_RL_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "model.zip"
@@ -255,7 +255,9 @@ def test_export_keeps_only_trained_tensors_of_a_finetuned_fold(tmp_path: Path) -
     import torch
     from safetensors.torch import load_file, save_file
 
-    from discourse_rl.export import _base_weights, _pack, _restore
+    from discourse_rl.app.export import _pack
+    from discourse_rl.app.model_file import _restore
+    from discourse_rl.app.model_file import base_weights as _base_weights
 
     torch.manual_seed(0)
     backbone = tmp_path / "backbone"

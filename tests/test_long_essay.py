@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl.data import NUM_LABELS, Essay, load_corpus
+from discourse_rl.core.data import NUM_LABELS, Essay, load_corpus
 from discourse_rl.ner import inference
 from discourse_rl.ner.inference import essay_pieces
 from discourse_rl.ner.predict import NerPredictor

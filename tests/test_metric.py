@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from discourse_rl import metric
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASS_INDEX, CLASSES
-from discourse_rl.metric import essay_counts, essay_f1, essay_jaccard, per_essay_scores, score
-from discourse_rl.metric_oracle import oracle_score
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASS_INDEX, CLASSES
+from discourse_rl.core.metric import essay_counts, essay_f1, essay_jaccard, per_essay_scores, score
+from tests.metric_oracle import oracle_score
 
 ESSAYS = ("e1", "e2", "e3")
 SOME_CLASSES = CLASSES[:3]  # few classes, so that same-class overlaps are frequent

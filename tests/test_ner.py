@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, load_corpus, load_word_probs, sample_dir
-from discourse_rl.layout import FoldLayout, RunLayout
+from discourse_rl.app.cli import main
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, load_corpus, load_word_probs, sample_dir
+from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.ner import (
     NerConfig,
     NerPredictor,

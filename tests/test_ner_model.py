@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Essay, load_corpus
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, Essay, load_corpus
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import (

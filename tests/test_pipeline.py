@@ -10,16 +10,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from discourse_rl import artefacts
-from discourse_rl.cli import main
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, load_corpus, load_word_probs, sample_dir
-from discourse_rl.decode import fit_tuned, load_thresholds
-from discourse_rl.labeller import offered_stages
-from discourse_rl.layout import FORMAT_VERSION, RunLayout
-from discourse_rl.pipeline import load_run_config, run_pipeline, train_ner, write_run_config
-from discourse_rl.protocol import read_split
-from discourse_rl.records import PREDICT_STAGES, AgentResults, SpansResults, heldout_table
+from discourse_rl.app.cli import main
+from discourse_rl.app.labeller import offered_stages
+from discourse_rl.core import artefacts
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES, load_corpus, load_word_probs, sample_dir
+from discourse_rl.core.layout import FORMAT_VERSION, RunLayout
+from discourse_rl.core.protocol import read_split
+from discourse_rl.core.records import AgentResults, SpansResults
+from discourse_rl.decoders import registry
+from discourse_rl.decoders.decode import fit_tuned, load_thresholds
+from discourse_rl.run.config import load_run_config, write_run_config
+from discourse_rl.run.heldout import heldout_table
+from discourse_rl.run.one_step import train_ner
+from discourse_rl.run.pipeline import run_pipeline
 from tests.tiny import save_tiny_bert
 
 N_ESSAYS = 30
@@ -171,7 +175,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     capsys.readouterr()
     assert main(["info", "--model", str(run), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["stage"] for r in rows] == list(PREDICT_STAGES)
+    assert [r["stage"] for r in rows] == list(registry.names())
     for r in rows:
         scores = table.stage(r["stage"])
         assert scores is not None
@@ -191,6 +195,18 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     stamps = [p.stat().st_mtime_ns for p in (lay.oof, lay.spans_results)]
     summary = run_pipeline(few_essays, run, config, log=lambda _: None)
     assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
+    # Other runtime settings (threads, worker processes, progress bars, checkpoint cadence,
+    # batch sizes of inference) change how steps run, not what they compute: all reused.
+    runtime = tmp_path / "runtime.toml"
+    runtime.write_text(
+        config.read_text()
+        .replace("[ner]\n", "[ner]\nthreads = 2\nfold_workers = 1\nencode_tokens = 4096\n")
+        .replace("[agent]\n", "[agent]\ntorch_threads = 2\n")
+        .replace("progress_bar = false", "progress_bar = true")
+    )
+    assert load_run_config(runtime) != load_run_config(config)
+    summary = run_pipeline(few_essays, run, runtime, log=lambda _: None)
+    assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
     state = json.loads(lay.stages.read_text())
     _config(config, tiny_backbone, bc_epochs=1)
     summary = run_pipeline(few_essays, run, config, log=lambda _: None)
@@ -202,7 +218,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
 
     out = tmp_path / "submission.csv"
     test_ids = {p.stem for p in (few_essays / "test").glob("*.txt")}
-    for stage in PREDICT_STAGES:
+    for stage in registry.names():
         args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
         assert main([*args, "--out", str(out), "--stage", stage]) == 0
         sub = pd.read_csv(out)

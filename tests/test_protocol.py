@@ -9,19 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES, load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.protocol import heldout_split, read_split, write_split
-from discourse_rl.records import (
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES, load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import heldout_split, read_split, write_split
+from discourse_rl.core.records import (
     AgentResults,
     HeldOutEssays,
     HeldOutScore,
     SpansResults,
     StageScores,
-    heldout_table,
 )
-from discourse_rl.segments import (
+from discourse_rl.decoders.segments import (
     N_BASE_FEATURES,
     N_RICH_FEATURES,
     SegmentConfig,
@@ -29,6 +28,7 @@ from discourse_rl.segments import (
     paragraph_starts,
     simulate_word_probs,
 )
+from discourse_rl.run.heldout import heldout_table
 
 IDS = [f"E{i:03d}" for i in range(50)]
 

@@ -8,25 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import CLASSES
-from discourse_rl.layout import FORMAT_VERSION, RunLayout
-from discourse_rl.records import (
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASSES
+from discourse_rl.core.layout import FORMAT_VERSION, RunLayout
+from discourse_rl.core.records import (
     AgentResults,
     HeldOutEssays,
     HeldOutScore,
     NerMetrics,
-    RunFormat,
     SeedRecord,
     StageRecord,
     StageScores,
     Stat,
     TradeoffRow,
     TrainedPolicy,
-    check_format,
     read_stages,
     write_stages,
 )
+from discourse_rl.run.runformat import RunFormat, check_format
 
 
 def _score(macro: float) -> HeldOutScore:

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-import discourse_rl.agent.stage as stage_mod
-from discourse_rl.agent.episode import EpisodeConfig
-from discourse_rl.data import Corpus, load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.protocol import Split, heldout_split
-from discourse_rl.records import AgentResults
-from discourse_rl.segments import simulate_word_probs
+import discourse_rl.run.steps.agent as stage_mod
+from discourse_rl.core.data import Corpus, load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import Split, heldout_split
+from discourse_rl.core.records import AgentResults
+from discourse_rl.decoders.agent.episode import EpisodeConfig
+from discourse_rl.decoders.segments import simulate_word_probs
 from tests.test_stage import SEG, TINY
 
 CFG = dataclasses.replace(TINY, bc_epochs=1, ppo_timesteps=256)
@@ -143,8 +143,9 @@ def test_a_stage_that_fails_leaves_no_record(
 ) -> None:
     """A stage's record goes before it runs: outputs an interrupted run half made (results.json
     after one seed of three) are never reused as the finished stage."""
-    import discourse_rl.pipeline as pipeline
-    from discourse_rl.records import RunFormat, StageRecord, read_stages, write_stages
+    import discourse_rl.run.one_step as one_step
+    from discourse_rl.core.records import StageRecord, read_stages, write_stages
+    from discourse_rl.run.runformat import RunFormat
 
     lay = RunLayout(tmp_path)
     RunFormat.current().write(lay.format)
@@ -154,9 +155,9 @@ def test_a_stage_that_fails_leaves_no_record(
         assert "agent" not in read_stages(lay.stages)
         raise Crash("agent")
 
-    monkeypatch.setattr(pipeline, "_run_agent", crash)
+    monkeypatch.setattr(one_step, "run_agent_step", crash)
     with pytest.raises(Crash):
-        pipeline.train_agent(tmp_path, simulate=True, max_essays=10, log=lambda _: None)
+        one_step.train_agent(tmp_path, simulate=True, max_essays=10, log=lambda _: None)
     assert set(read_stages(lay.stages)) == {"ner"}
 
 
@@ -167,7 +168,7 @@ def test_finetune_fold_resumes_from_its_last_complete_checkpoint(
     checkpoint is removed, not loaded) and ends where an uninterrupted run ends."""
     from transformers import Trainer
 
-    from discourse_rl.data import load_word_probs
+    from discourse_rl.core.data import load_word_probs
     from discourse_rl.ner import train_ner
     from tests.tiny import tiny_cfg
 
@@ -205,7 +206,12 @@ def test_finetune_fold_resumes_from_its_last_complete_checkpoint(
 
 
 def test_leftovers_of_killed_writes_are_removed(tmp_path: Path) -> None:
-    from discourse_rl.common import atomic_dir, atomic_write_text, remove_temporaries, temp_name
+    from discourse_rl.core.common import (
+        atomic_dir,
+        atomic_write_text,
+        remove_temporaries,
+        temp_name,
+    )
 
     keep = [tmp_path / "a.json", tmp_path / ".hidden", tmp_path / "sub" / ".x.deadbeef.npz"]
     for p in keep:

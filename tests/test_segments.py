@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl import metric
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, Corpus, load_corpus
-from discourse_rl.segments import (
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, Corpus, load_corpus
+from discourse_rl.decoders.segments import (
     N_BASE_FEATURES,
     EssaySegments,
     SegmentConfig,

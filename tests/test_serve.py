@@ -16,9 +16,9 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from discourse_rl import Labeller
-from discourse_rl.cli import main
-from discourse_rl.data import CLASSES, read_essay, sample_dir
-from discourse_rl.serve import MAX_ESSAY_BYTES, create_app
+from discourse_rl.app.cli import main
+from discourse_rl.app.serve import MAX_ESSAY_BYTES, create_app
+from discourse_rl.core.data import CLASSES, read_essay, sample_dir
 from tests.tiny_run import make_tiny_run
 
 

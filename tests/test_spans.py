@@ -9,14 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from discourse_rl import constrained, metric, spans
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS, load_corpus
-from discourse_rl.decode import TunedThresholds, decode_all, decode_naive
-from discourse_rl.segments import gold_frame, simulate_word_probs
-from discourse_rl.spans.candidates import hit_matrix
-from discourse_rl.spans.features import FEATURE_NAMES
-from discourse_rl.spans.model import build_candidates
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS, load_corpus
+from discourse_rl.decoders import constrained
+from discourse_rl.decoders import gbdt as spans
+from discourse_rl.decoders.decode import TunedThresholds, decode_all, decode_naive
+from discourse_rl.decoders.gbdt.candidates import hit_matrix
+from discourse_rl.decoders.gbdt.features import FEATURE_NAMES
+from discourse_rl.decoders.gbdt.model import build_candidates
+from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 
 # Small and quick: a few essays, few trees, one thread.
 CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=40, num_threads=1, min_child_samples=5)
@@ -151,8 +153,8 @@ def test_negative_subsampling_keeps_every_hit(corpus, probs, model, train_ids) -
 
 
 def test_paragraph_breaks_make_paragraph_candidates(corpus, probs) -> None:  # type: ignore[no-untyped-def]
-    from discourse_rl.spans.candidates import essay_candidates
-    from discourse_rl.spans.features import essay_layout
+    from discourse_rl.decoders.gbdt.candidates import essay_candidates
+    from discourse_rl.decoders.gbdt.features import essay_layout
 
     eid = corpus.ids[0]
     p = probs[eid]

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from discourse_rl.agent.episode import EpisodeConfig
-from discourse_rl.agent.policy import load_policy
-from discourse_rl.agent.stage import predict_stage, train_agent_stage
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import load_corpus
-from discourse_rl.layout import RunLayout
-from discourse_rl.protocol import heldout_split, read_split
-from discourse_rl.records import AgentResults
-from discourse_rl.segments import SegmentConfig, paragraph_starts, simulate_word_probs
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import load_corpus
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.protocol import heldout_split, read_split
+from discourse_rl.core.records import AgentResults
+from discourse_rl.decoders import registry
+from discourse_rl.decoders.agent.episode import EpisodeConfig
+from discourse_rl.decoders.agent.policy import load_policy
+from discourse_rl.decoders.segments import SegmentConfig, make_segments, simulate_word_probs
+from discourse_rl.run.steps.agent import train_agent_stage
 from tests.tiny import tiny_agent
 
 TINY = tiny_agent(bc_epochs=2, value_warmup_steps=0, kl_target=1e-4)
@@ -58,15 +59,15 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     (record,) = result.seeds
     assert record.ppo_env_steps == history["env_steps"] and record.episode_seconds is None
 
-    table = predict_stage(tmp_path, "bc", {i: probs[i] for i in ids[:3]})
-    assert set(table["id"]) == set(ids[:3])  # the cloned policy labels every essay
-    assert {"id", "class", "predictionstring"} <= set(table.columns) and len(table) >= 3
+    few = {i: probs[i] for i in ids[:3]}
+    spans = registry.get("bc").load(tmp_path).predict(few, {i: c.essays[i] for i in few})
+    assert set(spans) == set(few) and all(spans.values())  # the cloned policy labels every essay
     with pytest.raises(DiscourseRLError, match="now called 'ppo'"):
-        predict_stage(tmp_path, "rl", probs)
+        registry.get("rl")
     with pytest.raises(DiscourseRLError, match="expected one of"):
-        predict_stage(tmp_path, "ner", probs)
+        registry.get("ner")
     with pytest.raises(DiscourseRLError, match="no episode policy"):
-        predict_stage(tmp_path, "episode", probs)
+        registry.get("episode").load(tmp_path)
 
 
 def test_second_seed_and_autoregressive_episode_policy(tmp_path: Path) -> None:
@@ -86,10 +87,10 @@ def test_second_seed_and_autoregressive_episode_policy(tmp_path: Path) -> None:
     few = ids[:3]
     words = {i: c.essays[i].words for i in few}
     with pytest.raises(DiscourseRLError, match="rich_features needs"):
-        predict_stage(tmp_path, "episode", {i: probs[i] for i in few}, words)
-    paras = paragraph_starts(c.essays, few)
-    table = predict_stage(tmp_path, "episode", {i: probs[i] for i in few}, words, paras)
-    assert set(table["id"]) == set(few)
+        make_segments({i: probs[i] for i in few}, rich, None, words)
+    episode_policy = registry.get("episode").load(tmp_path)
+    spans = episode_policy.predict({i: probs[i] for i in few}, {i: c.essays[i] for i in few})
+    assert set(spans) == set(few)
     ep = result.stage("episode")
     assert ep is not None and ep.seeds == (0, 3)
     assert all(r.episode_seconds is not None for r in result.seeds)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from discourse_rl.agent.common import AgentConfig
+from discourse_rl.decoders.agent.common import AgentConfig
 from discourse_rl.ner import NerConfig
 
 

@@ -9,21 +9,16 @@ from tests.tiny import save_tiny_bert, tiny_cfg
 
 
 def make_tiny_run(folder: Path) -> Path:
-    from discourse_rl.agent.common import AgentConfig
-    from discourse_rl.agent.policy import make_policy, save_policy
-    from discourse_rl.common import atomic_write_text, config_to_toml
-    from discourse_rl.data import CLASSES, load_corpus, load_word_probs
-    from discourse_rl.decode import DecodeConfig
-    from discourse_rl.layout import RunLayout
-    from discourse_rl.ner import NerStageConfig, train_ner_stage
-    from discourse_rl.records import (
-        AgentResults,
-        HeldOutEssays,
-        HeldOutScore,
-        RunFormat,
-        StageScores,
-    )
-    from discourse_rl.segments import SegmentConfig, make_segments
+    from discourse_rl.core.common import atomic_write_text, config_to_toml
+    from discourse_rl.core.data import CLASSES, load_corpus, load_word_probs
+    from discourse_rl.core.layout import RunLayout
+    from discourse_rl.core.records import AgentResults, HeldOutEssays, HeldOutScore, StageScores
+    from discourse_rl.decoders.agent.common import AgentConfig
+    from discourse_rl.decoders.agent.policy import make_policy, save_policy
+    from discourse_rl.decoders.decode import DecodeConfig
+    from discourse_rl.decoders.segments import SegmentConfig, make_segments
+    from discourse_rl.run.runformat import RunFormat
+    from discourse_rl.run.steps.ner import NerStageConfig, train_ner_stage
 
     backbone = save_tiny_bert(folder / "backbone", 16, 1, 128)
     corpus = load_corpus()

@@ -23,8 +23,8 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from discourse_rl import Labeller
-from discourse_rl.data import read_essay, sample_dir
-from discourse_rl.serve import create_app
+from discourse_rl.app.serve import create_app
+from discourse_rl.core.data import read_essay, sample_dir
 
 
 def main() -> None:

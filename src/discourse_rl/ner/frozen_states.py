@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from discourse_rl.common import DiscourseRLError, atomic_write_text
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import DiscourseRLError, atomic_write_text
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner.backbone import hidden_size
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import autocast

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -18,9 +19,9 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from discourse_rl.arrays import FloatArray
-from discourse_rl.data import NUM_LABELS, Essay
-from discourse_rl.distributed import local_rank
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.data import NUM_LABELS, Essay
+from discourse_rl.launch.distributed import local_rank
 from discourse_rl.ner.backbone import encoder_inputs, encoder_parts, hidden_size, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.model import NerHead, NerModel, pool_words
@@ -82,7 +83,6 @@ def int8_encoder_copy(model: _M) -> _M:
     """An inference copy whose encoder's linear layers compute in int8 (weights quantised once,
     activations per call: `quantize_dynamic`; CPU only, VNNI kernels where the CPU has them).
     Layer norms, attention softmax and the head stay fp32."""
-    import warnings
 
     out = copy.deepcopy(model).eval()
     with warnings.catch_warnings():

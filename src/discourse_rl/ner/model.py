@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import NUM_LABELS
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import NUM_LABELS
 from discourse_rl.ner.backbone import encoder_inputs, hidden_size
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.tokens import N_WORD_FEATURES

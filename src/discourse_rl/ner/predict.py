@@ -1,9 +1,9 @@
 """Word probabilities for new essays from a trained run: load its models once, predict often.
 
 Many essays on a CPU with `threads` >= 2 are shared between single-thread child processes
-(`discourse_rl.workers`, the launcher the fold processes use): the groups of essays one process
-would pass to the model are dealt out whole, in order, so every word's probabilities are those
-a single-thread process computes, and the essays come back in the order given.
+(`discourse_rl.launch.workers`, the launcher the fold processes use): the groups of essays one
+process would pass to the model are dealt out whole, in order, so every word's probabilities
+are those a single-thread process computes, and the essays come back in the order given.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from discourse_rl import distributed
-from discourse_rl.arrays import FloatArray
-from discourse_rl.common import DiscourseRLError, torch_threads
-from discourse_rl.common import progress as progress_bar
-from discourse_rl.data import Essay
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import DiscourseRLError, torch_threads
+from discourse_rl.core.common import progress as progress_bar
+from discourse_rl.core.data import Essay
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.launch import distributed
+from discourse_rl.launch.workers import Job, run_jobs
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
 from discourse_rl.ner.config import InferDtype, NerConfig
 from discourse_rl.ner.inference import (
@@ -36,7 +37,6 @@ from discourse_rl.ner.inference import (
 from discourse_rl.ner.model import NerHead, NerModel
 from discourse_rl.ner.run import load_finetuned, load_heads, require_encoder, run_ner_config
 from discourse_rl.ner.tokens import word_features
-from discourse_rl.workers import Job, run_jobs
 
 PROCESS_GROUPS = 4
 """Automatic processes: one per thread, but only as many as get this many groups (of

@@ -12,15 +12,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.common import (
+from discourse_rl.core import artefacts
+from discourse_rl.core.common import (
     DiscourseRLError,
     atomic_write_text,
     config_from_dict,
     config_to_toml,
     load_toml,
 )
-from discourse_rl.data import Corpus
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.data import Corpus
+from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner.backbone import encoder_from_config
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.model import NerHead, NerModel
@@ -98,10 +99,9 @@ def require_encoder(layout: RunLayout) -> Path:
 
 
 def _weights(path: Path) -> dict[str, Any]:
+    # safetensors: loaded when weights are read
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from discourse_rl import artefacts
 
     if not path.is_file():
         raise DiscourseRLError(f"{path}: fold model missing (is the NER training finished?)")
@@ -137,8 +137,3 @@ def load_finetuned(run_dir: str | Path, cfg: NerConfig) -> list[NerModel]:
 
 def write_json(path: Path, obj: object) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """The file's JSON, or None when it does not exist."""
-    return json.loads(path.read_text()) if path.is_file() else None

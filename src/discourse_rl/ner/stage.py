@@ -1,5 +1,5 @@
-"""The NER stage as `discourse-rl train-ner` and the pipeline run it: cross-fitted fold models,
-out-of-fold word probabilities, then the decodings fitted and scored on them.
+"""Training the tagger: cross-fitted fold models and their out-of-fold (and test) word
+probabilities (`train_ner`); the run's NER step (`run.steps.ner`) then fits the decodings.
 
 Everything lands in the run folder (`RunLayout`) and every step resumes: see `frozen` and
 `finetune` for the two ways to train.
@@ -8,44 +8,24 @@ Everything lands in the run folder (`RunLayout`) and every step resumes: see `fr
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from discourse_rl import distributed
-from discourse_rl.arrays import FloatArray
-from discourse_rl.common import (
-    DiscourseRLError,
-    atomic_dir,
-    config_from_dict,
-    load_toml,
-    torch_threads,
-)
-from discourse_rl.data import Corpus, load_word_probs, make_folds, save_word_probs
-from discourse_rl.decode import (
-    DecodeConfig,
-    DecodeReport,
-    evaluate_decoding,
-    report_to_json,
-    save_thresholds,
-)
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import DiscourseRLError, atomic_dir, torch_threads
+from discourse_rl.core.data import Corpus, load_word_probs, make_folds, save_word_probs
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.launch import distributed
 from discourse_rl.ner.backbone import check_marker, load_encoder, load_tokenizer, resolve_backbone
 from discourse_rl.ner.config import MODES, NerConfig
 from discourse_rl.ner.finetune import train_finetune
 from discourse_rl.ner.frozen import train_frozen
 from discourse_rl.ner.predict import predict_word_probs
-from discourse_rl.ner.run import (
-    NerRecord,
-    inputs_key,
-    keep_or_clear,
-    write_folds,
-    write_json,
-    write_record,
-)
+from discourse_rl.ner.run import NerRecord, inputs_key, keep_or_clear, write_folds, write_record
 
 
 @dataclass(frozen=True)
@@ -109,47 +89,3 @@ def train_ner(corpus: Corpus, cfg: NerConfig, out_dir: str | Path, seed: int = 0
             save_word_probs(test_path, test)
     distributed.barrier()
     return NerResult(layout.root, layout.oof, test_path, folds, time.perf_counter() - t0)
-
-
-@dataclass(frozen=True)
-class NerStageConfig:
-    """The part of a run config that the NER stage reads."""
-
-    seed: int = 0
-    """Seed of folds, initialisation and shuffling."""
-    ner: NerConfig = field(default_factory=NerConfig)
-    """Model and training."""
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
-    """Span decoding."""
-
-
-def stage_config(path: str | Path | None, **overrides: Any) -> NerStageConfig:
-    """The `seed`, `[ner]` and `[decode]` of a TOML file (other tables belong to later stages)."""
-    raw = load_toml(path) if path is not None else {}
-    mine: dict[str, Any] = {k: raw[k] for k in ("seed", "ner", "decode") if k in raw}
-    cfg = config_from_dict(NerStageConfig, mine, where=str(path or "config"))
-    ner_over = {k: v for k, v in overrides.items() if v is not None and k != "seed"}
-    if ner_over:
-        cfg = replace(cfg, ner=replace(cfg.ner, **ner_over))
-    if overrides.get("seed") is not None:
-        cfg = replace(cfg, seed=int(overrides["seed"]))
-    return cfg
-
-
-def train_ner_stage(corpus: Corpus, cfg: NerStageConfig, out_dir: str | Path) -> DecodeReport:
-    """Train the fold models, then fit and score the decodings on the out-of-fold probabilities."""
-    layout = RunLayout(out_dir)
-    result = train_ner(corpus, cfg.ner, layout.root, cfg.seed)
-
-    def evaluate() -> DecodeReport:
-        oof = load_word_probs(result.oof_path)
-        report = evaluate_decoding(oof, corpus, result.folds, cfg.decode)
-        save_thresholds(layout.decode, report.thresholds)
-        metrics = report_to_json(report)
-        metrics["seconds"] = round(result.seconds, 1)
-        metrics["essays"] = len(oof)
-        write_json(layout.ner_metrics, metrics)
-        return report
-
-    # Fitted and written once, by the main process; the others receive the report.
-    return distributed.from_main(evaluate)

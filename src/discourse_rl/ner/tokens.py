@@ -17,9 +17,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from discourse_rl.arrays import FloatArray, IntArray
-from discourse_rl.common import DiscourseRLError
-from discourse_rl.data import Essay
+from discourse_rl.core.arrays import FloatArray, IntArray
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import Essay
 from discourse_rl.ner.config import NerConfig
 
 N_WORD_FEATURES = 6

@@ -1,0 +1,62 @@
+"""Essays and their discourse elements: the corpus (`corpus`) and reading it from a folder in
+the Kaggle layout, with every check of the files (`read`)."""
+
+from discourse_rl.core.arrays import IntArray
+from discourse_rl.core.data.corpus import (
+    CLASS_INDEX,
+    CLASSES,
+    LABELS,
+    NUM_LABELS,
+    SURE_CONFIDENCE,
+    Corpus,
+    Essay,
+    Quirks,
+    class_counts,
+    elements_to_labels,
+    labels_to_spans,
+    load_word_probs,
+    make_folds,
+    predictionstring,
+    save_word_probs,
+    spans_to_frame,
+)
+from discourse_rl.core.data.read import (
+    REQUIRED_COLUMNS,
+    EssayFolder,
+    SkippedEssay,
+    load_corpus,
+    read_essay,
+    read_essay_folder,
+    read_essays,
+    read_table,
+    sample_dir,
+)
+
+__all__ = [
+    "CLASSES",
+    "CLASS_INDEX",
+    "LABELS",
+    "NUM_LABELS",
+    "REQUIRED_COLUMNS",
+    "SURE_CONFIDENCE",
+    "Corpus",
+    "Essay",
+    "EssayFolder",
+    "IntArray",
+    "Quirks",
+    "SkippedEssay",
+    "class_counts",
+    "elements_to_labels",
+    "labels_to_spans",
+    "load_corpus",
+    "load_word_probs",
+    "make_folds",
+    "predictionstring",
+    "read_essay",
+    "read_essay_folder",
+    "read_essays",
+    "read_table",
+    "sample_dir",
+    "save_word_probs",
+    "spans_to_frame",
+]

@@ -1,0 +1,289 @@
+"""Every path of a run folder, named once.
+
+A run folder is written by `discourse-rl run` (or stage by stage by `train-ner` and
+`train-agent`) and read by `info`, `predict`, `label`, `serve` and the report. Modules ask a
+`RunLayout` for a path instead of joining strings, so the folder's shape lives here only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 2
+"""Version of the run folder's layout and file schemas; bumped when a reader would break."""
+
+AGENT_TRAINERS = ("bc", "ppo", "episode")
+"""Agent trainers, each with a policy folder per seed (`ppo` was called `rl` before format 2)."""
+
+
+@dataclass(frozen=True)
+class _Folder:
+    """A folder named by its root; subclasses name the paths inside it."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+
+@dataclass(frozen=True, init=False)
+class RunLayout(_Folder):
+    """The paths of one run folder. Pure naming: nothing here touches the disk."""
+
+    # --- run level -----------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        """Resolved run configuration, seed included (one writer: the pipeline)."""
+        return self.root / "config.toml"
+
+    @property
+    def stages(self) -> Path:
+        """Each stage's key and wall time."""
+        return self.root / "stages.json"
+
+    @property
+    def format(self) -> Path:
+        """The run folder's format version and the versions of the code that wrote it."""
+        return self.root / "format.json"
+
+    @property
+    def manifests(self) -> Path:
+        """Size and sha256 of each stage's files, written when the stage finishes."""
+        return self.root / "manifests"
+
+    def manifest(self, stage: str) -> Path:
+        return self.manifests / f"{stage}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "results.md"
+
+    def plot(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def tensorboard(self, name: str) -> Path:
+        return self.root / "tb" / name
+
+    # --- NER stage -----------------------------------------------------------------------------
+    @property
+    def ner(self) -> Path:
+        return self.root / "ner"
+
+    @property
+    def ner_config(self) -> Path:
+        return self.ner / "config.toml"
+
+    @property
+    def ner_inputs(self) -> Path:
+        """The key of the data and settings ner/ was trained from (others clear its models)."""
+        return self.ner / "inputs.json"
+
+    @property
+    def ner_folds(self) -> Path:
+        """Essay id -> NER fold."""
+        return self.ner / "folds.json"
+
+    @property
+    def ner_encoder(self) -> Path:
+        """The backbone as loaded (config, tokenizer, and weights in frozen mode)."""
+        return self.ner / "encoder"
+
+    @property
+    def ner_encoder_config(self) -> Path:
+        """The backbone's Hugging Face config: present once the NER stage saved its encoder."""
+        return self.ner_encoder / "config.json"
+
+    @property
+    def ner_cache(self) -> Path:
+        """Frozen mode: the encoder's word vectors, computed once."""
+        return self.ner / "cache"
+
+    @property
+    def ner_frozen_states(self) -> Path:
+        """'finetune' with `cache_frozen`: the frozen lower layers' output per training window
+        (states.npy, index.json); removed once every fold is trained."""
+        return self.ner / "frozen_states"
+
+    @property
+    def oof(self) -> Path:
+        """Out-of-fold word probabilities of the training essays (float16)."""
+        return self.ner / "oof.npz"
+
+    @property
+    def test_probs(self) -> Path:
+        """Fold-mean word probabilities of the data folder's test essays."""
+        return self.ner / "test.npz"
+
+    @property
+    def ner_metrics(self) -> Path:
+        return self.ner / "metrics.json"
+
+    def ner_fold(self, k: int) -> Path:
+        return self.ner / f"fold{k}"
+
+    def fold(self, k: int) -> FoldLayout:
+        """The files of NER fold `k`."""
+        return FoldLayout(self.ner_fold(k))
+
+    def folds(self, n: int) -> list[FoldLayout]:
+        return [self.fold(k) for k in range(n)]
+
+    @property
+    def ner_cache_vectors(self) -> Path:
+        """(total words, hidden) float16, the essays of the index back to back."""
+        return self.ner_cache / "vectors.npy"
+
+    @property
+    def ner_cache_index(self) -> Path:
+        """The cached essays, their lengths and the settings the vectors depend on."""
+        return self.ner_cache / "index.json"
+
+    @property
+    def ner_cache_progress(self) -> Path:
+        """How many essays of the index are encoded (the cache fills in resumable chunks)."""
+        return self.ner_cache / "progress.json"
+
+    @property
+    def decode(self) -> Path:
+        """Fitted thresholds of the tuned decoding."""
+        return self.root / "decode.json"
+
+    @property
+    def split(self) -> Path:
+        """The held-out essays every second stage is scored on, and the training essays."""
+        return self.root / "split.json"
+
+    # --- spans stage (the non-RL second stages) ----------------------------------------------
+    @property
+    def spans(self) -> Path:
+        return self.root / "spans"
+
+    @property
+    def spans_results(self) -> Path:
+        """Held-out scores of the NER decodings, ner-constrained and gbdt; candidate recall."""
+        return self.spans / "results.json"
+
+    @property
+    def spans_tuned(self) -> Path:
+        """ner-tuned's minima fitted on the training essays only (scored on the held-out ones)."""
+        return self.spans / "tuned.json"
+
+    @property
+    def tuned(self) -> Path:
+        """The thresholds `ner-tuned` predicts with: the training essays' fit where a spans stage
+        ran (the protocol's deployed model), else the NER stage's fit on every essay."""
+        return self.spans_tuned if self.spans_tuned.is_file() else self.decode
+
+    @property
+    def constrained(self) -> Path:
+        """ner-constrained: the at-most-one classes and the per-class minima."""
+        return self.spans / "constrained.json"
+
+    @property
+    def gbdt(self) -> Path:
+        """gbdt: the deployed model folder (the first seed's; `spans.SpanModel.load`)."""
+        return self.spans / "gbdt"
+
+    # --- a decoder trained in a step of its own ------------------------------------------------
+    def decoder(self, name: str) -> Path:
+        """The folder of a decoder trained in its own step (a plugin): what it saves, and its
+        held-out rows (results.json)."""
+        return self.root / name
+
+    def decoder_results(self, name: str) -> Path:
+        return self.decoder(name) / "results.json"
+
+    # --- agent stage ---------------------------------------------------------------------------
+    @property
+    def segments(self) -> Path:
+        return self.root / "segments.npz"
+
+    @property
+    def agent(self) -> Path:
+        return self.root / "agent"
+
+    @property
+    def segments_config(self) -> Path:
+        """The segmentation settings prediction must reuse."""
+        return self.agent / "segments.toml"
+
+    @property
+    def agent_results(self) -> Path:
+        return self.agent / "results.json"
+
+    @property
+    def agent_inputs(self) -> Path:
+        """The key of the inputs agent/ was trained from (other inputs empty the folder)."""
+        return self.agent / "inputs.json"
+
+    def seed_dir(self, seed_index: int, seed: int) -> Path:
+        """The first seed's policies live in agent/, later seeds' in agent/seed<s>/."""
+        return self.agent if seed_index == 0 else self.agent / f"seed{seed}"
+
+    @property
+    def legacy_ppo(self) -> Path:
+        """Format 1's PPO folder, named only to recognise a run folder of that format."""
+        return self.agent / "rl"
+
+    def seed_config(self, seed_index: int, seed: int) -> Path:
+        """The agent settings one seed trained with (its seed included)."""
+        return self.seed_dir(seed_index, seed) / "config.toml"
+
+    def trainer_dir(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        if trainer not in AGENT_TRAINERS:
+            raise ValueError(f"unknown agent trainer {trainer!r}")
+        return self.seed_dir(seed_index, seed) / trainer
+
+    def policy(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        return self.trainer_dir(trainer, seed_index, seed) / "policy.pt"
+
+    def history(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        return self.trainer_dir(trainer, seed_index, seed) / "history.json"
+
+    def trainer_done(self, trainer: str, seed_index: int = 0, seed: int = 0) -> Path:
+        """Written last by a finished trainer: its inputs' key and held-out score (resume)."""
+        return self.trainer_dir(trainer, seed_index, seed) / "done.json"
+
+
+@dataclass(frozen=True, init=False)
+class FoldLayout(_Folder):
+    """The files of one NER fold folder (`RUN/ner/fold<k>`, or any folder a study trains in)."""
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def head(self) -> Path:
+        """Frozen mode: the head's weights."""
+        return self.root / "head.safetensors"
+
+    @property
+    def model(self) -> Path:
+        """Finetune mode: encoder and head weights."""
+        return self.root / "model.safetensors"
+
+    @property
+    def oof(self) -> Path:
+        """Word probabilities of the essays this fold held out."""
+        return self.root / "oof.npz"
+
+    @property
+    def done(self) -> Path:
+        """Frozen mode: what the finished fold was trained with (a match skips it)."""
+        return self.root / "done.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        """Frozen mode: the head's training state after the last finished epoch."""
+        return self.root / "checkpoint.pt"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Finetune mode: the transformers Trainer's checkpoint folder."""
+        return self.root / "checkpoints"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
