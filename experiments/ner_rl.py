@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from discourse_rl.common import atomic_write_text, config_from_dict, load_toml
-from discourse_rl.data import load_corpus, load_word_probs
-from discourse_rl.decode import evaluate_decoding
-from discourse_rl.layout import RunLayout
+from discourse_rl.core.common import atomic_write_text, config_from_dict, load_toml
+from discourse_rl.core.data import load_corpus, load_word_probs
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.decoders.decode import evaluate_decoding
 from discourse_rl.ner import rl
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.finetune import _prepare, _state_cache

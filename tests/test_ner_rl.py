@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl.data import NUM_LABELS, labels_to_spans, load_word_probs
-from discourse_rl.layout import RunLayout
-from discourse_rl.metric import essay_counts, essay_f1
+from discourse_rl.core.data import NUM_LABELS, labels_to_spans, load_word_probs
+from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.metric import essay_counts, essay_f1
 from discourse_rl.ner import rl
 from discourse_rl.ner import rl_sampling as rs
 from discourse_rl.ner.config import NerConfig
@@ -111,9 +111,8 @@ def test_config_checks() -> None:
 def tiny_run(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, NerConfig, object, dict[str, int]]:
-    from discourse_rl.data import load_corpus
-    from discourse_rl.decode import DecodeConfig
-    from discourse_rl.ner import NerStageConfig, train_ner_stage
+    from discourse_rl.core.data import load_corpus
+    from discourse_rl.ner.stage import train_ner
 
     folder = tmp_path_factory.mktemp("nerrl")
     backbone = save_tiny_bert(folder / "backbone", 16, 2, 128)
@@ -135,7 +134,7 @@ def tiny_run(
         predict_windows="full",
     )
     run = folder / "run"
-    train_ner_stage(corpus, NerStageConfig(1, ner, DecodeConfig(max_min_words=5)), run)
+    train_ner(corpus, ner, run, seed=1)
     folds = json.loads(RunLayout(run).ner_folds.read_text())
     return run, ner, corpus, folds
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from discourse_rl import metric
-from discourse_rl.constrained import valid_labels, viterbi
-from discourse_rl.data import NUM_LABELS, labels_to_spans
+from discourse_rl.core import metric
+from discourse_rl.core.data import NUM_LABELS, labels_to_spans
+from discourse_rl.decoders.constrained import valid_labels, viterbi
 from discourse_rl.ner import rl_sampling as rs
 
 
@@ -170,8 +170,8 @@ def test_the_lattice_mode_is_the_constrained_viterbi(unique: tuple[int, ...]) ->
 
 
 def test_limited_classes_are_the_constrained_decoders() -> None:
-    from discourse_rl.constrained import ConstrainedConfig, unique_classes
-    from discourse_rl.data import load_corpus
+    from discourse_rl.core.data import load_corpus
+    from discourse_rl.decoders.constrained import ConstrainedConfig, unique_classes
 
     corpus = load_corpus()
     ids = sorted(corpus.essays)[:120]

@@ -5,7 +5,7 @@ fine-tuned fold model is the policy: per word, the 15-label distribution that pr
 (the mean of the softmax over the windows that see the word). An action is a whole label
 sequence for an essay, drawn by one of `ner.rl_sampling`'s samplers (masked word by word, or
 from the constrained decoder's lattice); its reward is the essay's score of the sequence's
-spans against the true ones (`agent.reward`: the macro-aligned reward or the essay F-score).
+spans against the true ones (`core.rewards`: the macro-aligned reward or the essay F-score).
 K sequences per essay come from one forward pass; the update is REINFORCE with a leave-one-out
 (RLOO) or greedy ("self-critical") baseline, plus a KL penalty per word to the frozen
 cross-entropy tagger and optionally a small cross-entropy term. Only the unfrozen layers and
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from discourse_rl import rules
-from discourse_rl.agent.reward import MacroReward, Spans, gold_table
-from discourse_rl.common import DiscourseRLError, atomic_save, progress
-from discourse_rl.data import (
+from discourse_rl.core import rules
+from discourse_rl.core.arrays import Spans
+from discourse_rl.core.common import DiscourseRLError, atomic_save, progress
+from discourse_rl.core.data import (
     NUM_LABELS,
     Corpus,
     labels_to_spans,
@@ -44,10 +44,12 @@ from discourse_rl.data import (
     save_word_probs,
     spans_to_frame,
 )
-from discourse_rl.layout import FoldLayout, RunLayout
-from discourse_rl.metric import score
+from discourse_rl.core.layout import FoldLayout, RunLayout
+from discourse_rl.core.metric import score
+from discourse_rl.core.rewards import MacroReward, gold_table
+from discourse_rl.launch.workers import Job, run_jobs
 from discourse_rl.ner import rl_sampling as rs
-from discourse_rl.ner.backbone import encoder_from_config
+from discourse_rl.ner.backbone import encoder_from_config, freeze_lower
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.finetune import _prepare, _Prepared, _state_cache, fold_workers
 from discourse_rl.ner.frozen_states import StateCache, UpperModel, drop_state_cache
@@ -55,7 +57,6 @@ from discourse_rl.ner.inference import autocast, bf16_available, default_device,
 from discourse_rl.ner.model import NerModel
 from discourse_rl.ner.run import _weights, fold_split, read_json, write_json
 from discourse_rl.ner.tokens import window_inputs
-from discourse_rl.workers import Job, run_jobs
 
 Sampler = Literal["masked", "lattice"]
 Baseline = Literal["rloo", "greedy"]
@@ -90,7 +91,7 @@ class NerRlConfig:
     essay's greedy sequence (self-critical: masked argmax, or the constrained Viterbi)."""
     reward: Reward = "macro"
     """'macro': the essay's first-order share of the corpus macro F1; 'f1': its F-score;
-    'jaccard': the seed's TP / (TP + FP + FN) (`agent.reward`)."""
+    'jaccard': the seed's TP / (TP + FP + FN) (`core.rewards`)."""
     kl_beta: float = 0.05
     """Weight of the KL(policy || cross-entropy tagger) of every word, summed over the essay
     like the sequence's log-probability."""
@@ -391,7 +392,6 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _load_fold_model(layout: RunLayout, cfg: NerConfig, k: int) -> NerModel:
-    from discourse_rl.ner.backbone import freeze_lower
 
     model = NerModel(encoder_from_config(layout.ner_encoder), cfg)
     model.load_state_dict(_weights(layout.fold(k).model))
@@ -456,6 +456,7 @@ def naive_macro_f1(probs: dict[str, np.ndarray], corpus: Corpus) -> float:
 
 def _finish_fold(model: NerModel, arm: _Arm, out: FoldLayout, done: dict[str, Any]) -> None:
     """Write the fold's model and its held-out essays' probabilities, then done.json."""
+    # safetensors is needed only when a fold is written (as in the cross-entropy trainer).
     from safetensors.torch import save_file
 
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -489,6 +490,7 @@ def _run_loop(
     stats)` per step, TensorBoard, evaluation every `eval_every`, a checkpoint every
     `save_every` that a killed phase resumes from; stops at `budget_steps` or once its training
     time reaches `budget_seconds` (0 = none). Returns the history."""
+    # TensorBoard's writer pulls in its protobuf stack: only when a phase trains.
     from torch.utils.tensorboard import SummaryWriter
 
     cfg = arm.cfg

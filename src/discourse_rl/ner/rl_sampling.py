@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from discourse_rl import metric
-from discourse_rl.agent.reward import MacroReward, Spans, rewards
-from discourse_rl.arrays import IntArray
-from discourse_rl.data import CLASSES, NUM_LABELS, Corpus, class_counts, labels_to_spans
+from discourse_rl.core import metric
+from discourse_rl.core.arrays import IntArray, Spans
+from discourse_rl.core.data import CLASSES, NUM_LABELS, Corpus, class_counts, labels_to_spans
+from discourse_rl.core.rewards import MacroReward, rewards
 
 N_CLASSES = len(CLASSES)
 START = NUM_LABELS
@@ -354,7 +354,7 @@ def sequence_counts(labels: torch.Tensor, lengths: torch.Tensor, gold: Sequence[
 
 
 def sequence_rewards(counts: IntArray, kind: str, macro: MacroReward | None = None) -> np.ndarray:
-    """Rewards of (..., 7, 3) counts with the project's one reward module (`agent.reward`):
+    """Rewards of (..., 7, 3) counts with the project's one reward module (`core.rewards`):
     'f1', 'jaccard' or 'macro' (the macro-aligned reward; needs `macro`)."""
     return rewards(counts, kind, macro)
 
