@@ -35,7 +35,7 @@ from torch import nn
 
 from discourse_rl.core import rules
 from discourse_rl.core.arrays import Spans
-from discourse_rl.core.common import DiscourseRLError, atomic_save, progress
+from discourse_rl.core.common import DiscourseRLError, atomic_save, progress, read_json
 from discourse_rl.core.data import (
     NUM_LABELS,
     Corpus,
@@ -55,7 +55,7 @@ from discourse_rl.ner.finetune import _prepare, _Prepared, _state_cache, fold_wo
 from discourse_rl.ner.frozen_states import StateCache, UpperModel, drop_state_cache
 from discourse_rl.ner.inference import autocast, bf16_available, default_device, window_probs
 from discourse_rl.ner.model import NerModel
-from discourse_rl.ner.run import _weights, fold_split, read_json, write_json
+from discourse_rl.ner.run import _weights, fold_split, write_json
 from discourse_rl.ner.tokens import window_inputs
 
 Sampler = Literal["masked", "lattice"]
@@ -469,7 +469,7 @@ def _finish_fold(model: NerModel, arm: _Arm, out: FoldLayout, done: dict[str, An
 
 
 def _is_done(out: FoldLayout, identity: dict[str, Any]) -> bool:
-    done = read_json(out.done)
+    done = read_json(out.done, None)
     if not (out.model.is_file() and out.oof.is_file() and isinstance(done, dict)):
         return False
     return {k: done.get(k) for k in identity} == identity
