@@ -1,7 +1,9 @@
-"""Per-essay rewards and the KL penalty to the frozen BC policy: the one home of both.
+"""The agent's rewards and its KL penalty to the frozen BC policy (the one home of the KL).
 
-Every reward starts from `metric.essay_counts` (TP, FP, FN per class of one essay's labelling
-against its true spans), so the agent is rewarded by the metric it is scored with:
+The rewards themselves live in `core.rewards` (the tagger's RL phase uses them too) and are
+re-exported here. Every reward starts from `metric.essay_counts` (TP, FP, FN per class of one
+essay's labelling against its true spans), so the agent is rewarded by the metric it is scored
+with:
 
 - "f1": the essay's F-score (`metric.essay_f1`), the default of the step-wise environment;
 - "jaccard": the seed's per-essay score TP / (TP + FP + FN) (`metric.essay_jaccard`);
@@ -14,7 +16,7 @@ policy near the frozen BC policy with the same exact KL over the allowed actions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -22,37 +24,21 @@ import torch
 
 from discourse_rl.core import metric
 from discourse_rl.core.arrays import IntArray, Spans
-from discourse_rl.core.data import CLASSES, Corpus
-from discourse_rl.decoders.segments import EssaySegments, actions_to_spans, gold_spans
-
-Float64Array = npt.NDArray[np.float64]
-"""One essay's spans: (class index, word_start, word_end)."""
-
-ESSAY_REWARDS: dict[str, Callable[[IntArray], float]] = {
-    "f1": metric.essay_f1,
-    "jaccard": metric.essay_jaccard,
-}
-"""Rewards that depend on one essay's counts alone (the step-wise environment offers these)."""
-REWARDS = (*ESSAY_REWARDS, "macro")
-
-
-def gold_table(corpus: Corpus, ids: Sequence[str]) -> dict[str, Spans]:
-    """True spans per essay: the answer key every reward is computed against."""
-    return {i: gold_spans(corpus, i) for i in ids}
+from discourse_rl.core.data import CLASSES
+from discourse_rl.core.rewards import (  # the metric's rewards, re-exported for the agent
+    ESSAY_REWARDS as ESSAY_REWARDS,
+)
+from discourse_rl.core.rewards import REWARDS as REWARDS
+from discourse_rl.core.rewards import MacroReward as MacroReward
+from discourse_rl.core.rewards import essay_reward as essay_reward
+from discourse_rl.core.rewards import gold_table as gold_table
+from discourse_rl.core.rewards import rewards as rewards
+from discourse_rl.decoders.segments import EssaySegments, actions_to_spans
 
 
 def essay_counts(seg: EssaySegments, actions: npt.ArrayLike, gold: Spans) -> IntArray:
     """(7, 3) TP/FP/FN per class of one essay's segment actions."""
     return metric.essay_counts(*actions_to_spans(seg, actions), *gold)
-
-
-def essay_reward(counts: IntArray, kind: str) -> float:
-    """The `kind` reward ('f1' or 'jaccard') of one essay's (7, 3) counts."""
-    try:
-        fn = ESSAY_REWARDS[kind]
-    except KeyError:
-        raise ValueError(f"reward must be one of {tuple(ESSAY_REWARDS)}, got {kind!r}") from None
-    return fn(counts)
 
 
 def labelling_counts(
@@ -64,48 +50,6 @@ def labelling_counts(
         for k in range(actions.shape[1]):
             out[i, k] = essay_counts(seg, actions[i, k, : seg.n_segments], gold[seg.essay_id])
     return out
-
-
-class MacroReward:
-    """An essay's first-order contribution to the corpus macro F1.
-
-    With corpus totals D_c = 2 TP_c + FP_c + FN_c and F_c = 2 TP_c / D_c, adding an essay's
-    (tp, fp, fn) moves F_c by about (2 tp (1 - F_c) - F_c (fp + fn)) / D_c. Averaged over the
-    classes, with D_c per essay, this weighs a rare class's hits and misses as the macro mean
-    does. F_c and D_c are moving averages over the sampled labellings.
-    """
-
-    def __init__(self, counts: IntArray, momentum: float) -> None:
-        self.momentum = momentum
-        self.stats = self._stats(counts)
-
-    @staticmethod
-    def _stats(counts: IntArray) -> Float64Array:
-        """(7, 3) mean per-essay TP, FP, FN."""
-        return np.asarray(counts.reshape(-1, len(CLASSES), 3).mean(0), dtype=np.float64)
-
-    def update(self, counts: IntArray) -> None:
-        m = self.momentum
-        self.stats = m * self.stats + (1 - m) * self._stats(counts)
-
-    def __call__(self, counts: IntArray) -> Float64Array:
-        tp, fp, fn = self.stats.T
-        d = 2 * tp + fp + fn
-        live = d > 1e-9
-        f = np.where(live, 2 * tp / np.maximum(d, 1e-9), 0.0)
-        c = counts.astype(np.float64)
-        gain = (2 * c[..., 0] * (1 - f) - f * (c[..., 1] + c[..., 2])) / np.maximum(d, 1e-9)
-        return np.asarray(np.where(live, gain, 0.0).sum(-1) / max(int(live.sum()), 1))
-
-
-def rewards(counts: IntArray, kind: str, macro: MacroReward | None = None) -> Float64Array:
-    """Reward of each labelling from its (..., 7, 3) counts; 'macro' needs `macro`."""
-    if kind == "macro":
-        if macro is None:
-            raise ValueError("the 'macro' reward needs its class statistics (MacroReward)")
-        return macro(counts)
-    flat = counts.reshape(-1, len(CLASSES), 3)
-    return np.array([essay_reward(c, kind) for c in flat], np.float64).reshape(counts.shape[:-2])
 
 
 def kl_to_reference(
