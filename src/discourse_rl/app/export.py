@@ -25,14 +25,18 @@ from typing import Any
 from discourse_rl import __version__
 from discourse_rl.app.labeller import canonical_stage, default_stage, heldout_scores
 from discourse_rl.app.labeller import offered_stages as offered
-from discourse_rl.app.model_file import MANIFEST, PT_FORMAT, base_weights, match_base
+from discourse_rl.app.model_file import (
+    EXPORT_FORMAT,
+    MANIFEST,
+    PT_FORMAT,
+    base_weights,
+    match_base,
+)
 from discourse_rl.core.common import DiscourseRLError, atomic_save, read_json
 from discourse_rl.core.data import sample_dir
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
 from discourse_rl.run import lock
-
-EXPORT_FORMAT = 1
 
 
 def _pack(path: Path, base: dict[str, Any]) -> tuple[bytes, dict[str, str]]:

@@ -20,6 +20,9 @@ from typing import Any
 from discourse_rl.core.common import DiscourseRLError
 
 MANIFEST = "export.json"
+EXPORT_FORMAT = 1
+"""Version of an export's layout (`format` in its export.json). A newer one is refused in one
+line rather than misread; bump it when a reader of the old layout would break."""
 SHIPPED = Path(__file__).resolve().parent.parent / "shipped" / "model.zip"
 """The model that ships inside the package: the reference run's export, every stage in it. The
 default of `Labeller.load()`, `label`, `serve`, `predict`, `info` and `export`."""
@@ -81,11 +84,13 @@ def open_model(model: str | Path) -> Path:
     digest = hashlib.sha256(model.read_bytes()).hexdigest()[:16]
     target = cache_root() / "models" / digest
     if (target / MANIFEST).is_file():
+        check_export_format(model, (target / MANIFEST).read_bytes())
         return target
     try:
         with zipfile.ZipFile(model) as zf:
             if MANIFEST not in zf.namelist():
                 raise DiscourseRLError(f"{model}: not a discourse-rl model (no {MANIFEST})")
+            check_export_format(model, zf.read(MANIFEST))
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{digest}-"))
             try:
@@ -102,6 +107,21 @@ def open_model(model: str | Path) -> Path:
             return target
         raise DiscourseRLError(f"{model}: cannot unpack ({exc})") from None
     return target
+
+
+def check_export_format(model: Path, manifest: bytes) -> None:
+    """One line if `model`'s export.json is unreadable or of a format newer than this code."""
+    try:
+        fmt = json.loads(manifest.decode("utf-8"))["format"]
+    except (KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DiscourseRLError(f"{model}: broken {MANIFEST} ({exc!r})") from None
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise DiscourseRLError(f"{model}: {MANIFEST} names no export format ({fmt!r})")
+    if fmt > EXPORT_FORMAT:
+        raise DiscourseRLError(
+            f"{model}: made by a newer discourse-rl (export format {fmt}; this version reads "
+            f"up to {EXPORT_FORMAT}): upgrade discourse-rl to load it"
+        )
 
 
 def _restore(model: Path, root: Path) -> None:
