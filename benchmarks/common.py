@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from discourse_rl.app.model_file import SHIPPED
 from discourse_rl.core.common import DiscourseRLError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,9 @@ def parser(doc: str | None, *, model: bool = False) -> argparse.ArgumentParser:
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     if model:
-        ap.add_argument("--model", type=Path, default=Path("runs/demo"), help="run folder or .zip")
+        ap.add_argument(
+            "--model", type=Path, default=SHIPPED, help="run folder or .zip (the shipped model)"
+        )
     return ap
 
 

@@ -1,7 +1,7 @@
 """Latency of labelling one essay of about 500 words, warm: through the Python API and over HTTP.
 
     .venv/bin/python -m benchmarks.label_latency --model runs/reference --repeats 30
-    .venv/bin/python -m benchmarks.label_latency --model runs/demo --repeats 5 --json
+    .venv/bin/python -m benchmarks.label_latency --repeats 5 --json
 
 The essay is the embedded sample's essay closest to `--words` words. API: `Labeller.label` on a
 model loaded once (after one warm-up call). HTTP: POST /api/label to `discourse-rl serve`

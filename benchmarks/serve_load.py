@@ -1,7 +1,7 @@
 """Load on `discourse-rl serve`: concurrent clients against 127.0.0.1, throughput and latency.
 
-    .venv/bin/python -m benchmarks.serve_load --model runs/demo              # 8 clients, 60 s
-    .venv/bin/python -m benchmarks.serve_load --model runs/demo --seconds 5 --json
+    .venv/bin/python -m benchmarks.serve_load              # 8 clients, 60 s
+    .venv/bin/python -m benchmarks.serve_load --seconds 5 --json
 
 Starts the server as a child process on a free port of 127.0.0.1 (or uses `--url`, which must
 be a loopback address: this never loads anyone else's server), waits for /api/health, reads
