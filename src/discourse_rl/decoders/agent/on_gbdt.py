@@ -27,7 +27,7 @@ from discourse_rl.core.arrays import FloatArray, IntArray
 from discourse_rl.core.data import CLASS_INDEX, CLASSES, Corpus
 from discourse_rl.decoders.gbdt.gbdt import SpanModel, TrainingTable, fit_table
 from discourse_rl.decoders.gbdt.model import CandidateTable, SpanConfig, score_candidates
-from discourse_rl.decoders.gbdt.search import subset_table
+from discourse_rl.decoders.gbdt.search import inner_folds
 from discourse_rl.decoders.segments import (
     N_ACTIONS,
     EssaySegments,
@@ -85,19 +85,10 @@ def cross_fit_gbdt(
     data: TrainingTable, corpus: Corpus, cfg: SpanConfig, folds: int = 2
 ) -> GbdtView:
     """gbdt's scores and spans of the training essays, each fold by a model blind to it."""
-    fold = np.random.default_rng([cfg.seed, 11]).permutation(len(data.ids)) % folds
     score = np.zeros(data.table.cls.size)
     frames = []
-    for f in range(folds):
-        fit_rows = np.flatnonzero(fold != f)
-        held_rows = np.flatnonzero(fold == f)
-        part = TrainingTable(
-            [data.ids[k] for k in fit_rows.tolist()],
-            data.limits,
-            subset_table(data.table, fit_rows),
-        )
+    for part, held, held_rows in inner_folds(data, folds, [cfg.seed, 11]):
         model = fit_table(part, corpus, cfg)
-        held = subset_table(data.table, held_rows)
         in_fold = np.isin(data.table.essay, held_rows)
         score[in_fold] = score_candidates(model.boosters, data.table.features[in_fold])
         frames.append(model.predict_table(held))

@@ -10,11 +10,12 @@ optional dependency (`pip install optuna`, the `search` extra); it is imported o
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from discourse_rl.core.arrays import IntArray
 from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.data import Corpus
 from discourse_rl.core.protocol import heldout_score
@@ -52,14 +53,12 @@ def subset_table(table: CandidateTable, keep_essays: np.ndarray) -> CandidateTab
     )
 
 
-def inner_score(
-    data: TrainingTable, corpus: Corpus, cfg: SpanConfig, folds: int, seed: int = 0
-) -> float:
-    """Mean macro F1 over `folds` inner folds of the training essays."""
-    if folds < 2 or len(data.ids) < folds:
-        raise DiscourseRLError(f"search: {folds} inner folds for {len(data.ids)} essays")
-    fold = np.random.default_rng([seed, 7]).permutation(len(data.ids)) % folds
-    scores = []
+def inner_folds(
+    data: TrainingTable, folds: int, rng_key: list[int]
+) -> Iterator[tuple[TrainingTable, CandidateTable, IntArray]]:
+    """The training essays dealt into `folds` seeded folds; per fold, the other folds' table to
+    fit on, this fold's candidates, and this fold's essay indices."""
+    fold = np.random.default_rng(rng_key).permutation(len(data.ids)) % folds
     for f in range(folds):
         fit_rows = np.flatnonzero(fold != f)
         held_rows = np.flatnonzero(fold == f)
@@ -68,7 +67,17 @@ def inner_score(
             data.limits,
             subset_table(data.table, fit_rows),
         )
-        held = subset_table(data.table, held_rows)
+        yield part, subset_table(data.table, held_rows), held_rows
+
+
+def inner_score(
+    data: TrainingTable, corpus: Corpus, cfg: SpanConfig, folds: int, seed: int = 0
+) -> float:
+    """Mean macro F1 over `folds` inner folds of the training essays."""
+    if folds < 2 or len(data.ids) < folds:
+        raise DiscourseRLError(f"search: {folds} inner folds for {len(data.ids)} essays")
+    scores = []
+    for part, held, _ in inner_folds(data, folds, [seed, 7]):
         model = fit_table(part, corpus, cfg)
         gt = gold_frame(corpus, held.ids)
         scores.append(heldout_score(model.predict_table(held), gt).macro_f1)
