@@ -83,6 +83,7 @@ def export_model(
 def _export(run: Path, out: Path, stage: str | None, every_stage: bool, note: str) -> Path:
     # torch comes with the tagger package: loaded only when exporting
     from discourse_rl.ner import run_ner_config
+    from discourse_rl.ner.run import fold_weights
 
     layout = RunLayout(run)
     stage = default_stage(run) if stage is None else canonical_stage(stage)
@@ -108,7 +109,14 @@ def _export(run: Path, out: Path, stage: str | None, every_stage: bool, note: st
     for p in weights:
         if p.is_file():
             rel = p.relative_to(run).as_posix()
-            files[rel], omitted[rel] = _pack(p, base)
+            # A run whose second stages read the RL phase's tagger: its weights take the fold
+            # model's place, so the export labels with the tagger they were fitted on.
+            src = (
+                fold_weights(layout, int(p.parent.name[4:]))
+                if p.name == "model.safetensors" and p.parent.name.startswith("fold")
+                else p
+            )
+            files[rel], omitted[rel] = _pack(src, base)
     # format.json too: the unpacked folder must read as a run of this format.
     for p in (
         layout.format,

@@ -58,6 +58,12 @@ def stage_files(lay: RunLayout, stage: str) -> list[Path]:
         for fold in sorted(lay.ner.glob("fold*")):
             f = FoldLayout(fold)
             found += [f.head, f.model, f.oof]
+    elif stage == "ner_rl":
+        found = [p for arm in ("rl", "control") for p in sorted((lay.ner / arm).glob("*.*"))]
+        for fold in sorted(lay.ner.glob("fold*")):
+            for arm in ("rl", "control"):
+                f = FoldLayout(fold / arm)
+                found += [f.model, f.oof]
     elif stage == "agent":
         found = [lay.segments, lay.segments_config, lay.agent_results]
         if lay.agent.is_dir():

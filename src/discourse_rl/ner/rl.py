@@ -25,15 +25,14 @@ import copy
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from discourse_rl.core import rules
 from discourse_rl.core.arrays import Spans
 from discourse_rl.core.common import DiscourseRLError, atomic_save, progress, read_json
 from discourse_rl.core.data import (
@@ -55,118 +54,19 @@ from discourse_rl.ner.finetune import _prepare, _Prepared, _state_cache, fold_wo
 from discourse_rl.ner.frozen_states import StateCache, UpperModel, drop_state_cache
 from discourse_rl.ner.inference import autocast, bf16_available, default_device, window_probs
 from discourse_rl.ner.model import NerModel
+from discourse_rl.ner.rl_config import (  # noqa: F401  (re-exported: the phase's settings)
+    BASELINES,
+    FEEDS,
+    RL_REWARDS,
+    SAMPLERS,
+    Baseline,
+    Feeds,
+    NerRlConfig,
+    Reward,
+    Sampler,
+)
 from discourse_rl.ner.run import _weights, fold_split, write_json
 from discourse_rl.ner.tokens import window_inputs
-
-Sampler = Literal["masked", "lattice"]
-Baseline = Literal["rloo", "greedy"]
-Reward = Literal["macro", "f1", "jaccard"]
-Feeds = Literal["ce", "rl", "control"]
-SAMPLERS: tuple[str, ...] = get_args(Sampler)
-BASELINES: tuple[str, ...] = get_args(Baseline)
-RL_REWARDS: tuple[str, ...] = get_args(Reward)
-FEEDS: tuple[str, ...] = get_args(Feeds)
-
-
-@dataclass(frozen=True)
-class NerRlConfig:
-    """Settings of the RL phase of the tagger (the `[ner_rl]` table of a run config)."""
-
-    enabled: bool = False
-    """Train each fold model by RL after its cross-entropy epochs ('finetune' mode only)."""
-    steps: int = 200
-    """Updates per fold (each over `batch_essays` essays); `max_seconds` may stop it earlier."""
-    max_seconds: float = 0.0
-    """Training wall time per fold at which the phase stops (0 = no limit); evaluations and
-    checkpoints are not counted."""
-    batch_essays: int = 8
-    """Essays per update."""
-    samples: int = 8
-    """K: label sequences sampled per essay from one forward pass."""
-    sampler: Sampler = "masked"
-    """'masked': word by word under the valid-transition mask; 'lattice': forward filtering,
-    backward sampling over the constrained decoder's lattice (its at-most-one limits)."""
-    baseline: Baseline = "rloo"
-    """'rloo': the mean reward of the essay's other K - 1 samples; 'greedy': the reward of the
-    essay's greedy sequence (self-critical: masked argmax, or the constrained Viterbi)."""
-    reward: Reward = "macro"
-    """'macro': the essay's first-order share of the corpus macro F1; 'f1': its F-score;
-    'jaccard': the seed's TP / (TP + FP + FN) (`core.rewards`)."""
-    kl_beta: float = 0.05
-    """Weight of the KL(policy || cross-entropy tagger) of every word, summed over the essay
-    like the sequence's log-probability."""
-    ce_weight: float = 0.0
-    """Weight of a cross-entropy term on the true labels, summed over the essay's words."""
-    lr: float = 1e-5
-    """Learning rate of the unfrozen encoder layers (AdamW; warm-up, then constant)."""
-    head_lr: float = 1e-4
-    """Learning rate of the head (0 = `lr`)."""
-    warmup_steps: int = 10
-    """Updates of linear warm-up."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    macro_momentum: float = 0.95
-    """Moving-average momentum of the class statistics behind the 'macro' reward."""
-    unique_share: float = 0.99
-    """'lattice': a class gets at most one span when this share of training essays has <= 1
-    (as `[constrained]`)."""
-    max_unique: int = 3
-    """'lattice': at most this many limited classes."""
-    eval_every: int = 50
-    """Updates between evaluations of the policy's naive macro F1 on `eval_essays` of the
-    fold's held-out essays (curves only: nothing is selected on them)."""
-    eval_essays: int = 100
-    """Held-out essays of the fold scored for the curves (0 = no evaluation)."""
-    save_every: int = 50
-    """Updates between checkpoints (the phase resumes from the last one)."""
-    control: bool = False
-    """Also train the honest control: cross-entropy from the same checkpoint for the wall time
-    the fold's RL phase took."""
-    feeds: Feeds = "ce"
-    """Whose word probabilities the later stages (spans, agent) read: 'ce' (the cross-entropy
-    tagger), 'rl' or 'control'."""
-
-    def __post_init__(self) -> None:
-        rules.check_fields(
-            self,
-            {
-                "steps": rules.positive,
-                "max_seconds": rules.non_negative,
-                "batch_essays": rules.positive,
-                "samples": rules.positive,
-                "kl_beta": rules.non_negative,
-                "ce_weight": rules.non_negative,
-                "lr": rules.positive,
-                "head_lr": rules.non_negative,
-                "warmup_steps": rules.non_negative,
-                "weight_decay": rules.non_negative,
-                "macro_momentum": rules.below_one,
-                "unique_share": rules.probability,
-                "max_unique": rules.non_negative,
-                "eval_every": rules.positive,
-                "eval_essays": rules.non_negative,
-                "save_every": rules.positive,
-            },
-        )
-        for name, value, allowed in (
-            ("sampler", self.sampler, SAMPLERS),
-            ("baseline", self.baseline, BASELINES),
-            ("reward", self.reward, RL_REWARDS),
-            ("feeds", self.feeds, FEEDS),
-        ):
-            if value not in allowed:
-                raise rules.ConfigValueError(name, value, f"must be one of {allowed}")
-        if self.baseline == "rloo" and self.samples < 2:
-            raise rules.ConfigValueError("samples", self.samples, "must be >= 2 with 'rloo'")
-
-    def identity(self) -> dict[str, Any]:
-        """What the RL models depend on (not how often they are evaluated or saved, nor which
-        tagger later stages read)."""
-        out = asdict(self)
-        for k in ("eval_every", "eval_essays", "save_every", "control", "feeds", "enabled"):
-            out.pop(k)
-        return out
-
 
 # ---------------------------------------------------------------------------------------------
 # Paths
@@ -332,7 +232,9 @@ def rl_loss(
     K sampled sequences per essay, + kl_beta x the summed per-word KL to the reference,
     + ce_weight x the summed cross-entropy on the true labels (both averaged over essays)."""
     cfg = pol.cfg
-    lp_cpu = logp.detach().cpu()
+    # The policy that acts: the word distributions at the sampling temperature.
+    act = logp if cfg.temperature == 1.0 else torch.log_softmax(logp / cfg.temperature, -1)
+    lp_cpu = act.detach().cpu()
     seqs = sample(lp_cpu, lengths, cfg, pol.lattice, rng)
     gold = [pol.gold[p] for p in positions]
     counts = rs.sequence_counts(seqs, lengths, gold)
@@ -348,7 +250,7 @@ def rl_loss(
     adv = rs.advantages(reward, cfg.baseline, base)
     if pol.macro is not None:
         pol.macro.update(counts)
-    seq_lp = sequence_log_prob(logp.cpu(), seqs, lengths, pol.lattice)
+    seq_lp = sequence_log_prob(act.cpu(), seqs, lengths, pol.lattice)
     pg = -(torch.from_numpy(adv).to(seq_lp.dtype) * seq_lp).mean()
     kl_word = _kl_per_word(logp, ref, lengths)
     loss = pg.to(logp.device) + cfg.kl_beta * kl_word.sum(1).mean()
@@ -393,7 +295,8 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _load_fold_model(layout: RunLayout, cfg: NerConfig, k: int) -> NerModel:
 
-    model = NerModel(encoder_from_config(layout.ner_encoder), cfg)
+    encoder = encoder_from_config(layout.ner_encoder, cfg.attention_dropout, cfg.hidden_dropout)
+    model = NerModel(encoder, cfg)
     model.load_state_dict(_weights(layout.fold(k).model))
     freeze_lower(model, cfg.freeze_layers)
     return model
@@ -566,7 +469,12 @@ def _run_loop(
 def train_fold_rl(arm: _Arm) -> dict[str, Any]:
     """Fold `arm.k`'s RL phase (skipped when finished); returns its done record."""
     out = rl_fold(arm.layout, arm.k)
-    identity = {"rl": arm.cfg.identity(), "seed": arm.seed + arm.k, "train": len(arm.train)}
+    identity = {
+        "rl": arm.cfg.identity(),
+        "seed": arm.seed + arm.k,
+        "train": len(arm.train),
+        "held": len(arm.held),
+    }
     if _is_done(out, identity):
         return read_json(out.done)  # type: ignore[no-any-return]
     cfg = arm.cfg
@@ -624,6 +532,7 @@ def train_fold_control(arm: _Arm, seconds: float) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "seed": arm.seed + arm.k,
         "train": len(arm.train),
+        "held": len(arm.held),
     }
     if _is_done(out, identity):
         return read_json(out.done)  # type: ignore[no-any-return]
@@ -678,15 +587,19 @@ def rl_folds(
     folds: dict[str, int],
     seed: int,
     todo: list[int],
+    predict_ids: frozenset[str] | None = None,
 ) -> None:
     """The RL phase (and the control when asked) of the folds `todo`, one after the other, in
-    this process (a fold child's job)."""
+    this process (a fold child's job); each fold predicts its held-out essays among
+    `predict_ids` (None: all of them)."""
     device = default_device()
     data = _prepare(corpus, cfg, layout)
     cache = _state_cache(cfg, layout, data.per_essay, data.pad_id, device)
     essays = _Essays(data, cache, cfg, device)
     for k in todo:
         train_ids, held = fold_split(folds, k)
+        if predict_ids is not None:
+            held = [i for i in held if i in predict_ids]
         train = [data.position[i] for i in train_ids]
         arm = _Arm(layout, cfg, rl_cfg, essays, k, train, held, corpus, seed)
         done = train_fold_rl(arm)
@@ -701,26 +614,29 @@ def train_rl(
     layout: RunLayout,
     folds: dict[str, int],
     seed: int,
+    predict_ids: frozenset[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """After the cross-entropy folds: every fold's RL phase (and control), in fold processes
     as the cross-entropy folds were trained; then each arm's out-of-fold probabilities
     (RUN/ner/rl/oof.npz, RUN/ner/control/oof.npz) and curves. Returns per arm its folds'
     training seconds and its out-of-fold naive macro F1 (the NER step fits and scores the
-    other decodings on these probabilities)."""
+    other decodings on these probabilities). `predict_ids`: the essays that get the arms'
+    probabilities (None: every essay)."""
     if cfg.mode != "finetune":
         raise DiscourseRLError("[ner_rl] enabled needs [ner] mode = 'finetune'")
     device = default_device()
     todo = list(range(cfg.folds))
     workers = fold_workers(cfg, len(todo), device)
     if workers <= 1:
-        rl_folds(corpus, cfg, rl_cfg, layout, folds, seed, todo)
+        rl_folds(corpus, cfg, rl_cfg, layout, folds, seed, todo, predict_ids)
     else:
         if cfg.cache_frozen:
             data = _prepare(corpus, cfg, layout)
             _state_cache(cfg, layout, data.per_essay, data.pad_id, device)
         threads = max(1, torch.get_num_threads() // workers)
         args = (corpus, cfg, rl_cfg, layout, folds, seed)
-        run_jobs([Job(f"fold {k} rl", rl_folds, (*args, [k])) for k in todo], workers, threads)
+        jobs = [Job(f"fold {k} rl", rl_folds, (*args, [k], predict_ids)) for k in todo]
+        run_jobs(jobs, workers, threads)
     if cfg.cache_frozen:
         drop_state_cache(layout)
     arms = ["rl", *(["control"] if rl_cfg.control else [])]

@@ -123,12 +123,43 @@ def load_heads(run_dir: str | Path, cfg: NerConfig, in_dim: int) -> list[NerHead
     return heads
 
 
+def fed_arm(layout: RunLayout) -> str:
+    """Whose fold weights label new essays: 'ce' (the cross-entropy tagger's) or the RL phase's
+    arm ('rl', 'control') whose probabilities the second stages were fitted on, as the run
+    recorded in RUN/ner/feeds.json (`[ner_rl] feeds`)."""
+    path = layout.ner / "feeds.json"
+    if not path.is_file():
+        return "ce"
+    try:
+        arm = json.loads(path.read_text(encoding="utf-8"))["arm"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DiscourseRLError(f"{path}: unreadable ({exc})") from None
+    if arm not in ("ce", "rl", "control"):
+        raise DiscourseRLError(f"{path}: unknown arm {arm!r}")
+    return str(arm)
+
+
+def write_fed_arm(layout: RunLayout, arm: str) -> None:
+    """Record (or, for 'ce', clear) the arm whose weights label new essays."""
+    path = layout.ner / "feeds.json"
+    if arm == "ce":
+        path.unlink(missing_ok=True)
+    elif layout.ner.is_dir():
+        write_json(path, {"arm": arm})
+
+
+def fold_weights(layout: RunLayout, k: int) -> Path:
+    """Fold `k`'s weights that label new essays (`fed_arm`)."""
+    arm = fed_arm(layout)
+    return layout.fold(k).model if arm == "ce" else layout.ner_fold(k) / arm / "model.safetensors"
+
+
 def load_finetuned(run_dir: str | Path, cfg: NerConfig) -> list[NerModel]:
-    """Finetune mode: every fold's encoder and head."""
+    """Finetune mode: every fold's encoder and head (the fed arm's weights, `fold_weights`)."""
     layout = RunLayout(run_dir)
     models = []
-    for fold in layout.folds(cfg.folds):
-        weights = _weights(fold.model)
+    for k in range(cfg.folds):
+        weights = _weights(fold_weights(layout, k))
         model = NerModel(encoder_from_config(layout.ner_encoder), cfg)
         model.load_state_dict(weights)
         models.append(model)

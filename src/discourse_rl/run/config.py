@@ -32,6 +32,7 @@ from discourse_rl.decoders.decode import DecodeConfig
 from discourse_rl.decoders.gbdt.model import SpanConfig
 from discourse_rl.decoders.segments import SegmentConfig
 from discourse_rl.ner import NerConfig
+from discourse_rl.ner.rl_config import NerRlConfig
 
 SEEDED_BY_RUN = ("agent", "episode", "gbdt")
 """Tables whose `seed` a run sets from `agent_seeds` (a config may not set it itself)."""
@@ -56,6 +57,9 @@ class RunConfig:
     """NER model, training and cross-fitting."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     """Naive and tuned span decoding."""
+    ner_rl: NerRlConfig = field(default_factory=NerRlConfig)
+    """The tagger's RL phase and its control (step `ner_rl`), and whose word probabilities
+    the second stages read (`feeds`)."""
     spans_stage: bool = True
     """Fit and score the non-RL second stages, ner-constrained and gbdt (RUN/spans/)."""
     constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig)
@@ -93,6 +97,14 @@ class RunConfig:
                 self.segments.max_segments,
                 f"exceeds [agent] max_segments ({self.agent.max_segments})",
                 table="segments",
+            )
+        if self.ner_rl.enabled and self.ner.mode != "finetune":
+            raise rules.ConfigValueError(
+                "enabled", True, "needs [ner] mode = 'finetune'", table="ner_rl"
+            )
+        if self.ner_rl.feeds != "ce" and not self.ner_rl.enabled:
+            raise rules.ConfigValueError(
+                "feeds", self.ner_rl.feeds, "needs enabled = true", table="ner_rl"
             )
         rules.check_fields(
             self, {"seed": rules.non_negative, "agent_seeds": rules.each(rules.non_negative)}

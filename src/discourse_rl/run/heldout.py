@@ -35,11 +35,19 @@ class HeldOutTable:
         return next((s for s in self.rows if s.stage == name), None)
 
 
+NER_RL_ROWS = ("ner-rl", "ner-rl-tuned", "ner-control", "ner-control-tuned")
+"""The rows of step ner_rl (RUN/ner/rl/results.json): not decoders, since labelling new essays
+reads the tagger the second stages were fitted on."""
+
+
 def row_order() -> tuple[str, ...]:
     """The table's rows: the decoders in registry order, the segment oracle before the agent's."""
     names = list(registry.names())
     agent = registry.trained_by("agent")
     names.insert(names.index(agent[0]) if agent else len(names), ORACLE)
+    # The tagger's RL phase and its control (step ner_rl) after the tagger's own rows.
+    after = names.index("ner-tuned") + 1 if "ner-tuned" in names else 0
+    names[after:after] = NER_RL_ROWS
     return tuple(names)
 
 
@@ -62,6 +70,13 @@ def heldout_table(run: str | Path) -> HeldOutTable:
                 first = res
             if res.heldout == first.heldout:
                 own.append(res)
+    rl_path = lay.ner / "rl" / "results.json"
+    if rl_path.is_file():
+        res = StepResults.read(rl_path)
+        if first is None:
+            first = res
+        if res.heldout == first.heldout:
+            own.append(res)
     by_name: dict[str, StageScores] = {}
     for step in (spans, agent, *own):
         for s in step.stages if step is not None else ():

@@ -42,6 +42,7 @@ from discourse_rl.decoders import registry
 from discourse_rl.decoders.decode import DecodeReport
 from discourse_rl.decoders.segments import gold_frame
 from discourse_rl.launch import distributed
+from discourse_rl.ner.run import write_fed_arm
 from discourse_rl.run import lock, space
 from discourse_rl.run.config import RunConfig, load_run_config, write_run_config
 from discourse_rl.run.results import machine_description, write_report
@@ -49,6 +50,8 @@ from discourse_rl.run.runformat import RunFormat, check_format, version_changes
 from discourse_rl.run.steps.agent import train_agent_stage
 from discourse_rl.run.steps.gbdt import train_spans_stage
 from discourse_rl.run.steps.ner import NerStageConfig, train_ner_stage
+from discourse_rl.run.steps.ner_rl import results_path as ner_rl_results
+from discourse_rl.run.steps.ner_rl import train_ner_rl_stage
 
 DATA_PARALLEL = ("ner",)
 """Stages every process of a launcher (torchrun, accelerate launch) works on; the main process
@@ -89,10 +92,42 @@ class Step:
     """A disabled step is skipped and its outputs removed (nothing stale to predict with)."""
     outputs: Callable[[RunLayout], tuple[Path, ...]] = lambda _: ()
     """What a disabled step removes."""
+    fed: bool = False
+    """Reads the word probabilities `[ner_rl] feeds` names: then it reads `ner_rl` too."""
+
+    def reads_under(self, cfg: RunConfig | None) -> tuple[str, ...]:
+        """The steps it reads under `cfg` (None: every step it may read)."""
+        if self.fed and (cfg is None or cfg.ner_rl.feeds != "ce"):
+            return (*self.reads, "ner_rl")
+        return self.reads
+
+    def key_config(self, cfg: RunConfig) -> Any:
+        """What its key hashes: its settings, and whose probabilities it reads when not the
+        cross-entropy tagger's (so that keys written before the switch existed still hold)."""
+        own = self.config(cfg)
+        return [own, cfg.ner_rl.feeds] if self.fed and cfg.ner_rl.feeds != "ce" else own
 
 
 def run_ner_step(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> DecodeReport:
     return train_ner_stage(corpus, NerStageConfig(cfg.seed, cfg.ner, cfg.decode), lay.root)
+
+
+def fed_probs(lay: RunLayout, cfg: RunConfig) -> Probs:
+    """The out-of-fold word probabilities the second stages read (`[ner_rl] feeds`)."""
+    if cfg.ner_rl.feeds == "ce":
+        return load_word_probs(lay.oof)
+    return load_word_probs(lay.ner / cfg.ner_rl.feeds / "oof.npz")
+
+
+def _run_ner_rl(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> StepResults:
+    split = run_split(load_word_probs(lay.oof), corpus, cfg)
+    return train_ner_rl_stage(lay.root, corpus, cfg.ner, cfg.ner_rl, split, cfg.seed)
+
+
+def _ner_rl_outputs(lay: RunLayout) -> tuple[Path, ...]:
+    arms = [lay.ner / "rl", lay.ner / "control"]
+    folds = [p for f in sorted(lay.ner.glob("fold*")) for p in (f / "rl", f / "control")]
+    return (*arms, *folds)
 
 
 def run_split(probs: Probs, corpus: Corpus, cfg: RunConfig, *, simulated: bool = False) -> Split:
@@ -104,7 +139,7 @@ def run_split(probs: Probs, corpus: Corpus, cfg: RunConfig, *, simulated: bool =
 
 
 def _run_spans(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
-    probs = load_word_probs(lay.oof)
+    probs = fed_probs(lay, cfg)
     split = run_split(probs, corpus, cfg)
     return train_spans_stage(
         lay.root, corpus, probs, split, cfg.constrained, cfg.gbdt, cfg.agent_seeds
@@ -116,7 +151,7 @@ def run_agent_step(
 ) -> AgentResults:
     """The agent step (`probs`: simulated word probabilities instead of the tagger's)."""
     simulated = probs is not None
-    probs = load_word_probs(lay.oof) if probs is None else probs
+    probs = fed_probs(lay, cfg) if probs is None else probs
     episode = cfg.episode if cfg.episode_trainer else None
     return train_agent_stage(
         lay.root,
@@ -146,6 +181,7 @@ BUILTIN_STEPS: tuple[Step, ...] = (
         _run_spans,
         lambda c: c.spans_stage,
         lambda lay: (lay.spans,),
+        fed=True,
     ),
     Step(
         "agent",
@@ -161,6 +197,24 @@ BUILTIN_STEPS: tuple[Step, ...] = (
         ),
         lambda lay: lay.agent_results,
         run_agent_step,
+        fed=True,
+    ),
+    Step(
+        "ner_rl",
+        ("ner",),
+        lambda c: (
+            c.seed,
+            c.heldout_share,
+            c.heldout_seed,
+            c.ner,
+            c.ner_rl.identity(),
+            c.ner_rl.control,
+            c.ner_rl.score_train_essays,
+        ),
+        ner_rl_results,
+        _run_ner_rl,
+        lambda c: c.ner_rl.enabled,
+        _ner_rl_outputs,
     ),
 )
 
@@ -174,7 +228,7 @@ def _own_step(decoder: type[registry.Decoder]) -> Step:
         return (c.heldout_share, c.heldout_seed, c.agent_seeds[0], c.decoder_config(name))
 
     def run(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> StepResults:
-        probs = load_word_probs(lay.oof)
+        probs = fed_probs(lay, cfg)
         split = run_split(probs, corpus, cfg)
         return fit_own_step(
             decoder, lay, corpus, probs, split, cfg.decoder_config(name), cfg.agent_seeds[0]
@@ -187,6 +241,7 @@ def _own_step(decoder: type[registry.Decoder]) -> Step:
         lambda lay: lay.decoder_results(name),
         run,
         outputs=lambda lay: (lay.decoder(name),),
+        fed=True,
     )
 
 
@@ -194,6 +249,18 @@ def steps() -> tuple[Step, ...]:
     """Every step in order: the package's, then one per decoder trained on its own."""
     own = tuple(_own_step(d) for d in registry.decoders() if d.own_step())
     return BUILTIN_STEPS + own
+
+
+def ordered_steps(cfg: RunConfig) -> list[Step]:
+    """`steps()` in an order where each step comes after those it reads under `cfg`: ner_rl
+    runs after the second stages unless they read its probabilities (`[ner_rl] feeds`)."""
+    todo, done, out = list(steps()), set[str](), []
+    while todo:
+        st = next(s for s in todo if all(r in done for r in s.reads_under(cfg)))
+        todo.remove(st)
+        done.add(st.name)
+        out.append(st)
+    return out
 
 
 def fit_own_step(
@@ -241,8 +308,9 @@ def stage_keys(corpus: Corpus, cfg: RunConfig, *, legacy: bool = False) -> dict[
     plain = rules.plain if legacy else rules.keyed
     keys: dict[str, str] = {}
     dkey = data_key(corpus)
-    for st in steps():
-        keys[st.name] = _digest(plain([dkey, st.config(cfg), [keys[r] for r in st.reads]]))
+    for st in ordered_steps(cfg):
+        reads = [keys[r] for r in st.reads_under(cfg)]
+        keys[st.name] = _digest(plain([dkey, st.key_config(cfg), reads]))
     return keys
 
 
@@ -311,6 +379,8 @@ def finish_run(lay: RunLayout, cfg: RunConfig, corpus: Corpus) -> dict[str, floa
     if not distributed.is_main():
         return {}
     write_run_config(lay.root, cfg)
+    # Labelling new essays reads the tagger the second stages were fitted on.
+    write_fed_arm(lay, cfg.ner_rl.feeds)
     write_report(lay.root, corpus, machine_description())
     return {k: v.seconds for k, v in read_stages(lay.stages).items()}
 
@@ -335,7 +405,7 @@ def run_pipeline(
     state = read_stages(lay.stages)
     ran: list[str] = []
     reused: list[str] = []
-    for st in steps():
+    for st in ordered_steps(cfg):
         if not st.enabled(cfg):
             _disable(lay, state, st)
             continue
@@ -369,48 +439,57 @@ def run_pipeline(
         if not distributed.is_main() and st.name not in DATA_PARALLEL:
             continue  # the other processes help with the data-parallel stages only
         log(f"[{st.name}] running (key {keys[st.name]})")
-        forget_step(lay, state, st.name)
+        forget_step(lay, state, st.name, cfg)
         t0 = time.perf_counter()
         if distributed.is_main():
             artefacts.forget(lay, st.name)
         space.stage_started(lay.root, st.name, corpus, cfg)
         st.run(lay, corpus, cfg)
         seconds = time.perf_counter() - t0
-        record_step(lay, state, st.name, source.record(keys[st.name], seconds))
+        record_step(lay, state, st.name, source.record(keys[st.name], seconds), cfg)
         log(f"[{st.name}] done in {seconds:.0f} s")
         ran.append(st.name)
     return RunSummary(lay.root, tuple(ran), tuple(reused), finish_run(lay, cfg, corpus))
 
 
-def forget_step(lay: RunLayout, state: dict[str, StageRecord], name: str) -> None:
+def forget_step(
+    lay: RunLayout, state: dict[str, StageRecord], name: str, cfg: RunConfig | None = None
+) -> None:
     """Before a stage runs: its record and those of the stages that read it go, so that outputs
     an interrupted run leaves half made are never taken for finished ones."""
     if not distributed.is_main():
         return
-    doomed = [name, *dependents(name)]
+    doomed = [name, *dependents(name, cfg)]
     if any(n in state for n in doomed):
         for n in doomed:
             state.pop(n, None)
         write_stages(lay.stages, state)
 
 
-def dependents(name: str) -> list[str]:
-    """Stages that read `name`'s outputs, directly or through another stage."""
+def dependents(name: str, cfg: RunConfig | None = None) -> list[str]:
+    """Stages that read `name`'s outputs under `cfg` (None: may read), directly or through
+    another stage."""
     out: list[str] = []
-    for st in steps():
-        if any(r == name or r in out for r in st.reads):
+    for st in steps() if cfg is None else ordered_steps(cfg):
+        if any(r == name or r in out for r in st.reads_under(cfg)):
             out.append(st.name)
     return out
 
 
-def record_step(lay: RunLayout, state: dict[str, StageRecord], name: str, rec: StageRecord) -> None:
+def record_step(
+    lay: RunLayout,
+    state: dict[str, StageRecord],
+    name: str,
+    rec: StageRecord,
+    cfg: RunConfig | None = None,
+) -> None:
     if not distributed.is_main():
         return
     artefacts.record(lay, name)
     space.record_size(lay.root, name)
     state[name] = rec
     # Stages built on the old outputs: forget them so they re-run (the others stay valid).
-    for later in dependents(name):
+    for later in dependents(name, cfg):
         state.pop(later, None)
     write_stages(lay.stages, state)
 

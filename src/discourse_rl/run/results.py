@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core.common import atomic_save, atomic_write_text
+from discourse_rl.core.common import atomic_save, atomic_write_text, read_json
 from discourse_rl.core.data import CLASSES, Corpus
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.records import (
@@ -200,11 +200,43 @@ def write_report(run: str | Path, corpus: Corpus, machine: str) -> Path:
             f"{t.segments_per_element:.2f} | {t.oracle_macro_f1:.4f} |"
             for t in agent.tradeoff
         ]
+    lines += _ner_rl_section(lay)
     plots = write_plots(lay, agent, table.rows)
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     atomic_write_text(lay.report, "\n".join(lines) + "\n")
     return lay.report
+
+
+def _ner_rl_section(lay: RunLayout) -> list[str]:
+    """The tagger's RL phase (step ner_rl): each arm's training time and updates per fold, the
+    cross-entropy tagger on the same essays, and the training curves."""
+    metrics = read_json(lay.ner / "rl" / "metrics.json", None)
+    if not isinstance(metrics, dict):
+        return []
+    lines = [
+        "",
+        "## The tagger's RL phase and its control (step ner_rl)",
+        "",
+        f"Tuned minima of the `-tuned` rows fitted on {metrics['fit_essays']:,} training essays' "
+        f"probabilities of that tagger; every row scored on the "
+        f"{metrics['heldout_essays']:,} held-out essays.",
+        "",
+        "| tagger | training s per fold | out-of-fold naive macro F1 |",
+        "|---|---|---|",
+    ]
+    for arm, m in metrics["arms"].items():
+        secs = ", ".join(f"{s:.0f}" for s in m["fold_seconds"])
+        lines.append(f"| {arm} | {secs} | {m['naive_macro_f1']:.4f} |")
+    ce = metrics["ce_same_essays"]
+    lines += [
+        "",
+        f"The cross-entropy tagger with the same fit: naive {ce['naive']['macro_f1']['mean']:.4f}, "
+        f"tuned {ce['tuned']['macro_f1']['mean']:.4f}.",
+    ]
+    if (lay.ner / "rl" / "curves.png").is_file():
+        lines += ["", "![ner-rl curves](ner/rl/curves.png)"]
+    return lines
 
 
 def write_plots(
