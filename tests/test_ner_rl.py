@@ -250,3 +250,17 @@ def test_a_killed_phase_resumes_where_it_stopped(
         a = load_file(str(rl.rl_fold(RunLayout(whole), k).model))
         b = load_file(str(rl.rl_fold(RunLayout(killed), k).model))
         assert all(torch.allclose(a[n], b[n], atol=1e-4) for n in a), k
+
+
+def test_the_phase_trains_in_the_precision_the_machine_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`bf16 = "auto"` is the measured choice, never bf16 because "auto" is truthy: on a CPU
+    without native bf16 the RL updates ran 10x slower that way."""
+    from discourse_rl.ner import precision
+    from discourse_rl.ner.inference import default_device
+
+    for chosen in (False, True):
+        monkeypatch.setattr(precision, "train_bf16", lambda cfg, device, model=None: chosen)
+        essays = rl._Essays(None, None, NerConfig(bf16="auto"), default_device())  # type: ignore[arg-type]
+        assert essays.bf16 is chosen

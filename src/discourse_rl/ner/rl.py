@@ -47,12 +47,13 @@ from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.core.metric import score
 from discourse_rl.core.rewards import MacroReward, gold_table
 from discourse_rl.launch.workers import Job, run_jobs
+from discourse_rl.ner import precision
 from discourse_rl.ner import rl_sampling as rs
 from discourse_rl.ner.backbone import encoder_from_config, freeze_lower
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.finetune import _prepare, _Prepared, _state_cache, fold_workers
 from discourse_rl.ner.frozen_states import StateCache, UpperModel, drop_state_cache
-from discourse_rl.ner.inference import autocast, bf16_available, default_device, window_probs
+from discourse_rl.ner.inference import autocast, default_device, window_probs
 from discourse_rl.ner.model import NerModel
 from discourse_rl.ner.rl_config import (  # noqa: F401  (re-exported: the phase's settings)
     BASELINES,
@@ -111,7 +112,9 @@ class _Essays:
         self.cache = cache
         self.cfg = cfg
         self.device = device
-        self.bf16 = cfg.bf16 and bf16_available(device)
+        # The precision the cross-entropy epochs trained in ("auto" is measured, `precision`):
+        # a CPU without native bf16 emulates it about 15x slower than fp32.
+        self.bf16 = precision.train_bf16(cfg, device)
 
     def logp(self, model: NerModel, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, 15) log of each word's label distribution (the mean over its windows of their

@@ -35,9 +35,16 @@ class HeldOutTable:
         return next((s for s in self.rows if s.stage == name), None)
 
 
-NER_RL_ROWS = ("ner-rl", "ner-rl-tuned", "ner-control", "ner-control-tuned")
-"""The rows of step ner_rl (RUN/ner/rl/results.json): not decoders, since labelling new essays
-reads the tagger the second stages were fitted on."""
+NER_RL_TITLES = {
+    "ner-rl": "the tagger after its RL phase on the metric, most likely label per word",
+    "ner-rl-tuned": "the RL-trained tagger with per-class minima fitted on training essays",
+    "ner-control": "the control: the tagger trained on by cross-entropy for the RL phase's time",
+    "ner-control-tuned": "the control with per-class minima fitted on training essays",
+}
+"""The rows of step ner_rl (RUN/ner/rl/results.json), with their lines under the table. They
+are not decoders: labelling new essays reads the tagger the second stages were fitted on
+(`[ner_rl] feeds`)."""
+NER_RL_ROWS = tuple(NER_RL_TITLES)
 
 
 def row_order() -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from discourse_rl.core.records import (
     read_stages,
 )
 from discourse_rl.decoders import registry
-from discourse_rl.run.heldout import heldout_table
+from discourse_rl.run.heldout import NER_RL_TITLES, heldout_table
 
 SEED_TABLE = {"ner-naive": 0.42, "bc": 0.39, "ppo": 0.51}
 """The seed's published table (its RL fine-tuning row is PPO's). Its author's code computes the
@@ -35,6 +35,8 @@ def _title(row: str) -> str:
     """A row's line under the table: its decoder's title (the oracle row is no decoder)."""
     if row == ORACLE:
         return ORACLE_TITLE
+    if row in NER_RL_TITLES:
+        return NER_RL_TITLES[row]
     return registry.get(row).title if row in registry.names() else row
 
 
