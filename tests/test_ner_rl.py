@@ -261,6 +261,6 @@ def test_the_phase_trains_in_the_precision_the_machine_chose(
     from discourse_rl.ner.inference import default_device
 
     for chosen in (False, True):
-        monkeypatch.setattr(precision, "train_bf16", lambda cfg, device, model=None: chosen)
+        monkeypatch.setattr(precision, "train_bf16", lambda cfg, device, model=None, c=chosen: c)
         essays = rl._Essays(None, None, NerConfig(bf16="auto"), default_device())  # type: ignore[arg-type]
         assert essays.bf16 is chosen
