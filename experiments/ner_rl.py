@@ -2,7 +2,7 @@
 beat more cross-entropy for the same wall time?
 
     .venv/bin/python -m experiments.ner_rl --run RUN --data ../shared/data/feedback-prize-2021 \\
-        [--fold 0] [--steps 100] [--variants base k4 kl0 kl02 greedy lattice f1 ce] \\
+        [--fold 0] [--steps 100] [--variants base t1 t05 k4 k16 kl0 kl02 greedy lattice f1 ce] \\
         [--control base] [--out runs/ner_rl/study]
 
 RUN is a finished 'finetune' NER run (read only: its encoder, folds and fold-k model are linked
@@ -41,7 +41,9 @@ from discourse_rl.ner.inference import default_device
 from discourse_rl.ner.run import fold_split
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "base": {},  # masked sampler, K = 8, RLOO, macro reward, KL 0.05
+    "base": {},  # masked sampler, K = 8, RLOO, macro reward, KL 0.05 (or what --set says)
+    "t1": {"temperature": 1.0},
+    "t05": {"temperature": 0.5},
     "k4": {"samples": 4},
     "k16": {"samples": 16},
     "kl0": {"kl_beta": 0.0},
