@@ -42,6 +42,7 @@ from discourse_rl.core.data import (
     load_word_probs,
     save_word_probs,
     spans_to_frame,
+    unique_classes,
 )
 from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.core.metric import score
@@ -493,7 +494,7 @@ def train_fold_rl(arm: _Arm) -> dict[str, Any]:
     lat = None
     if cfg.sampler == "lattice":
         train_ids = [ids[p] for p in arm.train]
-        lat = rs.lattice(rs.unique_classes(arm.corpus, train_ids, cfg.unique_share, cfg.max_unique))
+        lat = rs.lattice(unique_classes(arm.corpus, train_ids, cfg.unique_share, cfg.max_unique))
     pol = _Policy(model, reference, arm.essays, cfg, gold, data.labels, lat, None)
     extra: dict[str, Any] = {}
 
