@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.agent import predict_spans
 from discourse_rl.decoders.agent.bc import train_bc
@@ -40,7 +39,7 @@ from discourse_rl.decoders.segments import (
     segment_gold_actions,
     spans_frame,
 )
-from experiments.span_proxy import add_data_args, parse_settings, proxy_data
+from experiments.span_proxy import add_data_args, emit, parse_settings, proxy_data, score_row
 
 
 def main() -> None:
@@ -65,18 +64,13 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def record(name: str, seed: int, pred: Any, seconds: float) -> None:
-        sc = heldout_score(pred, gt)
-        row = {
-            "row": name,
-            "seed": seed,
-            "macro_f1": round(sc.macro_f1, 4),
-            "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+        sc, row = score_row("row", name, seed, pred, gt)
+        row |= {
             "seconds": round(seconds, 1),
             "load": round(os.getloadavg()[0], 1),
             **{c: round(v, 4) for c, v in sc.per_class.items()},
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(rows, row)
 
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
