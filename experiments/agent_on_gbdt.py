@@ -34,11 +34,10 @@ from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
 from discourse_rl.decoders.segments import (
     SegmentConfig,
     gold_frame,
-    make_segments,
     paragraph_starts,
-    segment_gold_actions,
     spans_frame,
 )
+from experiments.agent_features import gold_segments
 from experiments.span_proxy import add_data_args, emit, parse_settings, proxy_data, score_row
 
 
@@ -136,9 +135,7 @@ def main() -> None:
             record(f"{name}: episode", seed, predict_spans(ep.path, test), time.perf_counter() - t)
 
         if not args.skip_plain:
-            plain = segment_gold_actions(make_segments(probs, seg_cfg, ids, words, paras), corpus)
-            by = {s.essay_id: s for s in plain}
-            agent("plain agent", [by[i] for i in train], [by[i] for i in held])
+            agent("plain agent", *gold_segments(probs, corpus, seg_cfg, ids, train, held))
         agent("on gbdt, BC from gbdt", with_actions(seg_train, train_view), seg_held)
         agent("on gbdt, BC from gold", with_actions(seg_train, None, corpus), seg_held)
     if args.json:

@@ -82,23 +82,33 @@ _SHARED: dict[str, tuple[str, dict[str, Any]]] = {
             "help": "run folder or model .zip (default: the shipped reference model)",
         },
     ),
+    # each command says which of the config's tables it reads and where it looks without one
+    "config": ("--config", {"type": Path, "default": None}),
 }
 
 
 def _options(p: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
-        flag, kwargs = _SHARED[name]
-        p.add_argument(flag, **kwargs)
+        _option(p, name)
 
 
-def _stage_option(p: argparse.ArgumentParser) -> None:
-    """--stage of the commands that label with one stage (label, serve)."""
+def _option(p: argparse.ArgumentParser, name: str, **changes: Any) -> None:
+    """One shared option, with `changes` to its settings (its help text, whether required)."""
+    flag, kwargs = _SHARED[name]
+    p.add_argument(flag, **{**kwargs, **changes})
+
+
+def _stage_option(
+    p: argparse.ArgumentParser,
+    *more: str,
+    help: str = "default: the run's best",
+    renamed: bool = True,
+) -> None:
+    """--stage: one of the registered stages (or one of `more`); `renamed`: an old stage name
+    is refused with its new one."""
+    checked = {"type": _stage_name} if renamed else {}
     p.add_argument(
-        "--stage",
-        choices=registry.names(),
-        type=_stage_name,
-        default=None,
-        help="default: the run's best",
+        "--stage", choices=(*registry.names(), *more), **checked, default=None, help=help
     )
 
 
@@ -225,11 +235,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "runtime setting (threads, fold_workers, torch_threads, progress_bar, save_every,\n"
         "encode_tokens) re-runs nothing.",
     )
-    _options(p, "data")
-    _options(p, "run-out")
-    p.add_argument(
-        "--config", type=Path, default=None, help="run config TOML (default: the demo config)"
-    )
+    _options(p, "data", "run-out")
+    _option(p, "config", help="run config TOML (default: the demo config)")
     _options(p, "wait")
 
 
@@ -260,12 +267,10 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
         f"{TIMES}\n"
         "An interrupted run resumes when the same command is run again.",
     )
-    _options(p, "data")
-    _options(p, "run-out")
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
+    _options(p, "data", "run-out")
+    _option(
+        p,
+        "config",
         help="run config TOML; its seed, [ner] and [decode] (default: RUN/config.toml, else demo)",
     )
     p.add_argument("--backbone", default=None, help="Hugging Face model name or folder")
@@ -313,12 +318,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     _options(p, "model")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
     p.add_argument("--out", required=True, type=Path, help="file to write (a folder for all)")
-    p.add_argument(
-        "--stage",
-        choices=(*registry.names(), "all"),
-        type=_stage_name,
-        default=None,
-        help="which stage labels the essays (default: the run's best on held-out essays)",
+    _stage_option(
+        p, "all", help="which stage labels the essays (default: the run's best on held-out essays)"
     )
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output (csv)")
     p.add_argument(
@@ -559,9 +560,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     _options(p, "model")
     p.add_argument("--out", required=True, type=Path, help="the .zip to write")
-    p.add_argument(
-        "--stage", choices=registry.names(), default=None, help="default: the run's best"
-    )
+    _stage_option(p, renamed=False)
     p.add_argument(
         "--every-stage",
         action="store_true",
@@ -610,12 +609,7 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="run folder to add the agent to (runs/demo)",
     )
     _options(p, "data")
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="run config TOML (default: RUN/config.toml, else the demo config)",
-    )
+    _option(p, "config", help="run config TOML (default: RUN/config.toml, else the demo config)")
     p.add_argument("--simulate", action="store_true", help="simulated word probabilities")
     p.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="agent seeds (default: agent_seeds)"
@@ -658,8 +652,7 @@ def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         "--json prints a list of rows with the keys stage, macro_f1, sd, seeds, n_heldout,\n"
         "n_train, heldout, essay_f1, essay_jaccard, seconds, data, config, model.",
     )
-    flag, kwargs = _SHARED["model"]
-    p.add_argument(flag, **{**kwargs, "required": False})
+    _option(p, "model", required=False)
     p.add_argument(
         "--machine",
         action="store_true",
