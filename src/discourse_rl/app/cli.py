@@ -127,7 +127,7 @@ def _stage_option(
 ) -> None:
     """--stage: one of the registered stages (or one of `more`); `renamed`: an old stage name
     is refused with its new one."""
-    checked = {"type": _stage_name} if renamed else {}
+    checked: dict[str, Any] = {"type": _stage_name} if renamed else {}
     p.add_argument(
         "--stage", choices=(*registry.names(), *more), **checked, default=None, help=help
     )
