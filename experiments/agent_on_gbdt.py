@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.agent import predict_spans
 from discourse_rl.decoders.agent.bc import train_bc
@@ -35,12 +34,11 @@ from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
 from discourse_rl.decoders.segments import (
     SegmentConfig,
     gold_frame,
-    make_segments,
     paragraph_starts,
-    segment_gold_actions,
     spans_frame,
 )
-from experiments.span_proxy import add_data_args, parse_settings, proxy_data
+from experiments.agent_features import gold_segments
+from experiments.span_proxy import add_data_args, emit, parse_settings, proxy_data, score_row
 
 
 def main() -> None:
@@ -65,18 +63,13 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def record(name: str, seed: int, pred: Any, seconds: float) -> None:
-        sc = heldout_score(pred, gt)
-        row = {
-            "row": name,
-            "seed": seed,
-            "macro_f1": round(sc.macro_f1, 4),
-            "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+        sc, row = score_row("row", name, seed, pred, gt)
+        row |= {
             "seconds": round(seconds, 1),
             "load": round(os.getloadavg()[0], 1),
             **{c: round(v, 4) for c, v in sc.per_class.items()},
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(rows, row)
 
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
@@ -142,9 +135,7 @@ def main() -> None:
             record(f"{name}: episode", seed, predict_spans(ep.path, test), time.perf_counter() - t)
 
         if not args.skip_plain:
-            plain = segment_gold_actions(make_segments(probs, seg_cfg, ids, words, paras), corpus)
-            by = {s.essay_id: s for s in plain}
-            agent("plain agent", [by[i] for i in train], [by[i] for i in held])
+            agent("plain agent", *gold_segments(probs, corpus, seg_cfg, ids, train, held))
         agent("on gbdt, BC from gbdt", with_actions(seg_train, train_view), seg_held)
         agent("on gbdt, BC from gold", with_actions(seg_train, None, corpus), seg_held)
     if args.json:

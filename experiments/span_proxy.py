@@ -31,6 +31,7 @@ import pandas as pd
 
 from discourse_rl.core.data import CLASSES, Corpus, load_corpus, load_word_probs
 from discourse_rl.core.protocol import heldout_score, heldout_split, read_split, scored_ids
+from discourse_rl.core.records import HeldOutScore
 from discourse_rl.decoders import constrained, decode
 from discourse_rl.decoders.gbdt.candidates import essay_candidates, hit_matrix, recall_per_class
 from discourse_rl.decoders.gbdt.combine import Member, Predictor, fit_combined
@@ -83,6 +84,27 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--essays", type=int, default=0, help="simulated: draw this many (0: all)")
     ap.add_argument("--train-essays", type=int, default=0, help="seeded training subset (0: all)")
     ap.add_argument("--held-essays", type=int, default=0, help="seeded held-out subset (0: all)")
+
+
+def score_row(
+    key: str, name: str, seed: int, pred: pd.DataFrame, gt: pd.DataFrame
+) -> tuple[HeldOutScore, dict[str, Any]]:
+    """The held-out score of `pred`, and the head of its results row: `name` under `key`, the
+    seed, the macro F1 and the essay score (4 places)."""
+    sc = heldout_score(pred, gt)
+    head: dict[str, Any] = {
+        key: name,
+        "seed": seed,
+        "macro_f1": round(sc.macro_f1, 4),
+        "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+    }
+    return sc, head
+
+
+def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Keep a results row and print it as one JSON line."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
 
 
 def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[str], list[str]]:
@@ -263,12 +285,8 @@ def main() -> None:
                 pred = apply_rules(model, htab, held_probs, corpus.essays, rule_cfg)
             else:
                 pred = model.predict_table(htab)
-            sc = heldout_score(pred, gt)
-            row = {
-                "variant": name,
-                "seed": seed,
-                "macro_f1": round(sc.macro_f1, 4),
-                "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+            sc, row = score_row("variant", name, seed, pred, gt)
+            row |= {
                 "cand_train": round(data.table.cls.size / len(train), 1),
                 "cand_held": round(htab.cls.size / len(held), 1),
                 "build_s": round(build_s, 1),
@@ -278,8 +296,7 @@ def main() -> None:
                 **{f"recall {c}": round(v, 3) for c, v in (htab.recall or {}).items()},
                 **{f"train recall {c}": round(v, 3) for c, v in data.table.recall.items()},  # type: ignore[union-attr]
             }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            emit(rows, row)
     if args.recall_only:
         return
     if args.combine:
@@ -287,20 +304,15 @@ def main() -> None:
         t = time.perf_counter()
         choice, predict = fit_combined(members, train, corpus, folds=2)
         fit_s = time.perf_counter() - t
-        sc = heldout_score(predict(held), gt)
+        sc, row = score_row("variant", "combined", 0, predict(held), gt)
         print("combined choice:", json.dumps(choice.to_json()), flush=True)
-        row = {
-            "variant": "combined",
-            "seed": 0,
-            "macro_f1": round(sc.macro_f1, 4),
-            "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+        row |= {
             "cand_held": float("nan"),
             "fit_s": round(fit_s, 1),
             "load": round(os.getloadavg()[0], 1),
             **{f"f1 {c}": round(v, 4) for c, v in sc.per_class.items()},
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(rows, row)
     df = pd.DataFrame(rows)
     short = {f"f1 {c}": c[:5] for c in CLASSES}
     cols = ["variant", "seed", "macro_f1", "essay_tp_fp_fn", "cand_held", "fit_s", *short]

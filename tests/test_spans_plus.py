@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.core.data import CLASS_INDEX, Essay, load_corpus
+from discourse_rl.core.data import CLASS_INDEX, Essay
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders import gbdt as spans
 from discourse_rl.decoders.decode import TunedThresholds
@@ -107,11 +107,6 @@ def test_merges_join_neighbours_within_the_gap() -> None:
 def test_clause_starts() -> None:
     e = Essay.from_text("x", "First, we go; then: done. Yes")
     assert clause_starts(e).tolist() == [False, True, False, True, True, False]
-
-
-@pytest.fixture(scope="module")
-def corpus():  # type: ignore[no-untyped-def]
-    return load_corpus(None)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl.core import artefacts
-from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.arrays import FloatArray, IntArray
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text, config_from_dict
 from discourse_rl.core.data import CLASSES, Corpus, Essay, spans_to_frame
 from discourse_rl.decoders import constrained
@@ -105,19 +105,24 @@ class SpanModel:
 
     def predict_table(self, table: CandidateTable) -> pd.DataFrame:
         """`predict` on candidates already built with this model's settings and limits."""
-        score = score_candidates(self.boosters, table.features)
-        rows = select_rows(table, score, self.cfg.min_score)
-        c = table.cls[rows]
-        keep = (table.end[rows] - table.start[rows] >= np.asarray(self.thresholds.min_words)[c]) & (
-            score[rows] >= np.asarray(self.thresholds.min_prob)[c]
-        )
-        rows = rows[keep]
+        rows, _ = self.kept_rows(table)
         return spans_to_frame(
             [table.ids[k] for k in table.essay[rows]],
             table.cls[rows],
             table.start[rows],
             table.end[rows],
         )
+
+    def kept_rows(self, table: CandidateTable) -> tuple[IntArray, npt.NDArray[np.float64]]:
+        """The rows of `table` that become spans (selected, then past their class's minimum
+        length and score), and every row's score."""
+        score = score_candidates(self.boosters, table.features)
+        rows = select_rows(table, score, self.cfg.min_score)
+        c = table.cls[rows]
+        keep = (table.end[rows] - table.start[rows] >= np.asarray(self.thresholds.min_words)[c]) & (
+            score[rows] >= np.asarray(self.thresholds.min_prob)[c]
+        )
+        return rows[keep], score
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
