@@ -27,7 +27,8 @@ from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.agent import predict_spans
 from discourse_rl.decoders.agent.bc import train_bc
-from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.common import FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.decoders.agent.on_gbdt import cross_fit_gbdt, gbdt_segments, view_of, with_actions
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
@@ -126,9 +127,9 @@ def main() -> None:
             longest = max(s.n_segments for s in [*tr_all, *test])
             acfg = AgentConfig(
                 seed=seed,
-                bc_epochs=args.bc_epochs,
                 progress_bar=False,
-                max_segments=max(96, longest),
+                network=NetworkConfig(max_segments=max(96, longest)),
+                bc=BcConfig(epochs=args.bc_epochs),
             )
             tr, val = split_validation(tr_all, acfg.val_fraction, seed)
             out = work / f"{name}-{seed}"

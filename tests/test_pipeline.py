@@ -67,20 +67,26 @@ bf16 = false
 max_segments = 64
 
 [agent]
+progress_bar = false
+
+[agent.network]
 max_segments = 64
 d_model = 16
 n_heads = 2
 n_layers = 1
 dim_feedforward = 16
-bc_epochs = {bc_epochs}
-ppo_timesteps = 128
+
+[agent.bc]
+epochs = {bc_epochs}
+
+[agent.ppo]
+timesteps = 128
 value_warmup_steps = 64
 n_envs = 2
 n_steps = 32
 batch_size = 32
 n_epochs = 1
 eval_every = 1
-progress_bar = false
 
 [episode]
 samples = 4
@@ -347,10 +353,11 @@ def test_older_run_folder_is_one_clear_line(
 
 def test_run_config_checks_stop_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("[segments]\nmax_segments = 120\n\n[agent]\nmax_segments = 96\n")
+    bad.write_text("[segments]\nmax_segments = 120\n\n[agent.network]\nmax_segments = 96\n")
     with pytest.raises(
         DiscourseRLError,
-        match=r"bad.toml: \[segments\] max_segments = 120: exceeds \[agent\] max_segments \(96\)",
+        match=r"bad.toml: \[segments\] max_segments = 120: "
+        r"exceeds \[agent.network\] max_segments \(96\)",
     ):
         run_pipeline(None, tmp_path / "run", bad)
     assert not (tmp_path / "run").exists()
