@@ -29,7 +29,7 @@ from discourse_rl.decoders.agent.config import AgentConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig
 from discourse_rl.decoders.constrained import ConstrainedConfig
 from discourse_rl.decoders.decode import DecodeConfig
-from discourse_rl.decoders.gbdt.model import SpanConfig
+from discourse_rl.decoders.gbdt.model import GbdtConfig
 from discourse_rl.decoders.segments import SegmentConfig
 from discourse_rl.ner import NerConfig
 from discourse_rl.ner.rl_config import NerRlConfig
@@ -60,11 +60,12 @@ class RunConfig:
     ner_rl: NerRlConfig = field(default_factory=NerRlConfig)
     """The tagger's RL phase and its control (step `ner_rl`), and whose word probabilities
     the second stages read (`feeds`)."""
-    spans_stage: bool = True
-    """Fit and score the non-RL second stages, ner-constrained and gbdt (RUN/spans/)."""
+    gbdt_stage: bool = True
+    """Fit and score the non-RL second stages, ner-constrained and gbdt (step `gbdt`,
+    RUN/gbdt/; `spans_stage` before)."""
     constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig)
     """ner-constrained: Viterbi decoding with at-most-one limits."""
-    gbdt: SpanConfig = field(default_factory=SpanConfig)
+    gbdt: GbdtConfig = field(default_factory=GbdtConfig)
     """gbdt: span-level gradient boosting (its seed comes from agent_seeds)."""
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     """Segmentation and segment features."""
@@ -134,10 +135,15 @@ def packaged_config(name: str) -> Path:
 
 
 OLD_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("agent", flat): ("agent", part, name) for flat, (part, name) in AgentConfig.FLAT_NAMES.items()
+    ("spans_stage",): ("gbdt_stage",),
+    **{
+        ("agent", flat): ("agent", part, name)
+        for flat, (part, name) in AgentConfig.FLAT_NAMES.items()
+    },
 }
 """Settings a config file may still give by an earlier name (old path -> path, a path being
-the tables and the key): `[agent] bc_epochs` is `[agent.bc] epochs`."""
+the tables and the key): `spans_stage` is `gbdt_stage`, `[agent] bc_epochs` is
+`[agent.bc] epochs`."""
 
 
 def renamed(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
