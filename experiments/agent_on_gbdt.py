@@ -26,11 +26,12 @@ from typing import Any
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.agent import predict_spans
 from discourse_rl.decoders.agent.bc import train_bc
-from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.common import FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.decoders.agent.on_gbdt import cross_fit_gbdt, gbdt_segments, view_of, with_actions
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
+from discourse_rl.decoders.gbdt.model import GbdtConfig, build_candidates
 from discourse_rl.decoders.segments import (
     SegmentConfig,
     gold_frame,
@@ -44,7 +45,7 @@ from experiments.span_proxy import add_data_args, emit, parse_settings, proxy_da
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_args(ap)
-    ap.add_argument("--base", default="", help="gbdt: KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--base", default="", help="gbdt: KEY=VALUE,... on top of GbdtConfig()")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--bc-epochs", type=int, default=5)
     ap.add_argument("--passes", type=float, default=3.0)
@@ -75,7 +76,7 @@ def main() -> None:
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
     )
     t = time.perf_counter()
-    gcfg0 = dataclasses.replace(SpanConfig(), num_threads=1, **parse_settings(args.base))
+    gcfg0 = dataclasses.replace(GbdtConfig(), num_threads=1, **parse_settings(args.base))
     data = TrainingTable(
         train, limits, build_candidates(probs, corpus.essays, train, gcfg0, limits, corpus)
     )
@@ -119,9 +120,9 @@ def main() -> None:
             longest = max(s.n_segments for s in [*tr_all, *test])
             acfg = AgentConfig(
                 seed=seed,
-                bc_epochs=args.bc_epochs,
                 progress_bar=False,
-                max_segments=max(96, longest),
+                network=NetworkConfig(max_segments=max(96, longest)),
+                bc=BcConfig(epochs=args.bc_epochs),
             )
             tr, val = split_validation(tr_all, acfg.val_fraction, seed)
             out = work / f"{name}-{seed}"

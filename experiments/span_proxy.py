@@ -5,11 +5,11 @@ trained on the protocol's training essays (or a seeded subset) and scored on its
         --probs /tmp/ref/oof.npz --data ../shared/data/feedback-prize-2021 --train-essays 4000 \\
         --variant base: --variant sent:sentence_ends=3 --variant rich:rich_features=true
 
-`--variant NAME:KEY=VALUE,KEY=VALUE` is one gbdt configuration (`SpanConfig` fields on top of
+`--variant NAME:KEY=VALUE,KEY=VALUE` is one gbdt configuration (`GbdtConfig` fields on top of
 `--base`, values in JSON: `subspan_shares=[0.65]`); `rules=...` (a `spans.rules.RuleSettings`
 field, e.g. `rules.one_per_essay=true`) post-processes its spans. The held-out essays are
 RUN/split.json's when `--split` names one, else the protocol's draw (`heldout_split(ids, 0.2,
-0)`, what the spans stage writes). Per variant: candidates per essay and their recall per class
+0)`, what the gbdt step writes). Per variant: candidates per essay and their recall per class
 (training and held-out essays), held-out macro F1, per-class F1, the seed's unit (essay
 TP/(TP+FP+FN)) and the seconds spent. Candidate tables are built once per candidate setting.
 """
@@ -37,7 +37,7 @@ from discourse_rl.decoders.gbdt.candidates import essay_candidates, hit_matrix, 
 from discourse_rl.decoders.gbdt.combine import Member, Predictor, fit_combined
 from discourse_rl.decoders.gbdt.features import essay_layout
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import CandidateTable, SpanConfig, _extend, build_candidates
+from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, _extend, build_candidates
 from discourse_rl.decoders.gbdt.postprocess import RuleSettings, apply_rules
 from discourse_rl.decoders.gbdt.search import subset_table
 from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
@@ -143,7 +143,7 @@ def candidate_recall(
     probs: dict[str, Any],
     corpus: Corpus,
     ids: Sequence[str],
-    cfg: SpanConfig,
+    cfg: GbdtConfig,
     limits: constrained.ConstrainedParams,
 ) -> tuple[float, dict[str, float]]:
     """Candidates per essay and recall per class, without features."""
@@ -170,7 +170,7 @@ def gbdt_member(
     data: TrainingTable,
     htab: CandidateTable,
     corpus: Corpus,
-    cfg: SpanConfig,
+    cfg: GbdtConfig,
     rule_cfg: RuleSettings,
     probs: dict[str, Any],
 ) -> Member:
@@ -216,7 +216,7 @@ def ner_members(probs: dict[str, Any], corpus: Corpus) -> dict[str, Member]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_args(ap)
-    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of GbdtConfig()")
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,...")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -247,7 +247,7 @@ def main() -> None:
     for spec in args.variant or ["base:"]:
         name, _, rest = spec.partition(":")
         g, r = split_settings({**base, **parse_settings(rest)})
-        cfg = dataclasses.replace(SpanConfig(), **g)
+        cfg = dataclasses.replace(GbdtConfig(), **g)
         rule_cfg = RuleSettings(**r)
         if args.recall_only:
             for part, part_ids in (("train", train), ("held", held)):

@@ -33,7 +33,7 @@ from discourse_rl.decoders.segments import (
     spans_frame,
 )
 
-CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=20, num_threads=1, min_child_samples=5)
+CFG = dataclasses.replace(spans.GbdtConfig(), n_estimators=20, num_threads=1, min_child_samples=5)
 SEG = SegmentConfig(start_threshold=0.3, punctuation="clause", rich_features=True)
 
 

@@ -22,7 +22,7 @@ from discourse_rl.decoders.gbdt.model import build_candidates
 from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 
 # Small and quick: a few essays, few trees, one thread.
-CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=40, num_threads=1, min_child_samples=5)
+CFG = dataclasses.replace(spans.GbdtConfig(), n_estimators=40, num_threads=1, min_child_samples=5)
 NO_LIMITS = constrained.ConstrainedParams((), TunedThresholds((0,) * 7, (0.0,) * 7))
 
 

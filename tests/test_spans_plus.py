@@ -26,7 +26,7 @@ from discourse_rl.decoders.gbdt.model import build_candidates
 from discourse_rl.decoders.gbdt.postprocess import RuleSettings, _Span, apply_rules, essay_rules
 from discourse_rl.decoders.segments import simulate_word_probs
 
-CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=30, num_threads=1, min_child_samples=5)
+CFG = dataclasses.replace(spans.GbdtConfig(), n_estimators=30, num_threads=1, min_child_samples=5)
 PLUS = dict(
     sentence_ends=3,
     clause_ends=2,

@@ -85,7 +85,7 @@ def test_a_registered_decoder_is_offered_everywhere(
 ) -> None:
     config = _config(tmp_path / "tiny.toml", tiny_backbone, bc_epochs=1, episode_trainer=False)
     config.write_text(
-        config.read_text().replace("seed = 0\n", "seed = 0\nspans_stage = false\n", 1)
+        config.read_text().replace("seed = 0\n", "seed = 0\ngbdt_stage = false\n", 1)
         + "\n[decoders.toy]\nmin_words = 5\n"
     )
     run = tmp_path / "run"

@@ -31,7 +31,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 TIMES = (
     "Times measured on 2 CPU cores shared with other jobs, no GPU: the demo run 7 min 21 s\n"
-    "(ner 93 s, spans 25 s, agent 303 s); the reference's ner step 64 min\n"
+    "(ner 93 s, gbdt 25 s, agent 303 s); the reference's ner step 64 min\n"
     "(configs/reference.toml). `discourse-rl info --model RUN` shows each step's recorded\n"
     "wall time. Progress goes to stderr: a bar on a terminal, a line every 30 s in a log file."
 )

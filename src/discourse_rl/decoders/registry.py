@@ -53,7 +53,7 @@ class Decoder(ABC):
     name: ClassVar[str]
     """What users call it: `--stage NAME`, the held-out table's row, `info`'s row."""
     step: ClassVar[str]
-    """The training step that fits it (its key in RUN/stages.json): 'ner', 'spans', 'agent',
+    """The training step that fits it (its key in RUN/stages.json): 'ner', 'gbdt', 'agent',
     or the decoder's own name for a decoder trained in a step of its own."""
     trained_on: ClassVar[str]
     """What it learns from, in a few words."""

@@ -1,6 +1,6 @@
 """The main job: every training step in order, resumable, with one results table and plots.
 
-The steps: `ner` (the tagger; naive and tuned decoding), `spans` (ner-constrained, gbdt),
+The steps: `ner` (the tagger; naive and tuned decoding), `gbdt` (ner-constrained, gbdt),
 `agent` (bc, ppo, episode), then one per registered decoder trained on its own. A step is
 skipped when its recorded key (a hash of its keyed settings, of the data and of the keys of the
 steps it reads) matches and its outputs exist; a changed setting therefore re-runs that step
@@ -48,7 +48,7 @@ from discourse_rl.run.config import RunConfig, load_run_config, write_run_config
 from discourse_rl.run.results import machine_description, write_report
 from discourse_rl.run.runformat import RunFormat, check_format, version_changes
 from discourse_rl.run.steps.agent import train_agent_stage
-from discourse_rl.run.steps.gbdt import train_spans_stage
+from discourse_rl.run.steps.gbdt import train_gbdt_stage
 from discourse_rl.run.steps.ner import NerStageConfig, train_ner_stage
 from discourse_rl.run.steps.ner_rl import results_path as ner_rl_results
 from discourse_rl.run.steps.ner_rl import train_ner_rl_stage
@@ -138,10 +138,10 @@ def run_split(probs: Probs, corpus: Corpus, cfg: RunConfig, *, simulated: bool =
     return heldout_split(ids, cfg.heldout_share, cfg.heldout_seed, simulated=simulated)
 
 
-def _run_spans(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
+def _run_gbdt(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
     probs = fed_probs(lay, cfg)
     split = run_split(probs, corpus, cfg)
-    return train_spans_stage(
+    return train_gbdt_stage(
         lay.root, corpus, probs, split, cfg.constrained, cfg.gbdt, cfg.agent_seeds
     )
 
@@ -174,13 +174,13 @@ BUILTIN_STEPS: tuple[Step, ...] = (
         run_ner_step,
     ),
     Step(
-        "spans",
+        "gbdt",
         ("ner",),
         lambda c: (c.heldout_share, c.heldout_seed, c.constrained, c.gbdt, c.agent_seeds),
-        lambda lay: lay.spans_results,
-        _run_spans,
-        lambda c: c.spans_stage,
-        lambda lay: (lay.spans,),
+        lambda lay: lay.gbdt_results,
+        _run_gbdt,
+        lambda c: c.gbdt_stage,
+        lambda lay: (lay.gbdt_dir,),
         fed=True,
     ),
     Step(

@@ -30,7 +30,7 @@ from discourse_rl.decoders import constrained
 from discourse_rl.decoders.decode import TunedThresholds
 from discourse_rl.decoders.gbdt.model import (
     CandidateTable,
-    SpanConfig,
+    GbdtConfig,
     build_candidates,
     fit_thresholds,
     score_candidates,
@@ -80,7 +80,7 @@ class FitReport:
 class SpanModel:
     """A fitted span boosting stage."""
 
-    cfg: SpanConfig
+    cfg: GbdtConfig
     limits: constrained.ConstrainedParams
     """The constrained decoder's at-most-one classes (its spans are candidates)."""
     boosters: Mapping[int, lgb.Booster]
@@ -168,7 +168,7 @@ class SpanModel:
             raise DiscourseRLError(f"{folder}: invalid JSON ({exc})") from None
         if params.get("format") != FORMAT:
             raise DiscourseRLError(f"{folder}: gbdt format {params.get('format')!r}, need {FORMAT}")
-        cfg = config_from_dict(SpanConfig, cfg_data, where=str(folder / "config.json"))
+        cfg = config_from_dict(GbdtConfig, cfg_data, where=str(folder / "config.json"))
         boosters = {}
         for key in params["models"]:
             path = folder / _model_file(int(key))
@@ -187,7 +187,7 @@ class SpanModel:
         )
 
 
-def _training_rows(hit: npt.NDArray[np.bool_], cfg: SpanConfig) -> npt.NDArray[np.bool_]:
+def _training_rows(hit: npt.NDArray[np.bool_], cfg: GbdtConfig) -> npt.NDArray[np.bool_]:
     """Every positive and a seeded `negative_share` of the negatives."""
     if cfg.negative_share >= 1.0:
         return np.ones(hit.size, np.bool_)
@@ -213,10 +213,10 @@ def training_table(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
     train_ids: Iterable[str],
-    cfg: SpanConfig | None = None,
+    cfg: GbdtConfig | None = None,
 ) -> TrainingTable:
     """Candidates of `train_ids` with their hits (the candidate settings of `cfg` only)."""
-    cfg = cfg or SpanConfig()
+    cfg = cfg or GbdtConfig()
     ids = sorted(i for i in set(train_ids) if i in probs)
     if not ids:
         raise DiscourseRLError("gbdt: no training essay has probabilities")
@@ -229,7 +229,7 @@ def training_table(
     )
 
 
-def fit_table(data: TrainingTable, corpus: Corpus, cfg: SpanConfig) -> SpanModel:
+def fit_table(data: TrainingTable, corpus: Corpus, cfg: GbdtConfig) -> SpanModel:
     """Boosters and thresholds on a prepared training table (its candidate settings must be
     `cfg`'s)."""
     ids, limits, table = data.ids, data.limits, data.table
@@ -263,8 +263,8 @@ def fit(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
     train_ids: Iterable[str],
-    cfg: SpanConfig | None = None,
+    cfg: GbdtConfig | None = None,
 ) -> SpanModel:
     """Train on `train_ids` (their probabilities should be out of fold for the tagger)."""
-    cfg = cfg or SpanConfig()
+    cfg = cfg or GbdtConfig()
     return fit_table(training_table(probs, corpus, train_ids, cfg), corpus, cfg)
