@@ -4,6 +4,8 @@ then is reused, and only the steps added since run when they are enabled."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from discourse_rl.core.data import load_corpus
@@ -39,13 +41,18 @@ REFERENCE = {
     },
 }
 """Computed on the embedded sample (its sure essays) with main's `stage_keys`."""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize(
     ("config", "expected"),
-    [(None, DEMO), ("configs/demo.toml", DEMO), ("configs/reference.toml", REFERENCE)],
+    [
+        (None, DEMO),
+        (ROOT / "configs/demo.toml", DEMO),
+        (ROOT / "configs/reference.toml", REFERENCE),
+    ],
 )
-def test_existing_step_keys_are_unchanged(config: str | None, expected: dict) -> None:  # type: ignore[type-arg]
+def test_existing_step_keys_are_unchanged(config: Path | None, expected: dict) -> None:  # type: ignore[type-arg]
     corpus = load_corpus(None).sure_subset()
     cfg = load_run_config(config)
     for legacy, table in ((False, expected["keys"]), (True, expected["legacy"])):
