@@ -20,6 +20,7 @@ from discourse_rl.decoders.agent.episode import EpisodeConfig
 from discourse_rl.decoders.agent.gbdt_decoder import AgentGbdtConfig, AgentGbdtDecoder
 from discourse_rl.decoders.combined import CombineConfig, CombineDecoder, _members
 from discourse_rl.decoders.gbdt import gbdt
+from discourse_rl.decoders.gbdt.decoder import GbdtDecoder
 from discourse_rl.decoders.gbdt.model import SpanConfig
 from discourse_rl.decoders.segments import SegmentConfig, simulate_word_probs
 from discourse_rl.run.config import RunConfig
@@ -105,6 +106,13 @@ def test_agent_gbdt_fits_saves_loads_and_predicts(corpus, probs, tmp_path: Path)
     assert set(got) == set(held) and any(got.values())
     for k, spans in got.items():
         assert all(0 <= s < e <= len(probs[k]) and 0 <= c < len(CLASSES) for c, s, e in spans)
+
+    # An essay with more segments than the policy has rows keeps gbdt's labelling.
+    gbdt_only = AgentGbdtDecoder.load(lay.root)
+    policy = gbdt_only.model[2]
+    policy.config = dataclasses.replace(policy.config, max_segments=1)
+    want = GbdtDecoder(loaded.model[1]).predict(held_probs, essays)
+    assert gbdt_only.predict(held_probs, essays) == want
 
 
 @pytest.mark.slow

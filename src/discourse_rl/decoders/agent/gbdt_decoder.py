@@ -208,6 +208,14 @@ class AgentGbdtDecoder(Decoder):
         view = view_of(model, build_candidates(probs, essays, ids, model.cfg, model.limits))
         words = {k: essays[k].words for k in ids}
         segs = gbdt_segments(probs, ids, seg_cfg, words, paragraph_starts(essays, ids), view)
-        for seg, act in zip(segs, predict_actions(policy, segs), strict=True):
+        # An essay cut into more segments than the policy has rows (gbdt's span edges are not
+        # capped) keeps gbdt's own labelling.
+        rows = policy.config.max_segments
+        fits = [seg for seg in segs if seg.n_segments <= rows]
+        for seg, act in zip(fits, predict_actions(policy, fits) if fits else [], strict=True):
             out[seg.essay_id] = sorted_spans(*actions_to_spans(seg, act))
+        gbdt_spans = view.essay_spans()
+        for seg in segs:
+            if seg.n_segments > rows and seg.essay_id in gbdt_spans:
+                out[seg.essay_id] = sorted_spans(*gbdt_spans[seg.essay_id])
         return out
