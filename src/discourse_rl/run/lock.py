@@ -428,7 +428,9 @@ def _steps() -> list[str]:
 def stages_for(stage: str, run: str | Path) -> tuple[str, ...]:
     """The training steps whose files labelling with `stage` reads: the tagger's, and the step
     that fitted the decoder (ner-tuned reads gbdt/tuned.json where the gbdt step ran)."""
-    step = registry.get(stage).step
+    decoder = registry.get(stage)
+    step = decoder.step
     if step == "ner" and stage == "ner-tuned" and RunLayout(run).gbdt_dir.is_dir():
         step = "gbdt"
-    return ("ner",) if step == "ner" else ("ner", step)
+    # A decoder that loads other steps' outputs (combine: its chosen members) reads them too.
+    return tuple(dict.fromkeys(("ner", step, *decoder.reads)))
