@@ -15,21 +15,24 @@ from discourse_rl.core import rules
 from discourse_rl.core.data import CLASSES, load_corpus
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
-from discourse_rl.decoders.agent.common import AgentConfig
+from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig
 from discourse_rl.decoders.agent.gbdt_decoder import AgentGbdtConfig, AgentGbdtDecoder
 from discourse_rl.decoders.combined import CombineConfig, CombineDecoder, _members
 from discourse_rl.decoders.gbdt import gbdt
 from discourse_rl.decoders.gbdt.decoder import GbdtDecoder
-from discourse_rl.decoders.gbdt.model import SpanConfig
+from discourse_rl.decoders.gbdt.model import GbdtConfig
 from discourse_rl.decoders.segments import SegmentConfig, simulate_word_probs
 from discourse_rl.run.config import RunConfig
 
 SETTINGS = RunConfig(
-    gbdt=dataclasses.replace(SpanConfig(), n_estimators=10, num_threads=1, min_child_samples=5),
+    gbdt=dataclasses.replace(GbdtConfig(), n_estimators=10, num_threads=1, min_child_samples=5),
     segments=SegmentConfig(max_segments=64, punctuation="clause", rich_features=True),
     agent=AgentConfig(
-        max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16, bc_epochs=1
+        network=NetworkConfig(
+            max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16
+        ),
+        bc=BcConfig(epochs=1),
     ),
     episode=EpisodeConfig(samples=4, batch_essays=8, passes=1.0, eval_every=1, progress_bar=False),
 )

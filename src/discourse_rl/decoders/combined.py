@@ -95,6 +95,7 @@ def _chosen(lay: RunLayout) -> list[str] | None:
 
 def frame_of(spans: Mapping[str, list[Span]]) -> pd.DataFrame:
     """A decoder's spans as the metric's table (id, class name, word_start, word_end)."""
+    # pandas: the registry's modules stay light to import
     import pandas as pd
 
     from discourse_rl.core.data import CLASSES
@@ -110,6 +111,7 @@ def _members(
     names: Sequence[str], probs: Probs, corpus: Corpus, seed: int, run: RunContext
 ) -> dict[str, Callable[[Sequence[str]], Predictor]]:
     """Per member: fit on these essays (of `probs`), return what predicts others' spans."""
+    # torch, lightgbm: only when the stage trains
     from discourse_rl.decoders.agent import predict_spans
     from discourse_rl.decoders.agent.bc import train_bc
     from discourse_rl.decoders.agent.common import FineTuneInputs, split_validation
@@ -225,6 +227,7 @@ class CombineDecoder(Decoder):
     def fit_in_run(
         cls, probs: Probs, corpus: Corpus, config: Any, seed: int, run: RunContext
     ) -> Self:
+        # numpy and the trainers: only when the stage trains
         import numpy as np
 
         from discourse_rl.decoders.gbdt.combine import choose, out_of_fold
@@ -268,6 +271,7 @@ class CombineDecoder(Decoder):
         return cls((record, {m: registry.get(m).load(lay.root) for m in chosen}))
 
     def predict(self, probs: Probs, essays: Mapping[str, Essay]) -> dict[str, list[Span]]:
+        # numpy comes with the data module: not on the registry's import
         from discourse_rl.core.data import CLASSES
 
         record, members = self.model

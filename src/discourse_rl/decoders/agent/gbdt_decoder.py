@@ -144,11 +144,12 @@ class AgentGbdtDecoder(Decoder):
         segs = gbdt_segments(probs, ids, seg_cfg, words, paragraph_starts(corpus.essays, ids), view)
         segs = with_actions(segs, view if config.clone == "gbdt" else None, corpus)
         longest = max(s.n_segments for s in segs)
+        capacity = policy_capacity(agent_cfg.network.max_segments, seg_cfg.max_segments, longest)
         acfg = dataclasses.replace(
             agent_cfg,
             seed=int(seed),
-            bc_epochs=config.bc_epochs or agent_cfg.bc_epochs,
-            max_segments=policy_capacity(agent_cfg.max_segments, seg_cfg.max_segments, longest),
+            network=dataclasses.replace(agent_cfg.network, max_segments=capacity),
+            bc=dataclasses.replace(agent_cfg.bc, epochs=config.bc_epochs or agent_cfg.bc.epochs),
             progress_bar=False,
         )
         tr, val = split_validation(segs, acfg.val_fraction, acfg.seed)
@@ -164,6 +165,7 @@ class AgentGbdtDecoder(Decoder):
         return cls((seg_cfg, model, load_policy(ep.path), ep.path))
 
     def save(self, folder: Path) -> None:
+        # torch: the policy's file is written with it
         from discourse_rl.core.common import atomic_write_text, config_to_toml
         from discourse_rl.decoders.agent.policy import save_policy
 
@@ -192,6 +194,7 @@ class AgentGbdtDecoder(Decoder):
         )
 
     def predict(self, probs: Probs, essays: Mapping[str, Essay]) -> dict[str, list[Span]]:
+        # torch, lightgbm, pandas: only when it labels
         from discourse_rl.decoders.agent.on_gbdt import gbdt_segments, view_of
         from discourse_rl.decoders.agent.policy import predict_actions
         from discourse_rl.decoders.gbdt.model import build_candidates
