@@ -205,7 +205,13 @@ def _load_builtin() -> None:
 def decoders() -> tuple[type[Decoder], ...]:
     """Every registered decoder: the package's in pipeline order, then plugins."""
     _load_builtin()
-    return tuple(_REGISTRY.values())
+    # Order by BUILTIN, not by registration: a module imported directly (by a test, a plugin)
+    # registers before the others are loaded. Plugins keep their registration order.
+    rank = {module: k for k, module in enumerate(BUILTIN)}
+    found = list(_REGISTRY.values())
+    return tuple(
+        sorted(found, key=lambda d: (rank.get(d.__module__, len(rank)), found.index(d)))
+    )
 
 
 def names() -> tuple[str, ...]:
