@@ -15,13 +15,13 @@ import pytest
 from discourse_rl.app.cli import main
 from discourse_rl.app.labeller import Labeller, offered_stages
 from discourse_rl.core import artefacts
-from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.layout import RENAMED_STEPS, RunLayout, step_name
 from discourse_rl.core.records import StageRecord, read_stages, write_stages
 from discourse_rl.run import lock
 from discourse_rl.run.config import RunConfig, load_run_config
 from discourse_rl.run.pipeline import run_pipeline
 from tests.test_pipeline import _config, few_essays, tiny_backbone  # noqa: F401  (fixtures)
+from tests.tiny import assert_refused
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -94,10 +94,8 @@ def test_spans_stage_still_loads(tmp_path: Path) -> None:
     old = tmp_path / "old.toml"
     old.write_text("spans_stage = false\n")
     assert load_run_config(old) == RunConfig(gbdt_stage=False)
-    both = tmp_path / "both.toml"
-    both.write_text("spans_stage = false\ngbdt_stage = false\n")
-    with pytest.raises(DiscourseRLError, match="spans_stage and gbdt_stage are the same setting"):
-        load_run_config(both)
+    both, text = tmp_path / "both.toml", "spans_stage = false\ngbdt_stage = false\n"
+    assert_refused(both, text, load_run_config, "spans_stage and gbdt_stage are the same setting")
 
 
 @pytest.mark.parametrize("name", sorted(SPANS_KEYS_BEFORE))
