@@ -34,6 +34,7 @@ from discourse_rl.core.protocol import heldout_score, heldout_split, read_split,
 from discourse_rl.core.records import HeldOutScore
 from discourse_rl.decoders import constrained, decode
 from discourse_rl.decoders.gbdt.candidates import essay_candidates, hit_matrix, recall_per_class
+from discourse_rl.decoders.gbdt.candidates_plus import plus_active
 from discourse_rl.decoders.gbdt.combine import Member, Predictor, fit_combined
 from discourse_rl.decoders.gbdt.features import essay_layout
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
@@ -155,7 +156,7 @@ def candidate_recall(
         layout = essay_layout(essay)
         breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
         cand = essay_candidates(p, vit, cfg.candidates(), breaks)
-        if cfg.plus().active:
+        if plus_active(cfg):
             cand = _extend(cand, p, vit, layout, essay, cfg, breaks)
         count += cand.size
         el = corpus.essay_elements(eid)

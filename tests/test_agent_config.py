@@ -13,6 +13,7 @@ from discourse_rl.core import rules
 from discourse_rl.core.common import DiscourseRLError, config_from_dict, config_to_toml, load_toml
 from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig, PpoConfig
 from discourse_rl.run.config import RunConfig, load_run_config, packaged_config, write_run_config
+from tests.tiny import assert_refused
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -128,10 +129,8 @@ def test_old_flat_names_still_load(tmp_path: Path) -> None:
     assert load_run_config(flat).agent == _changed() == load_run_config(parts).agent
     assert load_run_config(mixed).agent.bc == BcConfig(epochs=3, lr=2e-3)
     # A bad value given by its old name is named where it lives now.
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[agent]\nbc_lr = 0\n")
-    with pytest.raises(DiscourseRLError, match=r"bad.toml: \[agent.bc\] lr = 0.0: must be > 0"):
-        load_run_config(bad)
+    bad, text = tmp_path / "bad.toml", "[agent]\nbc_lr = 0\n"
+    assert_refused(bad, text, load_run_config, r"bad.toml: \[agent.bc\] lr = 0.0: must be > 0")
 
 
 def test_a_setting_given_both_ways_is_refused(tmp_path: Path) -> None:

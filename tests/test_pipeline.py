@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
@@ -47,6 +48,21 @@ def few_essays(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train[train["id"].isin(ids)].to_csv(dst / "train.csv", index=False)
     shutil.copytree(src / "test", dst / "test")
     return dst
+
+
+class QuickRun(NamedTuple):
+    """A tiny run to make: the data folder, its settings and the run folder (not made yet)."""
+
+    data: Path
+    config: Path
+    run: Path
+
+
+@pytest.fixture
+def quick_run(tmp_path: Path, tiny_backbone: Path, few_essays: Path) -> QuickRun:
+    """`few_essays`, tmp/tiny.toml (one cloning epoch, no episode trainer) and tmp/run."""
+    config = _config(tmp_path / "tiny.toml", tiny_backbone, bc_epochs=1, episode_trainer=False)
+    return QuickRun(few_essays, config, tmp_path / "run")
 
 
 def _config(path: Path, backbone: Path, bc_epochs: int = 2, episode_trainer: bool = True) -> Path:

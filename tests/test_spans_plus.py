@@ -14,7 +14,6 @@ from discourse_rl.decoders import gbdt as spans
 from discourse_rl.decoders.decode import TunedThresholds
 from discourse_rl.decoders.gbdt.candidates import CandidateSettings, essay_candidates
 from discourse_rl.decoders.gbdt.candidates_plus import (
-    PlusSettings,
     _best_windows,
     _merges,
     clause_starts,
@@ -52,7 +51,7 @@ def test_off_settings_change_nothing() -> None:
     p = _flat(12)
     base = essay_candidates(p, EMPTY, CandidateSettings(0.15, 4, 0.05, 3, 1))
     z = np.zeros(12, np.bool_)
-    out = extend_candidates(base, p, EMPTY, EMPTY, np.array([0]), z, z, z, PlusSettings())
+    out = extend_candidates(base, p, EMPTY, EMPTY, np.array([0]), z, z, z, spans.GbdtConfig())
     assert out is base
 
 
@@ -68,7 +67,7 @@ def test_sentence_starts_find_an_element_the_tagger_merged() -> None:
     para[0] = True
     z = np.zeros(12, np.bool_)
     out = extend_candidates(
-        base, p, naive, naive, np.array([0]), sent, para, z, PlusSettings(sentence_ends=2)
+        base, p, naive, naive, np.array([0]), sent, para, z, spans.GbdtConfig(sentence_ends=2)
     )
     hit = (out.start == 6) & (out.end == 12) & (out.cls == 2)
     assert hit.sum() == 1
@@ -241,6 +240,6 @@ def test_rare_classes_get_sentence_candidates_below_the_top_classes() -> None:
             sent,
             sent,
             z,
-            PlusSettings(sentence_ends=2, rare_min_prob=rare),
+            spans.GbdtConfig(sentence_ends=2, rare_min_prob=rare),
         )
         assert bool(((out.cls == rebuttal) & (out.start == 5) & (out.end == 10)).any()) is expected

@@ -15,13 +15,18 @@ import pytest
 from discourse_rl.app.cli import main
 from discourse_rl.app.labeller import Labeller, offered_stages
 from discourse_rl.core import artefacts
-from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.layout import RENAMED_STEPS, RunLayout, step_name
 from discourse_rl.core.records import StageRecord, read_stages, write_stages
 from discourse_rl.run import lock
 from discourse_rl.run.config import RunConfig, load_run_config
 from discourse_rl.run.pipeline import run_pipeline
-from tests.test_pipeline import _config, few_essays, tiny_backbone  # noqa: F401  (fixtures)
+from tests.test_pipeline import (  # noqa: F401  (fixtures)
+    QuickRun,
+    few_essays,
+    quick_run,
+    tiny_backbone,
+)
+from tests.tiny import assert_refused
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -94,10 +99,8 @@ def test_spans_stage_still_loads(tmp_path: Path) -> None:
     old = tmp_path / "old.toml"
     old.write_text("spans_stage = false\n")
     assert load_run_config(old) == RunConfig(gbdt_stage=False)
-    both = tmp_path / "both.toml"
-    both.write_text("spans_stage = false\ngbdt_stage = false\n")
-    with pytest.raises(DiscourseRLError, match="spans_stage and gbdt_stage are the same setting"):
-        load_run_config(both)
+    both, text = tmp_path / "both.toml", "spans_stage = false\ngbdt_stage = false\n"
+    assert_refused(both, text, load_run_config, "spans_stage and gbdt_stage are the same setting")
 
 
 @pytest.mark.parametrize("name", sorted(SPANS_KEYS_BEFORE))
@@ -115,15 +118,13 @@ def test_the_gbdt_steps_key_is_the_spans_steps(name: str, monkeypatch: pytest.Mo
 @pytest.mark.slow
 def test_a_run_folder_of_the_old_layout_loads_and_is_reused(
     tmp_path: Path,
-    tiny_backbone: Path,  # noqa: F811
-    few_essays: Path,  # noqa: F811
+    quick_run: QuickRun,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = _config(tmp_path / "tiny.toml", tiny_backbone, bc_epochs=1, episode_trainer=False)
-    run = tmp_path / "run"
+    data, config, run = quick_run
     quiet = {"log": lambda _: None}
-    assert run_pipeline(few_essays, run, config, **quiet).ran == ("ner", "gbdt", "agent")
-    essays = few_essays / "test"
+    assert run_pipeline(data, run, config, **quiet).ran == ("ner", "gbdt", "agent")
+    essays = data / "test"
     out = tmp_path / "new.csv"
     for stage in ("gbdt", "ner-constrained", "ner-tuned"):
         args = ["predict", "--model", str(run), "--essays", str(essays), "--stage", stage]
@@ -161,14 +162,14 @@ def test_a_run_folder_of_the_old_layout_loads_and_is_reused(
     assert Labeller.load(model, "gbdt").label(text) == Labeller.load(run, "gbdt").label(text)
 
     # run: every step reused, nothing retrained, the old folder kept as it is.
-    summary = run_pipeline(few_essays, run, config, **quiet)
+    summary = run_pipeline(data, run, config, **quiet)
     assert summary.ran == () and summary.reused == ("ner", "gbdt", "agent")
     assert not (run / "gbdt").exists() and (lay.manifests / "spans.json").is_file()
     assert artefacts.damaged(lay, "gbdt") == []
 
     # A changed [gbdt] re-runs the step, which now writes under its new name.
     config.write_text(config.read_text().replace("n_estimators = 10", "n_estimators = 11"))
-    summary = run_pipeline(few_essays, run, config, **quiet)
+    summary = run_pipeline(data, run, config, **quiet)
     assert summary.ran == ("gbdt",)
     assert not (run / "spans").exists() and (run / "gbdt" / "gbdt" / "params.json").is_file()
     assert not (lay.manifests / "spans.json").exists()

@@ -3,11 +3,14 @@ settings to match, and agent settings of the same scale."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig, PpoConfig
 from discourse_rl.ner import NerConfig
 
@@ -78,3 +81,11 @@ def agent_with(
         ppo=replace(cfg.ppo, **(ppo or {})),
         **general,
     )
+
+
+def assert_refused(path: Path, text: str, load: Callable[[Path], object], match: str) -> None:
+    """Write `text` to `path`: `load(path)` refuses it with a `DiscourseRLError` whose message
+    matches `match`."""
+    path.write_text(text)
+    with pytest.raises(DiscourseRLError, match=match):
+        load(path)

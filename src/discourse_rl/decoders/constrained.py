@@ -210,6 +210,14 @@ def unique_classes(corpus: Corpus, ids: Iterable[str], cfg: ConstrainedConfig) -
     return once_per_essay(corpus, ids, cfg.unique_share, cfg.max_unique)
 
 
+def with_probs(probs: Mapping[str, FloatArray], train_ids: Iterable[str], who: str) -> list[str]:
+    """The training essays that have probabilities, in order; none is `who`'s error."""
+    ids = [i for i in train_ids if i in probs]
+    if not ids:
+        raise DiscourseRLError(f"{who}: no training essay has probabilities")
+    return ids
+
+
 def fit_constrained(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
@@ -218,9 +226,7 @@ def fit_constrained(
 ) -> ConstrainedParams:
     """Limits and minima from the training essays (their probabilities should be out of fold)."""
     cfg = cfg or ConstrainedConfig()
-    ids = [i for i in train_ids if i in probs]
-    if not ids:
-        raise DiscourseRLError("constrained: no training essay has probabilities")
+    ids = with_probs(probs, train_ids, "constrained")
     unique = unique_classes(corpus, ids, cfg)
     dcfg = DecodeConfig(
         min_words=PUBLIC_MIN_WORDS,

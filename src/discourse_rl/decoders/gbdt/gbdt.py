@@ -213,13 +213,10 @@ def training_table(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
     train_ids: Iterable[str],
-    cfg: GbdtConfig | None = None,
+    cfg: GbdtConfig,
 ) -> TrainingTable:
     """Candidates of `train_ids` with their hits (the candidate settings of `cfg` only)."""
-    cfg = cfg or GbdtConfig()
-    ids = sorted(i for i in set(train_ids) if i in probs)
-    if not ids:
-        raise DiscourseRLError("gbdt: no training essay has probabilities")
+    ids = sorted(set(constrained.with_probs(probs, train_ids, "gbdt")))
     # Only the limits matter for candidates; the minima are the boosting thresholds' job.
     limits = constrained.fit_constrained(
         probs, corpus, ids, constrained.ConstrainedConfig(fit=False)

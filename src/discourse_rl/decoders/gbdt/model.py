@@ -36,9 +36,9 @@ from discourse_rl.decoders.gbdt.candidates import (
     recall_per_class,
 )
 from discourse_rl.decoders.gbdt.candidates_plus import (
-    PlusSettings,
     clause_starts,
     extend_candidates,
+    plus_active,
 )
 from discourse_rl.decoders.gbdt.features import (
     CATEGORICAL,
@@ -134,20 +134,6 @@ class GbdtConfig:
             self.start_threshold, self.max_ends, self.class_min_prob, self.max_classes, self.shift
         )
 
-    def plus(self) -> PlusSettings:
-        return PlusSettings(
-            self.sentence_ends,
-            self.clause_ends,
-            self.class_start_threshold,
-            tuple(self.subspan_shares),
-            self.sentence_splits,
-            self.merge_naive,
-            self.merge_gap,
-            self.class_min_prob,
-            self.max_classes,
-            self.rare_min_prob,
-        )
-
     def feature_names(self) -> tuple[str, ...]:
         return FEATURE_NAMES + PLUS_NAMES if self.rich_features else FEATURE_NAMES
 
@@ -225,7 +211,6 @@ def build_candidates(
 ) -> CandidateTable:
     """Candidates and features of `ids`; hits and recall too when `corpus` labels them."""
     settings = cfg.candidates()
-    plus = cfg.plus()
     rows: list[tuple[EssayCandidates, FloatArray]] = []
     hits: list[npt.NDArray[np.bool_]] = []
     found: list[npt.NDArray[np.bool_]] = []
@@ -239,7 +224,7 @@ def build_candidates(
         layout = essay_layout(essay)
         breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
         cand = essay_candidates(p, vit, settings, breaks)
-        if plus.active:
+        if plus_active(cfg):
             cand = _extend(cand, p, vit, layout, essay, cfg, breaks)
         feats = candidate_features(p, cand, layout)
         if cfg.rich_features:
@@ -292,7 +277,7 @@ def _extend(
         layout.sentence,
         layout.paragraph,
         clause_starts(essay),
-        cfg.plus(),
+        cfg,
     )
 
 
