@@ -209,9 +209,7 @@ def decoders() -> tuple[type[Decoder], ...]:
     # registers before the others are loaded. Plugins keep their registration order.
     rank = {module: k for k, module in enumerate(BUILTIN)}
     found = list(_REGISTRY.values())
-    return tuple(
-        sorted(found, key=lambda d: (rank.get(d.__module__, len(rank)), found.index(d)))
-    )
+    return tuple(sorted(found, key=lambda d: (rank.get(d.__module__, len(rank)), found.index(d))))
 
 
 def names() -> tuple[str, ...]:
