@@ -17,7 +17,6 @@ decoding of every essay; one BC epoch; and PPO rollouts + updates for `--ppo-ste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
@@ -29,8 +28,9 @@ import torch
 
 from benchmarks.common import run_benchmark
 from discourse_rl.core.data import load_corpus
-from discourse_rl.decoders.agent import AgentConfig, FineTuneInputs, train_bc, train_ppo
+from discourse_rl.decoders.agent import FineTuneInputs, train_bc, train_ppo
 from discourse_rl.decoders.agent.common import torch_threads
+from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig, PpoConfig
 from discourse_rl.decoders.agent.env import SegmentLabelEnv, gold_table
 from discourse_rl.decoders.agent.policy import make_policy, predict_actions
 from discourse_rl.decoders.agent.ppo import make_env
@@ -73,7 +73,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         f"{n_seg.mean():.1f} segments/essay (max {n_seg.max()})"
     )
 
-    env = SegmentLabelEnv(segs, gold_table(corpus, ids), AgentConfig().max_segments)
+    env = SegmentLabelEnv(segs, gold_table(corpus, ids), NetworkConfig().max_segments)
     rng = np.random.default_rng(0)
     env.reset(seed=0)
     t, n = time.perf_counter(), args.env_steps
@@ -84,14 +84,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     out["env_steps_per_s"] = n / (time.perf_counter() - t)
     print(f"env alone (random allowed actions): {out['env_steps_per_s']:,.0f} steps/s")
 
-    cfg = dataclasses.replace(
-        AgentConfig(),
-        bc_epochs=1,
-        ppo_timesteps=args.ppo_steps,
-        value_warmup_steps=0,
-        eval_every=10**9,
+    cfg = AgentConfig(
         progress_bar=False,
         torch_threads=args.threads,
+        bc=BcConfig(epochs=1),
+        ppo=PpoConfig(timesteps=args.ppo_steps, value_warmup_steps=0, eval_every=10**9),
     )
     with torch_threads(args.threads):
         policy = make_policy(cfg, segs[0].features.shape[1])
@@ -103,9 +100,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             with torch.no_grad():
                 actions, _ = policy.predict(obs, action_masks=masks)  # type: ignore[arg-type]
             obs, *_ = vec.step(actions)
-        out["policy_env_steps_per_s"] = n * cfg.n_envs / (time.perf_counter() - t)
+        out["policy_env_steps_per_s"] = n * cfg.ppo.n_envs / (time.perf_counter() - t)
         rate = out["policy_env_steps_per_s"]
-        print(f"policy + {cfg.n_envs} envs (SB3 predict): {rate:,.0f} steps/s")
+        print(f"policy + {cfg.ppo.n_envs} envs (SB3 predict): {rate:,.0f} steps/s")
         t = time.perf_counter()
         predict_actions(policy, segs)
         out["decode_essays_per_s"] = len(segs) / (time.perf_counter() - t)

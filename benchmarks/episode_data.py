@@ -27,7 +27,8 @@ from benchmarks.common import ROOT, SHARED_DATA, one_line_errors
 from discourse_rl.core.common import atomic_write_text
 from discourse_rl.core.data import Corpus, load_corpus
 from discourse_rl.decoders.agent.bc import train_bc
-from discourse_rl.decoders.agent.common import AgentConfig, split_validation
+from discourse_rl.decoders.agent.common import split_validation
+from discourse_rl.decoders.agent.config import AgentConfig
 from discourse_rl.decoders.segments import (
     EssaySegments,
     load_segments,

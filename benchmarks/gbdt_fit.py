@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", default=None, help="Kaggle-layout folder (default: the sample)")
     ap.add_argument("--essays", type=int, default=300, help="essays drawn (seeded)")
     ap.add_argument("--negative-share", type=float, nargs="+", default=[1.0])
-    ap.add_argument("--n-estimators", type=int, default=spans.SpanConfig().n_estimators)
-    ap.add_argument("--learning-rate", type=float, default=spans.SpanConfig().learning_rate)
-    ap.add_argument("--threshold-folds", type=int, default=spans.SpanConfig().threshold_folds)
+    ap.add_argument("--n-estimators", type=int, default=spans.GbdtConfig().n_estimators)
+    ap.add_argument("--learning-rate", type=float, default=spans.GbdtConfig().learning_rate)
+    ap.add_argument("--threshold-folds", type=int, default=spans.GbdtConfig().threshold_folds)
     ap.add_argument("--threads", type=int, default=2, help="LightGBM threads")
     run_benchmark(ap, measure, argv)
 
@@ -51,7 +51,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     split = heldout_split(ids, 0.2, 0)
     train, held = list(split.train), list(split.heldout)
     gt = gold_frame(corpus, held)
-    base = spans.SpanConfig(
+    base = spans.GbdtConfig(
         n_estimators=args.n_estimators,
         learning_rate=args.learning_rate,
         threshold_folds=args.threshold_folds,

@@ -75,9 +75,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     acfg = dataclasses.replace(
         s.agent_cfg,
         seed=args.seed,
-        ppo_timesteps=args.sb3_steps,
-        value_warmup_steps=args.warmup_steps,
-        eval_every=10,
+        ppo=dataclasses.replace(
+            s.agent_cfg.ppo,
+            timesteps=args.sb3_steps,
+            value_warmup_steps=args.warmup_steps,
+            eval_every=10,
+        ),
     )
 
     def timed(train: Callable[..., TrainedPolicy], cfg: Any, name: str) -> tuple[Path, float]:

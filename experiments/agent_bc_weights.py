@@ -11,7 +11,6 @@ experiments/README.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +20,9 @@ from discourse_rl.core import metric
 from discourse_rl.core.data import CLASSES, load_corpus
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.protocol import read_split
-from discourse_rl.decoders.agent import AgentConfig, predict_spans, train_bc
+from discourse_rl.decoders.agent import predict_spans, train_bc
 from discourse_rl.decoders.agent.common import split_validation
+from discourse_rl.decoders.agent.config import AgentConfig, BcConfig
 from discourse_rl.decoders.segments import gold_frame, load_segments
 
 
@@ -48,9 +48,7 @@ def main() -> None:
     gt = gold_frame(corpus, test_ids)
     print("weight  seconds  macro  " + "  ".join(c[:8] for c in CLASSES))
     for w in args.weights:
-        cfg = dataclasses.replace(
-            AgentConfig(), bc_class_weight=w, bc_epochs=args.epochs, progress_bar=False
-        )
+        cfg = AgentConfig(progress_bar=False, bc=BcConfig(class_weight=w, epochs=args.epochs))
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
             path = train_bc(train, cfg, Path(tmp), val_segs=val, corpus=corpus).path

@@ -16,24 +16,44 @@ import argparse
 import dataclasses
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.common import one_line_errors, require
-from discourse_rl.core.data import load_corpus, load_word_probs
+from discourse_rl.core.arrays import Probs
+from discourse_rl.core.data import Corpus, load_corpus, load_word_probs
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.protocol import heldout_score, read_split
 from discourse_rl.decoders.agent import FineTuneInputs, predict_spans, train_bc
 from discourse_rl.decoders.agent.common import split_validation
 from discourse_rl.decoders.agent.episode import train_episode
 from discourse_rl.decoders.segments import (
+    EssaySegments,
+    SegmentConfig,
     gold_frame,
     make_segments,
     paragraph_starts,
     segment_gold_actions,
 )
 from discourse_rl.run.config import load_run_config
+
+
+def gold_segments(
+    probs: Probs,
+    corpus: Corpus,
+    cfg: SegmentConfig,
+    ids: Sequence[str],
+    *groups: Sequence[str],
+) -> list[list[EssaySegments]]:
+    """The segments of the essays `ids` (cut as `cfg` says) with their gold actions, as the
+    lists of each group of ids."""
+    words = {i: corpus.essays[i].words for i in ids}
+    paras = paragraph_starts(corpus.essays, ids)
+    segs = segment_gold_actions(make_segments(probs, cfg, ids, words, paras), corpus)
+    by_id = {s.essay_id: s for s in segs}
+    return [[by_id[i] for i in group] for group in groups]
 
 
 def main() -> None:
@@ -51,8 +71,6 @@ def main() -> None:
     probs = load_word_probs(require(lay.oof, "missing: --run takes a run past its NER stage"))
     ids = sorted([*split.train, *split.heldout])
     corpus = load_corpus(args.data, ids=ids)
-    words = {i: corpus.essays[i].words for i in ids}
-    paras = paragraph_starts(corpus.essays, ids)
     gt = gold_frame(corpus, split.heldout)
     agent = dataclasses.replace(cfg.agent, progress_bar=False)
     print(f"{len(split.train)} training essays, {len(split.heldout)} held out")
@@ -60,10 +78,7 @@ def main() -> None:
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for features in args.features:
         seg_cfg = dataclasses.replace(cfg.segments, rich_features=features == "rich")
-        segs = segment_gold_actions(make_segments(probs, seg_cfg, ids, words, paras), corpus)
-        by_id = {s.essay_id: s for s in segs}
-        train = [by_id[i] for i in split.train]
-        held = [by_id[i] for i in split.heldout]
+        train, held = gold_segments(probs, corpus, seg_cfg, ids, split.train, split.heldout)
         for reward in args.rewards:
             for seed in args.seeds:
                 scfg = dataclasses.replace(agent, seed=seed)

@@ -23,30 +23,29 @@ import time
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.agent import predict_spans
 from discourse_rl.decoders.agent.bc import train_bc
-from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.common import FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.config import AgentConfig, BcConfig, NetworkConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.decoders.agent.on_gbdt import cross_fit_gbdt, gbdt_segments, view_of, with_actions
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
+from discourse_rl.decoders.gbdt.model import GbdtConfig, build_candidates
 from discourse_rl.decoders.segments import (
     SegmentConfig,
     gold_frame,
-    make_segments,
     paragraph_starts,
-    segment_gold_actions,
     spans_frame,
 )
-from experiments.span_proxy import add_data_args, parse_settings, proxy_data
+from experiments.agent_features import gold_segments
+from experiments.span_proxy import add_data_args, emit, parse_settings, proxy_data, score_row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_args(ap)
-    ap.add_argument("--base", default="", help="gbdt: KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--base", default="", help="gbdt: KEY=VALUE,... on top of GbdtConfig()")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--bc-epochs", type=int, default=5)
     ap.add_argument("--passes", type=float, default=3.0)
@@ -65,24 +64,19 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
 
     def record(name: str, seed: int, pred: Any, seconds: float) -> None:
-        sc = heldout_score(pred, gt)
-        row = {
-            "row": name,
-            "seed": seed,
-            "macro_f1": round(sc.macro_f1, 4),
-            "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+        sc, row = score_row("row", name, seed, pred, gt)
+        row |= {
             "seconds": round(seconds, 1),
             "load": round(os.getloadavg()[0], 1),
             **{c: round(v, 4) for c, v in sc.per_class.items()},
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(rows, row)
 
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
     )
     t = time.perf_counter()
-    gcfg0 = dataclasses.replace(SpanConfig(), num_threads=1, **parse_settings(args.base))
+    gcfg0 = dataclasses.replace(GbdtConfig(), num_threads=1, **parse_settings(args.base))
     data = TrainingTable(
         train, limits, build_candidates(probs, corpus.essays, train, gcfg0, limits, corpus)
     )
@@ -126,9 +120,9 @@ def main() -> None:
             longest = max(s.n_segments for s in [*tr_all, *test])
             acfg = AgentConfig(
                 seed=seed,
-                bc_epochs=args.bc_epochs,
                 progress_bar=False,
-                max_segments=max(96, longest),
+                network=NetworkConfig(max_segments=max(96, longest)),
+                bc=BcConfig(epochs=args.bc_epochs),
             )
             tr, val = split_validation(tr_all, acfg.val_fraction, seed)
             out = work / f"{name}-{seed}"
@@ -142,9 +136,7 @@ def main() -> None:
             record(f"{name}: episode", seed, predict_spans(ep.path, test), time.perf_counter() - t)
 
         if not args.skip_plain:
-            plain = segment_gold_actions(make_segments(probs, seg_cfg, ids, words, paras), corpus)
-            by = {s.essay_id: s for s in plain}
-            agent("plain agent", [by[i] for i in train], [by[i] for i in held])
+            agent("plain agent", *gold_segments(probs, corpus, seg_cfg, ids, train, held))
         agent("on gbdt, BC from gbdt", with_actions(seg_train, train_view), seg_held)
         agent("on gbdt, BC from gold", with_actions(seg_train, None, corpus), seg_held)
     if args.json:

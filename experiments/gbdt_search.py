@@ -21,7 +21,7 @@ from pathlib import Path
 from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
+from discourse_rl.decoders.gbdt.model import GbdtConfig, build_candidates
 from discourse_rl.decoders.gbdt.search import search
 from discourse_rl.decoders.segments import gold_frame
 from experiments.span_proxy import add_data_args, parse_settings, proxy_data
@@ -30,14 +30,14 @@ from experiments.span_proxy import add_data_args, parse_settings, proxy_data
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_args(ap)
-    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of GbdtConfig()")
     ap.add_argument("--trials", type=int, default=12)
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     corpus, probs, train, held = proxy_data(args)
-    base = dataclasses.replace(SpanConfig(), num_threads=args.threads, **parse_settings(args.base))
+    base = dataclasses.replace(GbdtConfig(), num_threads=args.threads, **parse_settings(args.base))
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)
     )

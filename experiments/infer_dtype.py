@@ -31,9 +31,9 @@ import torch
 from benchmarks.common import require, run_benchmark
 from discourse_rl.core.arrays import FloatArray
 from discourse_rl.core.common import read_json, torch_threads
-from discourse_rl.core.data import Essay, load_corpus, sample_dir
+from discourse_rl.core.data import Corpus, Essay, load_corpus, sample_dir
 from discourse_rl.core.layout import RunLayout
-from discourse_rl.decoders.decode import evaluate_decoding
+from discourse_rl.decoders.decode import DecodeConfig, evaluate_decoding
 from discourse_rl.ner import NerPredictor
 from discourse_rl.ner.config import INFER_DTYPES, PREDICT_WINDOWS
 from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
@@ -70,9 +70,7 @@ def out_of_fold(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a trained run folder")
-    ap.add_argument("--data", type=Path, default=None, help="its data (default: the sample)")
-    ap.add_argument("--max-essays", type=int, default=0, help="first N essays by id (0 = all)")
+    add_run_args(ap, "a trained run folder", max_essays=0)
     ap.add_argument("--dtypes", nargs="+", default=list(INFER_DTYPES), choices=INFER_DTYPES)
     ap.add_argument(
         "--windows", nargs="+", default=["full"], choices=PREDICT_WINDOWS, help="finetune runs"
@@ -81,7 +79,20 @@ def main(argv: list[str] | None = None) -> None:
     run_benchmark(ap, measure, argv)
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def add_run_args(ap: argparse.ArgumentParser, run_help: str, max_essays: int) -> None:
+    """`--run`, `--data` and `--max-essays` of the studies over a trained run's essays."""
+    ap.add_argument("--run", type=Path, required=True, help=run_help)
+    ap.add_argument("--data", type=Path, default=None, help="its data (default: the sample)")
+    ap.add_argument(
+        "--max-essays", type=int, default=max_essays, help="first N essays by id (0 = all)"
+    )
+
+
+def run_essays(
+    args: argparse.Namespace,
+) -> tuple[dict[str, int], DecodeConfig, Corpus, list[str], dict[str, Essay], dict[str, Any]]:
+    """The run's NER folds and decoding settings, its essays (the first `--max-essays` by id)
+    as a corpus, their ids and texts, and the head of the study's results."""
     layout = RunLayout(args.run)
     folds = read_json(require(layout.ner_folds, "missing: --run needs a trained run"))
     decode = stage_config(layout.root / "config.toml").decode
@@ -92,6 +103,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     corpus = corpus.subset(ids)
     essays = {i: corpus.essays[i] for i in ids}
     out: dict[str, Any] = {"run": str(args.run), "essays": len(ids), "load": os.getloadavg()}
+    return folds, decode, corpus, ids, essays, out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    folds, decode, corpus, ids, essays, out = run_essays(args)
     probs: dict[str, dict[str, FloatArray]] = {}
     variants = [(d, w) for d in args.dtypes for w in args.windows]
     names = [d if w == "full" else f"{d}-{w}" for d, w in variants]

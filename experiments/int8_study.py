@@ -37,16 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import require, run_benchmark
+from benchmarks.common import run_benchmark
 from discourse_rl.core.arrays import FloatArray
-from discourse_rl.core.common import read_json, torch_threads
-from discourse_rl.core.data import load_corpus, sample_dir
-from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.common import torch_threads
 from discourse_rl.decoders.decode import evaluate_decoding
 from discourse_rl.ner import NerPredictor
 from discourse_rl.ner.model import NerModel
-from discourse_rl.run.steps.ner import stage_config
-from experiments.infer_dtype import out_of_fold
+from experiments.infer_dtype import add_run_args, out_of_fold, run_essays
 
 DEFAULT_SCHEMES = (
     "fp32",
@@ -163,9 +160,7 @@ def quantized(model: NerModel, scheme: str) -> NerModel:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a trained finetune run folder")
-    ap.add_argument("--data", type=Path, default=None, help="its data (default: the sample)")
-    ap.add_argument("--max-essays", type=int, default=300, help="first N essays by id (0 = all)")
+    add_run_args(ap, "a trained finetune run folder", max_essays=300)
     ap.add_argument("--stats-essays", type=int, default=40, help="essays of the statistics pass")
     ap.add_argument("--schemes", nargs="+", default=list(DEFAULT_SCHEMES))
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
@@ -177,16 +172,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    layout = RunLayout(args.run)
-    folds = read_json(require(layout.ner_folds, "missing: --run needs a trained run"))
-    decode = stage_config(layout.root / "config.toml").decode
-    corpus = load_corpus(args.data or sample_dir())
-    ids = sorted(i for i in folds if i in corpus.essays)
-    if args.max_essays:
-        ids = ids[: args.max_essays]
-    corpus = corpus.subset(ids)
-    essays = {i: corpus.essays[i] for i in ids}
-    out: dict[str, Any] = {"run": str(args.run), "essays": len(ids), "load": os.getloadavg()}
+    folds, decode, corpus, ids, essays, out = run_essays(args)
     with torch_threads(args.threads):
         base = NerPredictor.load(args.run, threads=args.threads, infer_dtype="fp32")
         if not base.models:

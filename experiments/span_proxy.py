@@ -5,11 +5,11 @@ trained on the protocol's training essays (or a seeded subset) and scored on its
         --probs /tmp/ref/oof.npz --data ../shared/data/feedback-prize-2021 --train-essays 4000 \\
         --variant base: --variant sent:sentence_ends=3 --variant rich:rich_features=true
 
-`--variant NAME:KEY=VALUE,KEY=VALUE` is one gbdt configuration (`SpanConfig` fields on top of
+`--variant NAME:KEY=VALUE,KEY=VALUE` is one gbdt configuration (`GbdtConfig` fields on top of
 `--base`, values in JSON: `subspan_shares=[0.65]`); `rules=...` (a `spans.rules.RuleSettings`
 field, e.g. `rules.one_per_essay=true`) post-processes its spans. The held-out essays are
 RUN/split.json's when `--split` names one, else the protocol's draw (`heldout_split(ids, 0.2,
-0)`, what the spans stage writes). Per variant: candidates per essay and their recall per class
+0)`, what the gbdt step writes). Per variant: candidates per essay and their recall per class
 (training and held-out essays), held-out macro F1, per-class F1, the seed's unit (essay
 TP/(TP+FP+FN)) and the seconds spent. Candidate tables are built once per candidate setting.
 """
@@ -31,12 +31,14 @@ import pandas as pd
 
 from discourse_rl.core.data import CLASSES, Corpus, load_corpus, load_word_probs
 from discourse_rl.core.protocol import heldout_score, heldout_split, read_split, scored_ids
+from discourse_rl.core.records import HeldOutScore
 from discourse_rl.decoders import constrained, decode
 from discourse_rl.decoders.gbdt.candidates import essay_candidates, hit_matrix, recall_per_class
+from discourse_rl.decoders.gbdt.candidates_plus import plus_active
 from discourse_rl.decoders.gbdt.combine import Member, Predictor, fit_combined
 from discourse_rl.decoders.gbdt.features import essay_layout
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import CandidateTable, SpanConfig, _extend, build_candidates
+from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, _extend, build_candidates
 from discourse_rl.decoders.gbdt.postprocess import RuleSettings, apply_rules
 from discourse_rl.decoders.gbdt.search import subset_table
 from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
@@ -85,6 +87,27 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--held-essays", type=int, default=0, help="seeded held-out subset (0: all)")
 
 
+def score_row(
+    key: str, name: str, seed: int, pred: pd.DataFrame, gt: pd.DataFrame
+) -> tuple[HeldOutScore, dict[str, Any]]:
+    """The held-out score of `pred`, and the head of its results row: `name` under `key`, the
+    seed, the macro F1 and the essay score (4 places)."""
+    sc = heldout_score(pred, gt)
+    head: dict[str, Any] = {
+        key: name,
+        "seed": seed,
+        "macro_f1": round(sc.macro_f1, 4),
+        "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+    }
+    return sc, head
+
+
+def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Keep a results row and print it as one JSON line."""
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
 def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[str], list[str]]:
     """The corpus, word probabilities, training and held-out essay ids of the proxy."""
     t0 = time.perf_counter()
@@ -121,7 +144,7 @@ def candidate_recall(
     probs: dict[str, Any],
     corpus: Corpus,
     ids: Sequence[str],
-    cfg: SpanConfig,
+    cfg: GbdtConfig,
     limits: constrained.ConstrainedParams,
 ) -> tuple[float, dict[str, float]]:
     """Candidates per essay and recall per class, without features."""
@@ -133,7 +156,7 @@ def candidate_recall(
         layout = essay_layout(essay)
         breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
         cand = essay_candidates(p, vit, cfg.candidates(), breaks)
-        if cfg.plus().active:
+        if plus_active(cfg):
             cand = _extend(cand, p, vit, layout, essay, cfg, breaks)
         count += cand.size
         el = corpus.essay_elements(eid)
@@ -148,7 +171,7 @@ def gbdt_member(
     data: TrainingTable,
     htab: CandidateTable,
     corpus: Corpus,
-    cfg: SpanConfig,
+    cfg: GbdtConfig,
     rule_cfg: RuleSettings,
     probs: dict[str, Any],
 ) -> Member:
@@ -194,7 +217,7 @@ def ner_members(probs: dict[str, Any], corpus: Corpus) -> dict[str, Member]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_args(ap)
-    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of SpanConfig()")
+    ap.add_argument("--base", default="", help="KEY=VALUE,... on top of GbdtConfig()")
     ap.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE,...")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -225,7 +248,7 @@ def main() -> None:
     for spec in args.variant or ["base:"]:
         name, _, rest = spec.partition(":")
         g, r = split_settings({**base, **parse_settings(rest)})
-        cfg = dataclasses.replace(SpanConfig(), **g)
+        cfg = dataclasses.replace(GbdtConfig(), **g)
         rule_cfg = RuleSettings(**r)
         if args.recall_only:
             for part, part_ids in (("train", train), ("held", held)):
@@ -263,12 +286,8 @@ def main() -> None:
                 pred = apply_rules(model, htab, held_probs, corpus.essays, rule_cfg)
             else:
                 pred = model.predict_table(htab)
-            sc = heldout_score(pred, gt)
-            row = {
-                "variant": name,
-                "seed": seed,
-                "macro_f1": round(sc.macro_f1, 4),
-                "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+            sc, row = score_row("variant", name, seed, pred, gt)
+            row |= {
                 "cand_train": round(data.table.cls.size / len(train), 1),
                 "cand_held": round(htab.cls.size / len(held), 1),
                 "build_s": round(build_s, 1),
@@ -278,8 +297,7 @@ def main() -> None:
                 **{f"recall {c}": round(v, 3) for c, v in (htab.recall or {}).items()},
                 **{f"train recall {c}": round(v, 3) for c, v in data.table.recall.items()},  # type: ignore[union-attr]
             }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            emit(rows, row)
     if args.recall_only:
         return
     if args.combine:
@@ -287,20 +305,15 @@ def main() -> None:
         t = time.perf_counter()
         choice, predict = fit_combined(members, train, corpus, folds=2)
         fit_s = time.perf_counter() - t
-        sc = heldout_score(predict(held), gt)
+        sc, row = score_row("variant", "combined", 0, predict(held), gt)
         print("combined choice:", json.dumps(choice.to_json()), flush=True)
-        row = {
-            "variant": "combined",
-            "seed": 0,
-            "macro_f1": round(sc.macro_f1, 4),
-            "essay_tp_fp_fn": round(sc.essay_jaccard, 4),
+        row |= {
             "cand_held": float("nan"),
             "fit_s": round(fit_s, 1),
             "load": round(os.getloadavg()[0], 1),
             **{f"f1 {c}": round(v, 4) for c, v in sc.per_class.items()},
         }
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        emit(rows, row)
     df = pd.DataFrame(rows)
     short = {f"f1 {c}": c[:5] for c in CLASSES}
     cols = ["variant", "seed", "macro_f1", "essay_tp_fp_fn", "cand_held", "fit_s", *short]

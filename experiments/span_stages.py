@@ -44,7 +44,7 @@ def main() -> None:
     if args.essays:
         ids = sorted(np.random.default_rng(0).choice(ids, args.essays, replace=False).tolist())
     base = dataclasses.replace(
-        spans.SpanConfig(), n_estimators=args.n_estimators, num_threads=args.threads
+        spans.GbdtConfig(), n_estimators=args.n_estimators, num_threads=args.threads
     )
     rows = []
     per_class: dict[str, list[pd.Series]] = {}

@@ -24,6 +24,12 @@ def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(save_tiny_bert(tmp_path_factory.mktemp("tiny"), 32, 2, 128))
 
 
+@pytest.fixture(scope="module")
+def corpus() -> Corpus:
+    """The embedded sample (a module may override it with its own)."""
+    return load_corpus(None)
+
+
 @pytest.fixture(scope="session")
 def corpus_small() -> Corpus:
     """The first 8 essays of the embedded sample."""

@@ -4,7 +4,6 @@ PPO beat random."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from functools import cache
 from pathlib import Path
@@ -40,9 +39,9 @@ from discourse_rl.decoders.segments import (
     segment_gold_actions,
     simulate_word_probs,
 )
-from tests.tiny import tiny_agent
+from tests.tiny import agent_with, tiny_agent
 
-TINY = tiny_agent(bc_epochs=25, bc_lr=3e-3, value_warmup_steps=256, ppo_lr=1e-4)
+TINY = tiny_agent(bc={"epochs": 25, "lr": 3e-3}, ppo={"value_warmup_steps": 256, "lr": 1e-4})
 SEG = SegmentConfig(max_segments=64)
 
 
@@ -118,7 +117,7 @@ def test_sb3_wrapper_equals_the_plain_module() -> None:
 
 
 def test_sb3_wrapper_adds_no_parameters_and_draws_the_same_weights() -> None:
-    config = PolicyConfig.of(TINY, essays()[0].features.shape[1])
+    config = PolicyConfig.of(TINY.network, essays()[0].features.shape[1])
     torch.manual_seed(3)
     plain = AttentionPolicy(config)
     torch.manual_seed(3)
@@ -175,7 +174,7 @@ def test_ppo_takes_only_allowed_actions() -> None:
         n_steps=64,
         batch_size=64,
         n_epochs=1,
-        policy_kwargs={"config": PolicyConfig.of(TINY, segs[0].features.shape[1])},
+        policy_kwargs={"config": PolicyConfig.of(TINY.network, segs[0].features.shape[1])},
         seed=0,
         device="cpu",
     )
@@ -195,7 +194,7 @@ def test_bc_then_ppo_beat_a_random_policy(tmp_path: Path) -> None:
         FineTuneInputs(train, corpus(), bc, tmp_path / "rl", val, tmp_path / "tb"), TINY
     ).path
     history = json.loads((tmp_path / "rl" / "history.json").read_text())
-    assert history["env_steps"] >= TINY.ppo_timesteps + TINY.value_warmup_steps
+    assert history["env_steps"] >= TINY.ppo.timesteps + TINY.ppo.value_warmup_steps
     assert history["history"][0]["step"] == 0  # the BC policy scored as the first checkpoint
     random_score = np.mean([mean_reward(test, random_actions(test, k)) for k in range(3)])
     bc_score = mean_reward(test, predict_actions(load_policy(bc), test))
@@ -208,7 +207,7 @@ def test_bc_then_ppo_beat_a_random_policy(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_policy(tmp_path: Path) -> None:
-    cfg = dataclasses.replace(TINY, bc_epochs=2)
+    cfg = agent_with(TINY, bc={"epochs": 2})
     segs = essays()[:10]
     a = train_bc(segs, cfg, tmp_path / "a").path
     b = train_bc(segs, cfg, tmp_path / "b").path

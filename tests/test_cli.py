@@ -129,6 +129,6 @@ def test_training_help_gives_measured_times(
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "Times measured on 2 CPU cores" in text
-    assert "the demo run 7 min 21 s (ner 93 s, spans 25 s, agent 303 s)" in text
+    assert "the demo run 7 min 21 s (ner 93 s, gbdt 25 s, agent 303 s)" in text
     assert "`discourse-rl info --model RUN` shows each step's recorded wall time" in text
     assert "a line every 30 s in a log file" in text

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from discourse_rl.core.data import load_corpus
 from discourse_rl.decoders import gbdt as spans
 from discourse_rl.decoders.agent.on_gbdt import (
     N_GBDT_FEATURES,
@@ -34,13 +33,8 @@ from discourse_rl.decoders.segments import (
     spans_frame,
 )
 
-CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=20, num_threads=1, min_child_samples=5)
+CFG = dataclasses.replace(spans.GbdtConfig(), n_estimators=20, num_threads=1, min_child_samples=5)
 SEG = SegmentConfig(start_threshold=0.3, punctuation="clause", rich_features=True)
-
-
-@pytest.fixture(scope="module")
-def corpus():  # type: ignore[no-untyped-def]
-    return load_corpus(None)
 
 
 @pytest.fixture(scope="module")

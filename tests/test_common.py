@@ -21,6 +21,7 @@ from discourse_rl.core.common import (
     load_toml,
     progress,
 )
+from tests.tiny import assert_refused
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,7 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
         config_from_dict(Outer, {"inner": {"lrr": 1}})
     with pytest.raises(DiscourseRLError, match=r'config: seed = "7": expected int'):
         config_from_dict(Outer, {"seed": "7"})
-    bad = tmp_path / "bad.toml"
-    bad.write_text("seed = = 1")
-    with pytest.raises(DiscourseRLError, match=r"bad\.toml: invalid TOML"):
-        load_toml(bad)
+    assert_refused(tmp_path / "bad.toml", "seed = = 1", load_toml, r"bad\.toml: invalid TOML")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:

@@ -9,18 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from discourse_rl.core.common import DiscourseRLError
-from discourse_rl.core.data import CLASS_INDEX, NUM_LABELS, labels_to_spans, load_corpus
+from discourse_rl.core.data import CLASS_INDEX, NUM_LABELS, labels_to_spans
 from discourse_rl.decoders import constrained as cd
 from discourse_rl.decoders.decode import TunedThresholds, decode_naive
 from discourse_rl.decoders.segments import simulate_word_probs
 
 NO_MINIMA = TunedThresholds((0,) * 7, (0.0,) * 7)
 LEAD, POSITION, CONCLUDING = (CLASS_INDEX[c] for c in ("Lead", "Position", "Concluding Statement"))
-
-
-@pytest.fixture(scope="module")
-def corpus():  # type: ignore[no-untyped-def]
-    return load_corpus(None)
 
 
 def _probs(seed: int, n: int, concentration: float = 0.3) -> np.ndarray:

@@ -39,9 +39,10 @@ from discourse_rl.decoders.segments import (
     spans_frame,
 )
 from tests.test_agent import TINY as AGENT_TINY
+from tests.tiny import agent_with
 
 # The agent tests' tiny policy, cloned a little longer and from every essay.
-TINY = dataclasses.replace(AGENT_TINY, bc_epochs=30, val_fraction=0.0)
+TINY = agent_with(AGENT_TINY, bc={"epochs": 30}, val_fraction=0.0)
 CLAIM, EVIDENCE = 2, 5
 
 
@@ -322,8 +323,8 @@ def test_kl_penalty_holds_the_policy_at_bc(root: Path) -> None:
 
 
 def test_autoregressive_head_adds_nothing_at_first() -> None:
-    head = PrevLabelHead(TINY.d_model, 64)
-    h = torch.randn(4, 9, TINY.d_model)
+    head = PrevLabelHead(TINY.network.d_model, 64)
+    h = torch.randn(4, 9, TINY.network.d_model)
     act = torch.randint(0, N_ACTIONS, (4, 2, 9))
     assert (head.teacher_forced(h, act) == 0).all()
 

@@ -97,7 +97,7 @@ def results(run: Path) -> dict[str, Any]:
     lists (held-out scores, thresholds, fold models, policies), wall times left out."""
     lay = RunLayout(run)
     out = {}
-    for stage in ("ner", "spans", "agent"):
+    for stage in ("ner", "gbdt", "agent"):
         for rel in json.loads(lay.manifest(stage).read_text())["files"]:
             out[rel] = _content(run / rel)
     return out

@@ -137,7 +137,7 @@ def test_cli_train_and_predict(tiny_backbone: str, tmp_path: Path, capsys) -> No
     config.write_text(
         f'seed = 1\n[ner]\nbackbone = "{tiny_backbone}"\nmax_essays = 6\nfolds = 2\n'
         "window = 64\noverlap = 16\nhead_hidden = 8\nepochs = 1.0\n"
-        "[decode]\nmax_min_words = 5\n[agent]\nbc_epochs = 1\n"
+        "[decode]\nmax_min_words = 5\n[agent.bc]\nepochs = 1\n"
     )
     run = tmp_path / "run"
     assert main(["train-ner", "--out", str(run), "--config", str(config)]) == 0

@@ -171,13 +171,14 @@ def test_the_lattice_mode_is_the_constrained_viterbi(unique: tuple[int, ...]) ->
 
 def test_limited_classes_are_the_constrained_decoders() -> None:
     from discourse_rl.core.data import load_corpus
+    from discourse_rl.core.data import unique_classes as lattice_classes
     from discourse_rl.decoders.constrained import ConstrainedConfig, unique_classes
 
     corpus = load_corpus()
     ids = sorted(corpus.essays)[:120]
     for share, most in ((0.99, 3), (0.9, 2), (0.5, 7)):
         want = unique_classes(corpus, ids, ConstrainedConfig(unique_share=share, max_unique=most))
-        assert rs.unique_classes(corpus, ids, share, most) == want
+        assert lattice_classes(corpus, ids, share, most) == want
 
 
 @pytest.mark.parametrize("unique", [(), (0, 6)])

@@ -53,13 +53,13 @@ def test_the_rl_step_adds_rows_and_feeds_the_second_stages(
     lay = RunLayout(run)
     quiet = {"log": lambda _: None}
     first = run_pipeline(few_essays, run, plain, **quiet)
-    assert first.ran == ("ner", "spans", "agent")
+    assert first.ran == ("ner", "gbdt", "agent")
 
     # Turning the phase on trains it alone: the second stages still read the CE tagger.
     with_rl = _write(tmp_path / "rl.toml", base, RL_TABLE)
     second = run_pipeline(few_essays, run, with_rl, **quiet)
     assert second.ran == ("ner_rl",)
-    assert set(second.reused) == {"ner", "spans", "agent"}
+    assert set(second.reused) == {"ner", "gbdt", "agent"}
     rows = [s.stage for s in heldout_table(run).rows]
     assert rows[:6] == [
         "ner-naive",
@@ -70,7 +70,7 @@ def test_the_rl_step_adds_rows_and_feeds_the_second_stages(
         "ner-control-tuned",
     ]
     res = StepResults.read(results_path(lay))
-    spans = SpansResults.read(lay.spans_results)
+    spans = SpansResults.read(lay.gbdt_results)
     assert res.heldout == spans.heldout and all(s.n_heldout == 6 for s in res.stages)
     assert metrics_path(lay).is_file() and (lay.ner / "rl" / "curves.png").is_file()
     for arm in ("rl", "control"):
@@ -82,12 +82,12 @@ def test_the_rl_step_adds_rows_and_feeds_the_second_stages(
     fed = _write(tmp_path / "fed.toml", base, RL_TABLE + 'feeds = "rl"\n')
     assert load_run_config(fed).ner_rl.feeds == "rl"
     third = run_pipeline(few_essays, run, fed, **quiet)
-    assert third.ran == ("spans", "agent") and "ner_rl" in third.reused
-    spans = SpansResults.read(lay.spans_results)
+    assert third.ran == ("gbdt", "agent") and "ner_rl" in third.reused
+    spans = SpansResults.read(lay.gbdt_results)
     naive = spans.stage("ner-naive")
     rl_row = res.stage("ner-rl")
     assert naive is not None and rl_row is not None
-    # The spans step's naive row now decodes the RL tagger's probabilities.
+    # The gbdt step's naive row now decodes the RL tagger's probabilities.
     assert naive.macro_f1.mean == rl_row.macro_f1.mean
     rl_probs = load_word_probs(lay.ner / "rl" / "oof.npz")
     ce_probs = load_word_probs(lay.oof)
@@ -104,7 +104,7 @@ def test_the_rl_step_adds_rows_and_feeds_the_second_stages(
 
     # Off again: its outputs go, the second stages go back to the CE tagger's (their old key).
     off = run_pipeline(few_essays, run, plain, **quiet)
-    assert off.ran == ("spans", "agent")
+    assert off.ran == ("gbdt", "agent")
     assert not (lay.ner / "rl").exists() and not (lay.ner / "fold0" / "rl").exists()
     assert not results_path(lay).exists()
     assert fed_arm(lay) == "ce"

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import pytest
@@ -49,6 +50,21 @@ def few_essays(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dst
 
 
+class QuickRun(NamedTuple):
+    """A tiny run to make: the data folder, its settings and the run folder (not made yet)."""
+
+    data: Path
+    config: Path
+    run: Path
+
+
+@pytest.fixture
+def quick_run(tmp_path: Path, tiny_backbone: Path, few_essays: Path) -> QuickRun:
+    """`few_essays`, tmp/tiny.toml (one cloning epoch, no episode trainer) and tmp/run."""
+    config = _config(tmp_path / "tiny.toml", tiny_backbone, bc_epochs=1, episode_trainer=False)
+    return QuickRun(few_essays, config, tmp_path / "run")
+
+
 def _config(path: Path, backbone: Path, bc_epochs: int = 2, episode_trainer: bool = True) -> Path:
     path.write_text(
         f"""seed = 0
@@ -67,20 +83,26 @@ bf16 = false
 max_segments = 64
 
 [agent]
+progress_bar = false
+
+[agent.network]
 max_segments = 64
 d_model = 16
 n_heads = 2
 n_layers = 1
 dim_feedforward = 16
-bc_epochs = {bc_epochs}
-ppo_timesteps = 128
+
+[agent.bc]
+epochs = {bc_epochs}
+
+[agent.ppo]
+timesteps = 128
 value_warmup_steps = 64
 n_envs = 2
 n_steps = 32
 batch_size = 32
 n_epochs = 1
 eval_every = 1
-progress_bar = false
 
 [episode]
 samples = 4
@@ -98,6 +120,12 @@ threshold_folds = 2
         encoding="utf-8",
     )
     return path
+
+
+def _trained_by_default() -> tuple[str, ...]:
+    """The stages a config without `[decoders.*]` tables trains (agent-gbdt and combine are off
+    by default: tests/test_agent_gbdt_and_combine_run.py)."""
+    return tuple(n for n in registry.names() if n not in ("agent-gbdt", "combine"))
 
 
 @pytest.mark.slow
@@ -127,8 +155,8 @@ def test_run_writes_every_artefact_resumes_and_predicts(
         lay.policy("episode"),
         lay.agent_results,
         lay.split,
-        lay.spans_results,
-        lay.spans_tuned,
+        lay.gbdt_results,
+        lay.gbdt_tuned,
         lay.constrained,
         lay.gbdt / "params.json",
     ):
@@ -154,8 +182,8 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     train_fit = fit_tuned(
         {i: probs[i] for i in split.train}, load_corpus(few_essays).subset(split.train)
     )
-    assert lay.tuned == lay.spans_tuned and load_thresholds(lay.tuned) == train_fit
-    spans, results = SpansResults.read(lay.spans_results), AgentResults.read(lay.agent_results)
+    assert lay.tuned == lay.gbdt_tuned and load_thresholds(lay.tuned) == train_fit
+    spans, results = SpansResults.read(lay.gbdt_results), AgentResults.read(lay.agent_results)
     assert spans.heldout == results.heldout and spans.n_train == results.n_train == 24
     assert all(s.n_heldout == 6 for s in table.rows)
     assert spans.stage("gbdt").seeds == (0,)  # type: ignore[union-attr]
@@ -176,7 +204,7 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     capsys.readouterr()
     assert main(["info", "--model", str(run), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["stage"] for r in rows] == list(registry.names())
+    assert [r["stage"] for r in rows] == list(_trained_by_default())
     for r in rows:
         scores = table.stage(r["stage"])
         assert scores is not None
@@ -187,15 +215,15 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     assert by_stage["ner-naive"]["n_train"] == 0 and by_stage["gbdt"]["n_train"] == 24
     assert by_stage["bc"]["seeds"] == [0] and by_stage["gbdt"]["seeds"] == [0]
     assert by_stage["ner-naive"]["seeds"] == []
-    assert by_stage["gbdt"]["model"] == "spans/gbdt"
+    assert by_stage["gbdt"]["model"] == "gbdt/gbdt"
     assert main(["info", "--model", str(run)]) == 0
     text = capsys.readouterr().out
     assert "a seeded 20%" in text and "predict's default stage:" in text
 
     # Unchanged config: everything is reused. A changed agent config re-runs the agent only.
-    stamps = [p.stat().st_mtime_ns for p in (lay.oof, lay.spans_results)]
+    stamps = [p.stat().st_mtime_ns for p in (lay.oof, lay.gbdt_results)]
     summary = run_pipeline(few_essays, run, config, log=lambda _: None)
-    assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
+    assert summary.ran == () and summary.reused == ("ner", "gbdt", "agent")
     # Other runtime settings (threads, worker processes, progress bars, checkpoint cadence,
     # batch sizes of inference) change how steps run, not what they compute: all reused.
     runtime = tmp_path / "runtime.toml"
@@ -207,19 +235,19 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     )
     assert load_run_config(runtime) != load_run_config(config)
     summary = run_pipeline(few_essays, run, runtime, log=lambda _: None)
-    assert summary.ran == () and summary.reused == ("ner", "spans", "agent")
+    assert summary.ran == () and summary.reused == ("ner", "gbdt", "agent")
     state = json.loads(lay.stages.read_text())
     _config(config, tiny_backbone, bc_epochs=1)
     summary = run_pipeline(few_essays, run, config, log=lambda _: None)
     assert summary.ran == ("agent",)
-    assert [p.stat().st_mtime_ns for p in (lay.oof, lay.spans_results)] == stamps
+    assert [p.stat().st_mtime_ns for p in (lay.oof, lay.gbdt_results)] == stamps
     assert json.loads(lay.stages.read_text())["agent"]["key"] != state["agent"]["key"]
 
     _damage_is_one_line_and_rebuilt(run, [*data_args, "--config", str(config)], capsys)
 
     out = tmp_path / "submission.csv"
     test_ids = {p.stem for p in (few_essays / "test").glob("*.txt")}
-    for stage in registry.names():
+    for stage in _trained_by_default():
         args = ["predict", "--model", str(run), "--essays", str(few_essays / "test")]
         assert main([*args, "--out", str(out), "--stage", stage]) == 0
         sub = pd.read_csv(out)
@@ -267,10 +295,10 @@ def test_run_writes_every_artefact_resumes_and_predicts(
     # train-ner: the later stages' results were made from other word probabilities, so they are
     # no longer offered; `run` then rebuilds those stages only.
     train_ner(run, few_essays, off, log=lambda _: None)
-    assert not lay.agent_results.exists() and not lay.spans_results.exists()
+    assert not lay.agent_results.exists() and not lay.gbdt_results.exists()
     assert offered_stages(run) == ("ner-naive", "ner-tuned")
-    assert {"spans", "agent"}.isdisjoint(json.loads(lay.stages.read_text()))
-    assert run_pipeline(few_essays, run, off, log=lambda _: None).ran == ("spans", "agent")
+    assert {"gbdt", "agent"}.isdisjoint(json.loads(lay.stages.read_text()))
+    assert run_pipeline(few_essays, run, off, log=lambda _: None).ran == ("gbdt", "agent")
     assert {"bc", "gbdt"} <= set(offered_stages(run)) and lay.agent_results.is_file()
 
 
@@ -323,7 +351,7 @@ def _damage_is_one_line_and_rebuilt(
     assert f"{head}: damaged or not a safetensors file" in err
     (run / "old-manifests").rename(lay.manifests)
     summary = run_pipeline(run_args[1], run, run_args[-1], log=lambda _: None)
-    assert summary.ran == ("ner", "spans", "agent") and head.stat().st_size > 0
+    assert summary.ran == ("ner", "gbdt", "agent") and head.stat().st_size > 0
     assert main([*predict, "--stage", "ner-naive"]) == 0
 
 
@@ -347,10 +375,11 @@ def test_older_run_folder_is_one_clear_line(
 
 def test_run_config_checks_stop_before_any_work(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text("[segments]\nmax_segments = 120\n\n[agent]\nmax_segments = 96\n")
+    bad.write_text("[segments]\nmax_segments = 120\n\n[agent.network]\nmax_segments = 96\n")
     with pytest.raises(
         DiscourseRLError,
-        match=r"bad.toml: \[segments\] max_segments = 120: exceeds \[agent\] max_segments \(96\)",
+        match=r"bad.toml: \[segments\] max_segments = 120: "
+        r"exceeds \[agent.network\] max_segments \(96\)",
     ):
         run_pipeline(None, tmp_path / "run", bad)
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""The split protocol, the spans stage's typed results, the merged held-out table, and the
+"""The split protocol, the gbdt step's typed results, the merged held-out table, and the
 segments' rich features."""
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def test_spans_results_round_trip_and_merge_with_the_agent_table(tmp_path: Path)
         (2.0, 2.5),
     )
     lay = RunLayout(tmp_path)
-    lay.spans.mkdir()
-    spans.write(lay.spans_results)
-    back = SpansResults.read(lay.spans_results)
+    lay.gbdt_dir.mkdir()
+    spans.write(lay.gbdt_results)
+    back = SpansResults.read(lay.gbdt_results)
     assert back.to_json() == spans.to_json() and math.isnan(back.recall_train["Rebuttal"])
     agent = AgentResults(40, 10, held, (_row("ner-naive", 0.25), _row("bc", 0.35, (0,))))
     lay.agent.mkdir()
@@ -116,6 +116,6 @@ def test_deployed_ner_tuned_is_the_training_essays_fit(tmp_path: Path) -> None:
     lay = RunLayout(tmp_path)
     lay.decode.write_text("{}", encoding="utf-8")
     assert lay.tuned == lay.decode  # an NER-only run: the one fit there is
-    lay.spans.mkdir()
-    lay.spans_tuned.write_text("{}", encoding="utf-8")
-    assert lay.tuned == lay.spans_tuned
+    lay.gbdt_dir.mkdir()
+    lay.gbdt_tuned.write_text("{}", encoding="utf-8")
+    assert lay.tuned == lay.gbdt_tuned

@@ -3,7 +3,6 @@ complete results from the same inputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -22,8 +21,9 @@ from discourse_rl.core.records import AgentResults
 from discourse_rl.decoders.agent.episode import EpisodeConfig
 from discourse_rl.decoders.segments import simulate_word_probs
 from tests.test_stage import SEG, TINY
+from tests.tiny import agent_with
 
-CFG = dataclasses.replace(TINY, bc_epochs=1, ppo_timesteps=256)
+CFG = agent_with(TINY, bc={"epochs": 1}, ppo={"timesteps": 256})
 EPISODE = EpisodeConfig(passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False)
 SEEDS = (0, 3)
 TRAINERS = {

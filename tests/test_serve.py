@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -486,21 +487,12 @@ def test_a_full_queue_over_http(labeller: Labeller, monkeypatch: pytest.MonkeyPa
     from discourse_rl.app.serve import ServeOptions
 
     app = create_app(labeller, ServeOptions(queue_limit=1))
-    slow = threading.Event()
-
-    def label(text: str) -> list[object]:
-        slow.wait(10)
-        return []
-
-    monkeypatch.setattr(labeller, "label", label)
-    server, url = _start(app)
+    server, url, slow = _start_held(app, labeller, monkeypatch)
     codes: list[int] = []
 
     def post() -> None:
-        req = urllib.request.Request(url + "/api/label", data=b'{"text": "a b"}',
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(_label_request(url), timeout=30) as r:
                 codes.append(r.status)
         except urllib.error.HTTPError as exc:
             codes.append(exc.code)
@@ -517,6 +509,26 @@ def test_a_full_queue_over_http(labeller: Labeller, monkeypatch: pytest.MonkeyPa
         server.should_exit = True
     assert sorted(codes)[:2] == [1, 200] or 503 in codes, codes
     assert 503 in codes and 200 in codes
+
+
+def _start_held(
+    app: object, labeller: Labeller, monkeypatch: pytest.MonkeyPatch
+) -> tuple[object, str, threading.Event]:
+    """`app` served over HTTP with its labeller held (each label call waits for the event)."""
+    release = threading.Event()
+
+    def label(text: str) -> list[object]:
+        release.wait(10)
+        return []
+
+    monkeypatch.setattr(labeller, "label", label)
+    server, url = _start(app)
+    return server, url, release
+
+
+def _label_request(url: str) -> urllib.request.Request:
+    return urllib.request.Request(url + "/api/label", data=b'{"text": "a b"}',
+                                  headers={"Content-Type": "application/json"})  # fmt: skip
 
 
 def _start(app: object) -> tuple[object, str]:
@@ -544,21 +556,11 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(
     import urllib.error
     import urllib.request
 
-    app = create_app(labeller)
-    release = threading.Event()
-
-    def label(text: str) -> list[object]:
-        release.wait(10)
-        return []
-
-    monkeypatch.setattr(labeller, "label", label)
-    server, url = _start(app)
+    server, url, release = _start_held(create_app(labeller), labeller, monkeypatch)
     results: dict[str, object] = {}
 
     def in_flight() -> None:
-        req = urllib.request.Request(url + "/api/label", data=b'{"text": "a b"}',
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=30) as r:
+        with urllib.request.urlopen(_label_request(url), timeout=30) as r:
             results["in_flight"] = r.status
 
     t = threading.Thread(target=in_flight)

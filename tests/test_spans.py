@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from discourse_rl.core import metric
 from discourse_rl.core.common import DiscourseRLError
-from discourse_rl.core.data import CLASSES, NUM_LABELS, load_corpus
+from discourse_rl.core.data import CLASSES, NUM_LABELS
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders import gbdt as spans
 from discourse_rl.decoders.decode import TunedThresholds, decode_all, decode_naive
@@ -22,13 +22,8 @@ from discourse_rl.decoders.gbdt.model import build_candidates
 from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 
 # Small and quick: a few essays, few trees, one thread.
-CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=40, num_threads=1, min_child_samples=5)
+CFG = dataclasses.replace(spans.GbdtConfig(), n_estimators=40, num_threads=1, min_child_samples=5)
 NO_LIMITS = constrained.ConstrainedParams((), TunedThresholds((0,) * 7, (0.0,) * 7))
-
-
-@pytest.fixture(scope="module")
-def corpus():  # type: ignore[no-untyped-def]
-    return load_corpus(None)
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.core.data import CLASS_INDEX, Essay, load_corpus
+from discourse_rl.core.data import CLASS_INDEX, Essay
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders import gbdt as spans
 from discourse_rl.decoders.decode import TunedThresholds
 from discourse_rl.decoders.gbdt.candidates import CandidateSettings, essay_candidates
 from discourse_rl.decoders.gbdt.candidates_plus import (
-    PlusSettings,
     _best_windows,
     _merges,
     clause_starts,
@@ -26,7 +25,7 @@ from discourse_rl.decoders.gbdt.model import build_candidates
 from discourse_rl.decoders.gbdt.postprocess import RuleSettings, _Span, apply_rules, essay_rules
 from discourse_rl.decoders.segments import simulate_word_probs
 
-CFG = dataclasses.replace(spans.SpanConfig(), n_estimators=30, num_threads=1, min_child_samples=5)
+CFG = dataclasses.replace(spans.GbdtConfig(), n_estimators=30, num_threads=1, min_child_samples=5)
 PLUS = dict(
     sentence_ends=3,
     clause_ends=2,
@@ -52,7 +51,7 @@ def test_off_settings_change_nothing() -> None:
     p = _flat(12)
     base = essay_candidates(p, EMPTY, CandidateSettings(0.15, 4, 0.05, 3, 1))
     z = np.zeros(12, np.bool_)
-    out = extend_candidates(base, p, EMPTY, EMPTY, np.array([0]), z, z, z, PlusSettings())
+    out = extend_candidates(base, p, EMPTY, EMPTY, np.array([0]), z, z, z, spans.GbdtConfig())
     assert out is base
 
 
@@ -68,7 +67,7 @@ def test_sentence_starts_find_an_element_the_tagger_merged() -> None:
     para[0] = True
     z = np.zeros(12, np.bool_)
     out = extend_candidates(
-        base, p, naive, naive, np.array([0]), sent, para, z, PlusSettings(sentence_ends=2)
+        base, p, naive, naive, np.array([0]), sent, para, z, spans.GbdtConfig(sentence_ends=2)
     )
     hit = (out.start == 6) & (out.end == 12) & (out.cls == 2)
     assert hit.sum() == 1
@@ -107,11 +106,6 @@ def test_merges_join_neighbours_within_the_gap() -> None:
 def test_clause_starts() -> None:
     e = Essay.from_text("x", "First, we go; then: done. Yes")
     assert clause_starts(e).tolist() == [False, True, False, True, True, False]
-
-
-@pytest.fixture(scope="module")
-def corpus():  # type: ignore[no-untyped-def]
-    return load_corpus(None)
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +240,6 @@ def test_rare_classes_get_sentence_candidates_below_the_top_classes() -> None:
             sent,
             sent,
             z,
-            PlusSettings(sentence_ends=2, rare_min_prob=rare),
+            spans.GbdtConfig(sentence_ends=2, rare_min_prob=rare),
         )
         assert bool(((out.cls == rebuttal) & (out.start == 5) & (out.end == 10)).any()) is expected

@@ -18,9 +18,9 @@ from discourse_rl.decoders.agent.episode import EpisodeConfig
 from discourse_rl.decoders.agent.policy import load_policy
 from discourse_rl.decoders.segments import SegmentConfig, make_segments, simulate_word_probs
 from discourse_rl.run.steps.agent import train_agent_stage
-from tests.tiny import tiny_agent
+from tests.tiny import agent_with, tiny_agent
 
-TINY = tiny_agent(bc_epochs=2, value_warmup_steps=0, kl_target=1e-4)
+TINY = tiny_agent(bc={"epochs": 2}, ppo={"value_warmup_steps": 0, "kl_target": 1e-4})
 SEG = SegmentConfig(max_segments=64)
 
 
@@ -55,7 +55,7 @@ def test_agent_stage_end_to_end(tmp_path: Path) -> None:
     assert result.heldout == split.describe() and result.heldout.candidates == len(ids)
     assert read_split(lay.split) == split
     history = json.loads(lay.history("ppo").read_text())
-    assert history["final_beta"] != TINY.kl_beta  # the adaptive beta moved towards its target
+    assert history["final_beta"] != TINY.ppo.kl_beta  # the adaptive beta moved towards its target
     (record,) = result.seeds
     assert record.ppo_env_steps == history["env_steps"] and record.episode_seconds is None
 
@@ -74,7 +74,7 @@ def test_second_seed_and_autoregressive_episode_policy(tmp_path: Path) -> None:
     c = load_corpus()
     ids = sorted(c.essays)[:30]
     probs = simulate_word_probs(c, 0.5, 0, ids)
-    cfg = dataclasses.replace(TINY, bc_epochs=1, ppo_timesteps=256)
+    cfg = agent_with(TINY, bc={"epochs": 1}, ppo={"timesteps": 256})
     episode = EpisodeConfig(
         autoregressive=True, passes=1, batch_essays=8, samples=2, eval_every=2, progress_bar=False
     )

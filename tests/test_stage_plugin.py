@@ -23,7 +23,12 @@ from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
 from discourse_rl.decoders.registry import Decoder, Span
 from discourse_rl.run.heldout import heldout_table
-from tests.test_pipeline import _config, few_essays, tiny_backbone  # noqa: F401 (fixtures)
+from tests.test_pipeline import (  # noqa: F401 (fixtures)
+    QuickRun,
+    few_essays,
+    quick_run,
+    tiny_backbone,
+)
 
 
 @dataclass(frozen=True)
@@ -79,20 +84,18 @@ def toy() -> Iterator[None]:
 def test_a_registered_decoder_is_offered_everywhere(
     toy: None,
     tmp_path: Path,
-    tiny_backbone: Path,  # noqa: F811
-    few_essays: Path,  # noqa: F811
+    quick_run: QuickRun,  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    config = _config(tmp_path / "tiny.toml", tiny_backbone, bc_epochs=1, episode_trainer=False)
+    data, config, run = quick_run
     config.write_text(
-        config.read_text().replace("seed = 0\n", "seed = 0\nspans_stage = false\n", 1)
+        config.read_text().replace("seed = 0\n", "seed = 0\ngbdt_stage = false\n", 1)
         + "\n[decoders.toy]\nmin_words = 5\n"
     )
-    run = tmp_path / "run"
     lay = RunLayout(run)
 
     # run: the toy's own step, after the package's, fitted, saved and scored.
-    args = ["run", "--data", str(few_essays), "--out", str(run), "--config", str(config)]
+    args = ["run", "--data", str(data), "--out", str(run), "--config", str(config)]
     assert main(args) == 0
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -112,7 +115,7 @@ def test_a_registered_decoder_is_offered_everywhere(
     assert rows["toy"]["model"] == "toy/toy.json"
 
     # predict --stage toy: one element per essay, of the toy's class.
-    essays = few_essays / "test"
+    essays = data / "test"
     sub = tmp_path / "toy.csv"
     args = ["predict", "--model", str(run), "--essays", str(essays), "--out", str(sub)]
     assert main([*args, "--stage", "toy"]) == 0

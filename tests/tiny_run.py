@@ -13,7 +13,7 @@ def make_tiny_run(folder: Path) -> Path:
     from discourse_rl.core.data import CLASSES, load_corpus, load_word_probs
     from discourse_rl.core.layout import RunLayout
     from discourse_rl.core.records import AgentResults, HeldOutEssays, HeldOutScore, StageScores
-    from discourse_rl.decoders.agent.common import AgentConfig
+    from discourse_rl.decoders.agent.config import AgentConfig, NetworkConfig
     from discourse_rl.decoders.agent.policy import make_policy, save_policy
     from discourse_rl.decoders.decode import DecodeConfig
     from discourse_rl.decoders.segments import SegmentConfig, make_segments
@@ -34,9 +34,9 @@ def make_tiny_run(folder: Path) -> Path:
     probs = load_word_probs(layout.oof)
     words = {k: corpus.essays[k].words for k in probs}
     n_features = make_segments(probs, seg_cfg, None, words)[0].features.shape[1]
-    agent = AgentConfig(max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16)
+    net = NetworkConfig(max_segments=64, d_model=16, n_heads=2, n_layers=1, dim_feedforward=16)
     for k, trainer in enumerate(("bc", "ppo")):
-        cfg = AgentConfig(**{**agent.__dict__, "seed": k})
+        cfg = AgentConfig(seed=k, network=net)
         save_policy(make_policy(cfg, n_features), layout.policy(trainer))
     per_type = {c: 0.1 * (i + 1) for i, c in enumerate(CLASSES)}
     rows = (("ner-naive", 0.2, ()), ("ner-tuned", 0.3, ()), ("bc", 0.25, (0,)), ("ppo", 0.1, (0,)))

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 TIMES = (
     "Times measured on 2 CPU cores shared with other jobs, no GPU: the demo run 7 min 21 s\n"
-    "(ner 93 s, spans 25 s, agent 303 s); the reference's ner step 64 min\n"
+    "(ner 93 s, gbdt 25 s, agent 303 s); the reference's ner step 64 min\n"
     "(configs/reference.toml). `discourse-rl info --model RUN` shows each step's recorded\n"
     "wall time. Progress goes to stderr: a bar on a terminal, a line every 30 s in a log file."
 )
@@ -40,19 +41,39 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
 
+@dataclass(frozen=True)
+class _Command:
+    """A sub-command: its handler (`_cmd_NAME`), the function that adds its options, and its
+    text (the one-line help, a blank line, then the examples and notes of the epilog)."""
+
+    handler: Handler
+    options: Callable[[argparse.ArgumentParser], None]
+    text: str
+
+    @property
+    def name(self) -> str:
+        return self.handler.__name__.removeprefix("_cmd_").replace("_", "-")
+
+    def add(self, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+        """The sub-command laid out as all of them are: one-line help, then examples in the
+        epilog, then its options."""
+        help, _, examples = self.text.partition("\n\n")
+        p: argparse.ArgumentParser = sub.add_parser(
+            self.name, help=help, formatter_class=_formatter, epilog="examples:\n" + examples
+        )
+        p.set_defaults(handler=self.handler)
+        self.options(p)
+
+
 def _command(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    name: str,
-    handler: Handler,
-    help: str,
-    examples: str,
-) -> argparse.ArgumentParser:
-    """A sub-command laid out as all of them are: one-line help, then examples in the epilog."""
-    p: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, formatter_class=_formatter, epilog="examples:\n" + examples
-    )
-    p.set_defaults(handler=handler)
-    return p
+    options: Callable[[argparse.ArgumentParser], None], text: str
+) -> Callable[[Handler], _Command]:
+    """Makes a handler a sub-command with these options and this text (see `_Command`)."""
+
+    def command(handler: Handler) -> _Command:
+        return _Command(handler, options, text)
+
+    return command
 
 
 # Options several commands share, under one spelling and one help text: `--model` wherever a
@@ -82,23 +103,33 @@ _SHARED: dict[str, tuple[str, dict[str, Any]]] = {
             "help": "run folder or model .zip (default: the shipped reference model)",
         },
     ),
+    # each command says which of the config's tables it reads and where it looks without one
+    "config": ("--config", {"type": Path, "default": None}),
 }
 
 
 def _options(p: argparse.ArgumentParser, *names: str) -> None:
     for name in names:
-        flag, kwargs = _SHARED[name]
-        p.add_argument(flag, **kwargs)
+        _option(p, name)
 
 
-def _stage_option(p: argparse.ArgumentParser) -> None:
-    """--stage of the commands that label with one stage (label, serve)."""
+def _option(p: argparse.ArgumentParser, name: str, **changes: Any) -> None:
+    """One shared option, with `changes` to its settings (its help text, whether required)."""
+    flag, kwargs = _SHARED[name]
+    p.add_argument(flag, **{**kwargs, **changes})
+
+
+def _stage_option(
+    p: argparse.ArgumentParser,
+    *more: str,
+    help: str = "default: the run's best",
+    renamed: bool = True,
+) -> None:
+    """--stage: one of the registered stages (or one of `more`); `renamed`: an old stage name
+    is refused with its new one."""
+    checked: dict[str, Any] = {"type": _stage_name} if renamed else {}
     p.add_argument(
-        "--stage",
-        choices=registry.names(),
-        type=_stage_name,
-        default=None,
-        help="default: the run's best",
+        "--stage", choices=(*registry.names(), *more), **checked, default=None, help=help
     )
 
 
@@ -113,15 +144,7 @@ def _print_report(run_dir: Path, note: str = "") -> None:
 # score
 
 
-def _add_score(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "score",
-        _cmd_score,
-        "score a submission against ground truth (competition metric, one-to-one)",
-        "  discourse-rl score --pred submission.csv --gt train.csv\n"
-        "  discourse-rl score --pred submission.csv --gt train.csv --json",
-    )
+def _add_score(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pred", required=True, type=Path, help="csv with id,class,predictionstring")
     p.add_argument(
         "--gt", required=True, type=Path, help="csv with id,discourse_type,predictionstring"
@@ -136,6 +159,13 @@ def _read_csv(path: Path, what: str, columns: Sequence[str]) -> object:
     return read_table(path, columns, f"{what} file not found")
 
 
+@_command(
+    _add_score,
+    """score a submission against ground truth (competition metric, one-to-one)
+
+  discourse-rl score --pred submission.csv --gt train.csv
+  discourse-rl score --pred submission.csv --gt train.csv --json""",
+)
 def _cmd_score(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.core import metric
@@ -185,18 +215,17 @@ def format_score_table(result: object) -> str:
 # data-report
 
 
-def _add_data_report(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "data-report",
-        _cmd_data_report,
-        "summarise a Kaggle-layout data folder (default: the embedded sample)",
-        "  discourse-rl data-report\n"
-        "  discourse-rl data-report --data ../shared/data/feedback-prize-2021",
-    )
+def _add_data_report(p: argparse.ArgumentParser) -> None:
     _options(p, "data", "json")
 
 
+@_command(
+    _add_data_report,
+    """summarise a Kaggle-layout data folder (default: the embedded sample)
+
+  discourse-rl data-report
+  discourse-rl data-report --data ../shared/data/feedback-prize-2021""",
+)
 def _cmd_data_report(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.report import data_report, format_data_report
@@ -210,29 +239,25 @@ def _cmd_data_report(args: argparse.Namespace) -> int:
 # run
 
 
-def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "run",
-        _cmd_run,
-        "the main job: train every stage and write the results table, plots and models",
-        "  discourse-rl run          # embedded sample, demo config, runs/demo\n"
-        "  discourse-rl run --data ../shared/data/feedback-prize-2021 \\\n"
-        "      --out runs/reference --config configs/reference.toml\n"
-        f"{TIMES}\n"
-        "Running the same command again reuses every stage whose config and inputs are\n"
-        "unchanged; a changed config re-runs that stage and the ones after it; a changed\n"
-        "runtime setting (threads, fold_workers, torch_threads, progress_bar, save_every,\n"
-        "encode_tokens) re-runs nothing.",
-    )
-    _options(p, "data")
-    _options(p, "run-out")
-    p.add_argument(
-        "--config", type=Path, default=None, help="run config TOML (default: the demo config)"
-    )
+def _add_run(p: argparse.ArgumentParser) -> None:
+    _options(p, "data", "run-out")
+    _option(p, "config", help="run config TOML (default: the demo config)")
     _options(p, "wait")
 
 
+@_command(
+    _add_run,
+    f"""the main job: train every stage and write the results table, plots and models
+
+  discourse-rl run          # embedded sample, demo config, runs/demo
+  discourse-rl run --data ../shared/data/feedback-prize-2021 \\
+      --out runs/reference --config configs/reference.toml
+{TIMES}
+Running the same command again reuses every stage whose config and inputs are
+unchanged; a changed config re-runs that stage and the ones after it; a changed
+runtime setting (threads, fold_workers, torch_threads, progress_bar, save_every,
+encode_tokens) re-runs nothing.""",
+)
 def _cmd_run(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.pipeline import run_pipeline
@@ -246,26 +271,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # train-ner
 
 
-def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "train-ner",
-        _cmd_train_ner,
-        "train the NER fold models; write out-of-fold word probabilities and thresholds",
-        "  discourse-rl train-ner --out runs/demo --config configs/demo.toml\n"
-        "  discourse-rl train-ner --data ../shared/data/feedback-prize-2021 \\\n"
-        "      --out runs/reference --config configs/reference.toml\n"
-        "  discourse-rl train-ner --out runs/gpu --mode finetune \\\n"
-        "      --backbone microsoft/deberta-v3-base                # a GPU job: hours on a CPU\n"
-        f"{TIMES}\n"
-        "An interrupted run resumes when the same command is run again.",
-    )
-    _options(p, "data")
-    _options(p, "run-out")
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
+def _add_train_ner(p: argparse.ArgumentParser) -> None:
+    _options(p, "data", "run-out")
+    _option(
+        p,
+        "config",
         help="run config TOML; its seed, [ner] and [decode] (default: RUN/config.toml, else demo)",
     )
     p.add_argument("--backbone", default=None, help="Hugging Face model name or folder")
@@ -274,6 +284,18 @@ def _add_train_ner(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     _options(p, "wait")
 
 
+@_command(
+    _add_train_ner,
+    f"""train the NER fold models; write out-of-fold word probabilities and thresholds
+
+  discourse-rl train-ner --out runs/demo --config configs/demo.toml
+  discourse-rl train-ner --data ../shared/data/feedback-prize-2021 \\
+      --out runs/reference --config configs/reference.toml
+  discourse-rl train-ner --out runs/gpu --mode finetune \\
+      --backbone microsoft/deberta-v3-base                # a GPU job: hours on a CPU
+{TIMES}
+An interrupted run resumes when the same command is run again.""",
+)
 def _cmd_train_ner(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.one_step import train_ner
@@ -293,32 +315,12 @@ def _cmd_train_ner(args: argparse.Namespace) -> int:
 # predict
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "predict",
-        _cmd_predict,
-        "label new essays with a trained run; write a Kaggle submission csv or jsonl",
-        "  discourse-rl predict --model runs/demo --essays essays/ --out submission.csv\n"
-        "  discourse-rl predict --model runs/reference --essays one_essay.txt --out sub.csv \\\n"
-        "      --stage ner-naive\n"
-        "  discourse-rl predict --model runs/demo --essays essays/ --out labels.jsonl \\\n"
-        "      --format jsonl\n"
-        "  discourse-rl predict --model runs/demo --essays essays/ --out by-stage/ --stage all\n"
-        "csv: id,class,predictionstring (the Kaggle format). jsonl: one essay per line,\n"
-        '{"schema_version", "id", "stage", "elements": [{"type", "word_start", "word_end",\n'
-        '"char_start", "char_end", "text", "confidence"}]}. --stage all writes\n'
-        "OUT/<stage>.<format> for every stage the run offers, from one pass of the tagger.",
-    )
+def _add_predict(p: argparse.ArgumentParser) -> None:
     _options(p, "model")
     p.add_argument("--essays", required=True, type=Path, help="folder of .txt essays, or one .txt")
     p.add_argument("--out", required=True, type=Path, help="file to write (a folder for all)")
-    p.add_argument(
-        "--stage",
-        choices=(*registry.names(), "all"),
-        type=_stage_name,
-        default=None,
-        help="which stage labels the essays (default: the run's best on held-out essays)",
+    _stage_option(
+        p, "all", help="which stage labels the essays (default: the run's best on held-out essays)"
     )
     p.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="output (csv)")
     p.add_argument(
@@ -340,6 +342,21 @@ def _stage_name(name: str) -> str:
     return name
 
 
+@_command(
+    _add_predict,
+    """label new essays with a trained run; write a Kaggle submission csv or jsonl
+
+  discourse-rl predict --model runs/demo --essays essays/ --out submission.csv
+  discourse-rl predict --model runs/reference --essays one_essay.txt --out sub.csv \\
+      --stage ner-naive
+  discourse-rl predict --model runs/demo --essays essays/ --out labels.jsonl \\
+      --format jsonl
+  discourse-rl predict --model runs/demo --essays essays/ --out by-stage/ --stage all
+csv: id,class,predictionstring (the Kaggle format). jsonl: one essay per line,
+{"schema_version", "id", "stage", "elements": [{"type", "word_start", "word_end",
+"char_start", "char_end", "text", "confidence"}]}. --stage all writes
+OUT/<stage>.<format> for every stage the run offers, from one pass of the tagger.""",
+)
 def _cmd_predict(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.labeller import Labeller, elements_frame, elements_jsonl
@@ -422,23 +439,21 @@ def _combine_shards(args: argparse.Namespace, shard: Shard, stages: list[str]) -
 # label
 
 
-def _add_label(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-
-    p = _command(
-        sub,
-        "label",
-        _cmd_label,
-        "show one essay in the terminal with its elements coloured, and what is missing",
-        "  discourse-rl label my_essay.txt                 # the model in runs/demo\n"
-        "  discourse-rl label my_essay.txt --model runs/reference --stage ner-tuned\n"
-        "  discourse-rl label my_essay.txt --json          # the elements and summary as JSON",
-    )
+def _add_label(p: argparse.ArgumentParser) -> None:
     p.add_argument("essay", type=Path, help="the essay: a UTF-8 .txt file or a Word .docx file")
     _options(p, "model")
     _stage_option(p)
     _options(p, "json")
 
 
+@_command(
+    _add_label,
+    """show one essay in the terminal with its elements coloured, and what is missing
+
+  discourse-rl label my_essay.txt                 # the model in runs/demo
+  discourse-rl label my_essay.txt --model runs/reference --stage ner-tuned
+  discourse-rl label my_essay.txt --json          # the elements and summary as JSON""",
+)
 def _cmd_label(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.feedback import render_terminal, summarise
@@ -477,21 +492,7 @@ def _cmd_label(args: argparse.Namespace) -> int:
 # serve
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-
-    p = _command(
-        sub,
-        "serve",
-        _cmd_serve,
-        "a local web page (and JSON API) that labels pasted or uploaded essays",
-        "  discourse-rl serve --model runs/demo             # http://127.0.0.1:8000\n"
-        "  discourse-rl serve --model model.zip --port 8080\n"
-        'API: POST /api/label {"text": "..."} -> {"elements": [...], "summary": {...}};\n'
-        "POST /api/label-batch; GET /api/health; GET /api/info; GET /api/openapi.json.\n"
-        "Binds 127.0.0.1; another --host needs --allow-remote and then an access token.\n"
-        "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0: non-commercial use,\n"
-        "with attribution (see src/discourse_rl/sample/LICENSE.md).",
-    )
+def _add_serve(p: argparse.ArgumentParser) -> None:
     _options(p, "model")
     _stage_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine)")
@@ -522,6 +523,18 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
 
 
+@_command(
+    _add_serve,
+    """a local web page (and JSON API) that labels pasted or uploaded essays
+
+  discourse-rl serve --model runs/demo             # http://127.0.0.1:8000
+  discourse-rl serve --model model.zip --port 8080
+API: POST /api/label {"text": "..."} -> {"elements": [...], "summary": {...}};
+POST /api/label-batch; GET /api/health; GET /api/info; GET /api/openapi.json.
+Binds 127.0.0.1; another --host needs --allow-remote and then an access token.
+Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0: non-commercial use,
+with attribution (see src/discourse_rl/sample/LICENSE.md).""",
+)
 def _cmd_serve(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.serve import serve
@@ -545,23 +558,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 # export
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "export",
-        _cmd_export,
-        "pack what labelling needs from a run into one compact .zip",
-        "  discourse-rl export --model runs/demo --out demo-model.zip\n"
-        "  discourse-rl label essay.txt --model demo-model.zip\n"
-        "Fold weights in float16, without tensors equal to the installed backbone's; the\n"
-        "thresholds, the stage's policy, the run's held-out scores, licence and attribution.\n"
-        "Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0 (non-commercial).",
-    )
+def _add_export(p: argparse.ArgumentParser) -> None:
     _options(p, "model")
     p.add_argument("--out", required=True, type=Path, help="the .zip to write")
-    p.add_argument(
-        "--stage", choices=registry.names(), default=None, help="default: the run's best"
-    )
+    _stage_option(p, renamed=False)
     p.add_argument(
         "--every-stage",
         action="store_true",
@@ -570,6 +570,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     _options(p, "wait")
 
 
+@_command(
+    _add_export,
+    """pack what labelling needs from a run into one compact .zip
+
+  discourse-rl export --model runs/demo --out demo-model.zip
+  discourse-rl label essay.txt --model demo-model.zip
+Fold weights in float16, without tensors equal to the installed backbone's; the
+thresholds, the stage's policy, the run's held-out scores, licence and attribution.
+Models trained on the PERSUADE corpus are CC BY-NC-SA 4.0 (non-commercial).""",
+)
 def _cmd_export(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.export import export_model
@@ -584,23 +594,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 # train-agent
 
 
-def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "train-agent",
-        _cmd_train_agent,
-        "cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out",
-        "  discourse-rl train-agent --out runs/demo                    # after train-ner\n"
-        "  discourse-rl train-agent --out runs/sim --simulate --max-essays 300\n"
-        "  discourse-rl train-agent --out runs/reference \\\n"
-        "      --data ../shared/data/feedback-prize-2021 --config configs/reference.toml \\\n"
-        "      --seeds 0 1 2\n"
-        f"{TIMES}\n"
-        "Without --config: RUN/config.toml, else the demo config (configs/demo.toml).\n"
-        "Reads RUN/ner/oof.npz (out-of-fold word probabilities) unless --simulate is given.\n"
-        "Writes RUN/segments.npz, RUN/agent/ (bc/, ppo/, episode/, results.json), RUN/tb/,\n"
-        "and updates RUN/config.toml, RUN/stages.json and RUN/results.md as `run` would.",
-    )
+def _add_train_agent(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         "--run",  # its name before one option named every run folder a command writes
@@ -610,12 +604,7 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="run folder to add the agent to (runs/demo)",
     )
     _options(p, "data")
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="run config TOML (default: RUN/config.toml, else the demo config)",
-    )
+    _option(p, "config", help="run config TOML (default: RUN/config.toml, else the demo config)")
     p.add_argument("--simulate", action="store_true", help="simulated word probabilities")
     p.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="agent seeds (default: agent_seeds)"
@@ -626,6 +615,21 @@ def _add_train_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     _options(p, "wait")
 
 
+@_command(
+    _add_train_agent,
+    f"""cut segments, clone (BC) then fine-tune (PPO) the attention agent; score held out
+
+  discourse-rl train-agent --out runs/demo                    # after train-ner
+  discourse-rl train-agent --out runs/sim --simulate --max-essays 300
+  discourse-rl train-agent --out runs/reference \\
+      --data ../shared/data/feedback-prize-2021 --config configs/reference.toml \\
+      --seeds 0 1 2
+{TIMES}
+Without --config: RUN/config.toml, else the demo config (configs/demo.toml).
+Reads RUN/ner/oof.npz (out-of-fold word probabilities) unless --simulate is given.
+Writes RUN/segments.npz, RUN/agent/ (bc/, ppo/, episode/, results.json), RUN/tb/,
+and updates RUN/config.toml, RUN/stages.json and RUN/results.md as `run` would.""",
+)
 def _cmd_train_agent(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.run.one_step import train_agent
@@ -646,20 +650,8 @@ def _cmd_train_agent(args: argparse.Namespace) -> int:
 # info
 
 
-def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = _command(
-        sub,
-        "info",
-        _cmd_info,
-        "list the stages a trained run can predict with and their held-out scores",
-        "  discourse-rl info --model runs/demo\n"
-        "  discourse-rl info --model runs/reference --json\n"
-        "  discourse-rl info --machine      # this CPU, its probe's rates, the precision chosen\n"
-        "--json prints a list of rows with the keys stage, macro_f1, sd, seeds, n_heldout,\n"
-        "n_train, heldout, essay_f1, essay_jaccard, seconds, data, config, model.",
-    )
-    flag, kwargs = _SHARED["model"]
-    p.add_argument(flag, **{**kwargs, "required": False})
+def _add_info(p: argparse.ArgumentParser) -> None:
+    _option(p, "model", required=False)
     p.add_argument(
         "--machine",
         action="store_true",
@@ -668,6 +660,16 @@ def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     _options(p, "json")
 
 
+@_command(
+    _add_info,
+    """list the stages a trained run can predict with and their held-out scores
+
+  discourse-rl info --model runs/demo
+  discourse-rl info --model runs/reference --json
+  discourse-rl info --machine      # this CPU, its probe's rates, the precision chosen
+--json prints a list of rows with the keys stage, macro_f1, sd, seeds, n_heldout,
+n_train, heldout, essay_f1, essay_jaccard, seconds, data, config, model.""",
+)
 def _cmd_info(args: argparse.Namespace) -> int:
     # loaded per command: `--help` stays free of numpy and torch
     from discourse_rl.app.info import format_info, info_json, run_info
@@ -689,16 +691,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 COMMANDS = (
-    _add_run,
-    _add_info,
-    _add_score,
-    _add_data_report,
-    _add_train_ner,
-    _add_train_agent,
-    _add_predict,
-    _add_label,
-    _add_serve,
-    _add_export,
+    _cmd_run,
+    _cmd_info,
+    _cmd_score,
+    _cmd_data_report,
+    _cmd_train_ner,
+    _cmd_train_agent,
+    _cmd_predict,
+    _cmd_label,
+    _cmd_serve,
+    _cmd_export,
 )
 
 
@@ -712,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in COMMANDS:
-        add(sub)
+    for command in COMMANDS:
+        command.add(sub)
     return parser
 
 

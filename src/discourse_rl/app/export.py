@@ -123,7 +123,7 @@ def _export(run: Path, out: Path, stage: str | None, every_stage: bool, note: st
         layout.ner_config,
         layout.ner_metrics,
         layout.agent_results,
-        layout.spans_results,
+        layout.gbdt_results,
         layout.decode,
     ):
         if p.is_file():

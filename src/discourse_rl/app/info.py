@@ -134,7 +134,7 @@ def _step_results(
     ner: records.NerMetrics | None,
 ) -> Any:
     """The results record of the step that trained `decoder`."""
-    by_step: dict[str, Any] = {"ner": ner, "spans": table.spans, "agent": table.agent}
+    by_step: dict[str, Any] = {"ner": ner, "gbdt": table.spans, "agent": table.agent}
     if decoder.step in by_step:
         return by_step[decoder.step]
     path = lay.decoder_results(decoder.step)

@@ -93,6 +93,7 @@ LICENCE = (
 )
 log = logging.getLogger("discourse_rl.app.serve")
 T = TypeVar("T", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ApiError(Exception):
@@ -206,9 +207,13 @@ def _essay_text(text: str, name: str = "essay") -> str:
     return text
 
 
+def _media(content_type: str | None) -> str:
+    """The media type of a Content-Type header, without its parameters, in lower case."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
 def _json_body(content_type: str | None, body: bytes, expected: str) -> Any:
-    media = (content_type or "").split(";")[0].strip().lower()
-    if media != "application/json":
+    if _media(content_type) != "application/json":
         raise ApiError(415, f"send JSON: Content-Type: application/json, body {expected}")
     try:
         return json.loads(body.decode("utf-8"))
@@ -247,6 +252,15 @@ async def _read_body(
         if len(body) > limit:
             raise too_large(None)
     return bytes(body)
+
+
+async def _json_request(
+    request: Request, limit: int, too_large: Callable[[int | None], ApiError], expected: str
+) -> Any:
+    """The JSON value of a request body of at most `limit` bytes (`expected`: its shape, for
+    the error that asks for JSON)."""
+    body = await _read_body(request, limit, too_large)
+    return _json_body(request.headers.get("content-type"), body, expected)
 
 
 def _essay_body_too_large(size: int | None) -> ApiError:
@@ -356,13 +370,22 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
         code: {"model": api.ErrorResponse} for code in (400, 401, 413, 415, 421, 503)
     }
 
-    def body_doc(model: type[BaseModel] | None, media: str = "application/json") -> dict[str, Any]:
+    def with_body(
+        add: Callable[..., Callable[[F], F]],
+        path: str,
+        response: type[BaseModel],
+        model: type[BaseModel] | None,
+        media: str = "application/json",
+    ) -> Callable[[F], F]:
+        """`add` (app.post, app.put) of a route that reads its request body itself: the body
+        (`model`, else a file of type `media`) and the error responses in the API's schema."""
         schema: dict[str, Any] = (
             {"$ref": f"#/components/schemas/{model.__name__}"}
             if model is not None
             else {"type": "string", "format": "binary"}
         )
-        return {"requestBody": {"required": True, "content": {media: {"schema": schema}}}}
+        body = {"requestBody": {"required": True, "content": {media: {"schema": schema}}}}
+        return add(path, response_model=response, responses=errors, openapi_extra=body)
 
     def summary_of(elements: list[Element]) -> dict[str, Any]:
         return summarise(elements, per_type, recall).to_json()
@@ -408,12 +431,7 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
     async def get_info() -> dict[str, Any]:
         return about
 
-    @app.post(
-        "/api/label",
-        response_model=api.LabelResponse,
-        responses=errors,
-        openapi_extra=body_doc(api.LabelRequest),
-    )
+    @with_body(app.post, "/api/label", api.LabelResponse, api.LabelRequest)
     async def label(request: Request) -> dict[str, Any]:
         body = await _read_body(request, _MAX_BODY_BYTES, _essay_body_too_large)
         text = parse_essay(request.headers.get("content-type"), body)
@@ -427,16 +445,10 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
             "summary": summary_of(elements),
         }
 
-    @app.post(
-        "/api/label-batch",
-        response_model=api.BatchResponse,
-        responses=errors,
-        openapi_extra=body_doc(api.BatchRequest),
-    )
+    @with_body(app.post, "/api/label-batch", api.BatchResponse, api.BatchRequest)
     async def label_batch(request: Request) -> dict[str, Any]:
-        body = await _read_body(request, _MAX_BATCH_BODY, _batch_too_large)
-        payload = _json_body(
-            request.headers.get("content-type"), body, '{"essays": [{"name", "text"}]}'
+        payload = await _json_request(
+            request, _MAX_BATCH_BODY, _batch_too_large, '{"essays": [{"name", "text"}]}'
         )
         req = _validate(api.BatchRequest, payload)
         if (req.essays is None) == (req.text is None):
@@ -477,30 +489,17 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
             ],
         }
 
-    @app.post(
-        "/api/summary",
-        response_model=api.SummaryModel,
-        responses=errors,
-        openapi_extra=body_doc(api.SummaryRequest),
-    )
+    @with_body(app.post, "/api/summary", api.SummaryModel, api.SummaryRequest)
     async def summary(request: Request) -> dict[str, Any]:
         """The summary of corrected labels (no model call: it answers at once)."""
-        body = await _read_body(request, _MAX_BODY_BYTES, _essay_body_too_large)
-        req = _validate(
-            api.SummaryRequest, _json_body(request.headers.get("content-type"), body, "{elements}")
-        )
+        payload = await _json_request(request, _MAX_BODY_BYTES, _essay_body_too_large, "{elements}")
+        req = _validate(api.SummaryRequest, payload)
         return summary_of([_element_from(e) for e in req.elements])
 
-    @app.post(
-        "/api/docx",
-        response_model=api.DocxResponse,
-        responses=errors,
-        openapi_extra=body_doc(None, DOCX_MEDIA),
-    )
+    @with_body(app.post, "/api/docx", api.DocxResponse, None, DOCX_MEDIA)
     async def docx(request: Request) -> dict[str, str]:
         """The text of an uploaded .docx, for the page to show and label (nothing is kept)."""
-        media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-        if media != DOCX_MEDIA:
+        if _media(request.headers.get("content-type")) != DOCX_MEDIA:
             raise ApiError(415, f"send the .docx file itself: Content-Type: {DOCX_MEDIA}")
         body = await _read_body(request, MAX_DOCX_BYTES, _docx_too_large)
         async with queue.slot():
@@ -516,16 +515,13 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
             raise ApiError(400, "the .docx holds no text")
         return {"text": text}
 
-    @app.post(
-        "/api/unpack",
-        response_model=api.UnpackResponse,
-        responses=errors,
-        openapi_extra=body_doc(None, "application/zip"),
-    )
+    @with_body(app.post, "/api/unpack", api.UnpackResponse, None, "application/zip")
     async def unpack(request: Request) -> dict[str, Any]:
         """The essays (.txt and .docx files) in an uploaded .zip, unlabelled."""
-        media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-        if media not in ("application/zip", "application/x-zip-compressed"):
+        if _media(request.headers.get("content-type")) not in (
+            "application/zip",
+            "application/x-zip-compressed",
+        ):
             raise ApiError(415, "send the .zip file itself: Content-Type: application/zip")
         body = await _read_body(request, MAX_ZIP_BYTES, _zip_too_large)
         try:
@@ -554,14 +550,14 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
             raise ApiError(500, "the class-set store failed; see the server's log") from None
 
     async def read_set(request: Request) -> dict[str, Any]:
-        body = await _read_body(
+        payload = await _json_request(
             request,
             _MAX_SET_BODY,
             lambda _size: ApiError(
                 413, f"class set too large: the limit is {_MAX_SET_BODY:,} bytes"
             ),
+            "a class set",
         )
-        payload = _json_body(request.headers.get("content-type"), body, "a class set")
         return _validate(api.ClassSetIn, payload).model_dump(mode="json")
 
     @app.get("/api/class-sets", response_model=api.ClassSetList, responses=errors)
@@ -576,22 +572,12 @@ def create_app(labeller: Labeller, options: ServeOptions | None = None) -> FastA
         sets = [] if store is None else await in_thread(store.list)
         return {"class_sets": sets, "where": where}
 
-    @app.post(
-        "/api/class-sets",
-        response_model=api.ClassSetEntry,
-        responses=errors,
-        openapi_extra=body_doc(api.ClassSetIn),
-    )
+    @with_body(app.post, "/api/class-sets", api.ClassSetEntry, api.ClassSetIn)
     async def save_set(request: Request) -> dict[str, Any]:
         document = await read_set(request)
         return dict(await in_thread(the_store().save, document))
 
-    @app.put(
-        "/api/class-sets/{set_id}",
-        response_model=api.ClassSetEntry,
-        responses=errors,
-        openapi_extra=body_doc(api.ClassSetIn),
-    )
+    @with_body(app.put, "/api/class-sets/{set_id}", api.ClassSetEntry, api.ClassSetIn)
     async def resave_set(set_id: int, request: Request) -> dict[str, Any]:
         document = await read_set(request)
         st = the_store()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text, read_json
-from discourse_rl.core.layout import FoldLayout, RunLayout
+from discourse_rl.core.layout import FoldLayout, RunLayout, step_name
 
 CHUNK = 1 << 20
 """Bytes read at a time while hashing (a fold model can be hundreds of MB)."""
@@ -69,7 +69,7 @@ def stage_files(lay: RunLayout, stage: str) -> list[Path]:
         if lay.agent.is_dir():
             found += sorted(lay.agent.rglob("policy.pt")) + sorted(lay.agent.rglob("config.toml"))
     else:
-        found = sorted(p for p in (lay.root / stage).rglob("*") if p.is_file())
+        found = sorted(p for p in lay.step_dir(stage).rglob("*") if p.is_file())
     return [p for p in found if p.is_file()]
 
 
@@ -146,7 +146,7 @@ def _run_of(path: Path) -> tuple[RunLayout, str] | None:
         rel = path.relative_to(parent).as_posix()
         for manifest in sorted(lay.manifests.glob("*.json")):
             if rel in _listed(lay, manifest.stem):
-                return lay, manifest.stem
+                return lay, step_name(manifest.stem)
         return lay, _stage_of(rel)
     return None
 
@@ -157,7 +157,7 @@ def _stage_of(rel: str) -> str:
         return "ner"
     if first in ("agent", "segments.npz"):
         return "agent"
-    return first
+    return step_name(first)
 
 
 def rebuild_command(path: str | Path) -> str:
@@ -183,6 +183,8 @@ def rebuild_command(path: str | Path) -> str:
         recorded = read_json(lay.stages, {})
     except DiscourseRLError:
         recorded = {}
+    if isinstance(recorded, dict):  # a step recorded under an earlier name counts as itself
+        recorded = {step_name(k): v for k, v in recorded.items()} | recorded
     rec = recorded.get(stage) if isinstance(recorded, dict) else None
     rec = rec if isinstance(rec, dict) else {}
 

@@ -124,13 +124,21 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
     """
     path = Path(path)
     fd, tmp = _temp_beside(path, ".tmp")
-    try:
+    with _replacing(path, tmp):
         with os.fdopen(fd, mode, **kwargs) as fh:
             yield fh
             fh.flush()
             faults.write_point(path)
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+
+
+@contextmanager
+def _replacing(path: Path, tmp: Path) -> Iterator[None]:
+    """Around writing `tmp` and renaming it over `path`: on any failure `tmp` is removed, and an
+    OS error names `path` (`faults.as_os_error`)."""
+    try:
+        yield
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if (failed := faults.as_os_error(exc, path, tmp)) is exc:
@@ -164,15 +172,10 @@ def atomic_save(path: str | Path, write: Callable[[Path], None]) -> None:
     path = Path(path)
     fd, tmp = _temp_beside(path, path.suffix)
     os.close(fd)
-    try:
+    with _replacing(path, tmp):
         write(tmp)
         faults.write_point(path)
         os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if (failed := faults.as_os_error(exc, path, tmp)) is exc:
-            raise
-        raise failed from exc
 
 
 C = TypeVar("C")

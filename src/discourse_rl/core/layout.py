@@ -13,6 +13,23 @@ from pathlib import Path
 FORMAT_VERSION = 2
 """Version of the run folder's layout and file schemas; bumped when a reader would break."""
 
+RENAMED_STEPS = {"spans": "gbdt"}
+"""Training steps by their earlier names (old -> new), the one place the old names live. A run
+folder written before the rename keeps RUN/spans/, RUN/manifests/spans.json and its record
+under "spans": `RunLayout.step_dir` and `RunLayout.manifest` find them under the new name, and
+`records.read_stages` reads the record so, and the run is reused, not retrained. The step
+writes under the new name when it next runs."""
+
+
+def step_name(name: str) -> str:
+    """A training step's name now (`RENAMED_STEPS`): 'spans' -> 'gbdt', any other unchanged."""
+    return RENAMED_STEPS.get(name, name)
+
+
+def _earlier_names(step: str) -> list[str]:
+    return [old for old, new in RENAMED_STEPS.items() if new == step]
+
+
 AGENT_TRAINERS = ("bc", "ppo", "episode")
 """Agent trainers, each with a policy folder per seed (`ppo` was called `rl` before format 2)."""
 
@@ -29,7 +46,13 @@ class _Folder:
 
 @dataclass(frozen=True, init=False)
 class RunLayout(_Folder):
-    """The paths of one run folder. Pure naming: nothing here touches the disk."""
+    """The paths of one run folder. Pure naming: nothing here touches the disk, but for the
+    folders of a step with an earlier name (`step_dir`, `manifest`) and `tuned`."""
+
+    def step_dir(self, step: str) -> Path:
+        """RUN/<step>/, the folder of a training step (other than ner and agent); a run written
+        before the step was renamed has it under the earlier name (`RENAMED_STEPS`)."""
+        return _renamed(self.root, step, "")
 
     # --- run level -----------------------------------------------------------------------------
     @property
@@ -53,7 +76,9 @@ class RunLayout(_Folder):
         return self.root / "manifests"
 
     def manifest(self, stage: str) -> Path:
-        return self.manifests / f"{stage}.json"
+        """RUN/manifests/<stage>.json (under a renamed step's earlier name where only that
+        one exists, `RENAMED_STEPS`)."""
+        return _renamed(self.manifests, stage, ".json")
 
     @property
     def report(self) -> Path:
@@ -154,42 +179,43 @@ class RunLayout(_Folder):
         """The held-out essays every second stage is scored on, and the training essays."""
         return self.root / "split.json"
 
-    # --- spans stage (the non-RL second stages) ----------------------------------------------
+    # --- gbdt step (the non-RL second stages: ner-constrained and gbdt) ------------------------
     @property
-    def spans(self) -> Path:
-        return self.root / "spans"
+    def gbdt_dir(self) -> Path:
+        """RUN/gbdt/, the gbdt step's folder (RUN/spans/ in a run written before the rename)."""
+        return self.step_dir("gbdt")
 
     @property
-    def spans_results(self) -> Path:
+    def gbdt_results(self) -> Path:
         """Held-out scores of the NER decodings, ner-constrained and gbdt; candidate recall."""
-        return self.spans / "results.json"
+        return self.gbdt_dir / "results.json"
 
     @property
-    def spans_tuned(self) -> Path:
+    def gbdt_tuned(self) -> Path:
         """ner-tuned's minima fitted on the training essays only (scored on the held-out ones)."""
-        return self.spans / "tuned.json"
+        return self.gbdt_dir / "tuned.json"
 
     @property
     def tuned(self) -> Path:
-        """The thresholds `ner-tuned` predicts with: the training essays' fit where a spans stage
+        """The thresholds `ner-tuned` predicts with: the training essays' fit where the gbdt step
         ran (the protocol's deployed model), else the NER stage's fit on every essay."""
-        return self.spans_tuned if self.spans_tuned.is_file() else self.decode
+        return self.gbdt_tuned if self.gbdt_tuned.is_file() else self.decode
 
     @property
     def constrained(self) -> Path:
         """ner-constrained: the at-most-one classes and the per-class minima."""
-        return self.spans / "constrained.json"
+        return self.gbdt_dir / "constrained.json"
 
     @property
     def gbdt(self) -> Path:
-        """gbdt: the deployed model folder (the first seed's; `spans.SpanModel.load`)."""
-        return self.spans / "gbdt"
+        """gbdt: the deployed model folder (the first seed's; `gbdt.gbdt.SpanModel.load`)."""
+        return self.gbdt_dir / "gbdt"
 
     # --- a decoder trained in a step of its own ------------------------------------------------
     def decoder(self, name: str) -> Path:
         """The folder of a decoder trained in its own step (a plugin): what it saves, and its
         held-out rows (results.json)."""
-        return self.root / name
+        return self.step_dir(name)
 
     def decoder_results(self, name: str) -> Path:
         return self.decoder(name) / "results.json"
@@ -287,3 +313,16 @@ class FoldLayout(_Folder):
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+
+def _renamed(folder: Path, step: str, suffix: str) -> Path:
+    """folder/<step><suffix>, or the path under the step's earlier name where only that one
+    exists (a run written before the rename, `RENAMED_STEPS`)."""
+    path = folder / f"{step}{suffix}"
+    if path.exists():
+        return path
+    for old in _earlier_names(step):
+        before = folder / f"{old}{suffix}"
+        if before.exists():
+            return before
+    return path

@@ -5,7 +5,7 @@ out-of-fold word probabilities and labels. No second stage trains on them and no
 fitted on them; every second stage (ner-tuned's minima, ner-constrained, gbdt, the agents) trains
 on the rest. The NER rows are scored on the same essays: their out-of-fold probabilities come
 from fold models that never saw them. The split depends only on the sorted ids, the share and the
-seed, so the spans stage and the agent stage draw the same one without reading each other.
+seed, so the gbdt step and the agent step draw the same one without reading each other.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text, read_json
 from discourse_rl.core.data import CLASSES
-from discourse_rl.core.layout import FORMAT_VERSION
+from discourse_rl.core.layout import FORMAT_VERSION, step_name
 
 ORACLE = "oracle"
 """The segment oracle's row: the best labelling of the segments, a ceiling, not a decoder."""
@@ -330,7 +330,7 @@ class AgentResults(StepResults):
 
 
 # ---------------------------------------------------------------------------------------------
-# The spans stage
+# The gbdt step
 
 
 def _recall_json(r: Mapping[str, float]) -> dict[str, float | None]:
@@ -343,7 +343,7 @@ def _recall(d: Mapping[str, Any]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class SpansResults(StepResults):
-    """RUN/spans/results.json: the non-RL rows on the held-out essays and what gbdt saw.
+    """RUN/gbdt/results.json: the non-RL rows on the held-out essays and what gbdt saw.
 
     `stages`: ner-naive, ner-tuned, ner-constrained, gbdt (mean over seeds)."""
 
@@ -502,12 +502,19 @@ class StageRecord:
 
 
 def read_stages(path: str | Path) -> dict[str, StageRecord]:
+    """RUN/stages.json by step, a step recorded under an earlier name under its name now
+    (`layout.RENAMED_STEPS`: 'spans' is 'gbdt'; where both are there, the new one)."""
     if not Path(path).is_file():
         return {}
     try:
-        return {name: StageRecord(**rec) for name, rec in _read_json(path).items()}
+        recs = {name: StageRecord(**rec) for name, rec in _read_json(path).items()}
     except TypeError as exc:
         raise DiscourseRLError(f"{path}: unreadable stage records ({exc})") from None
+    out: dict[str, StageRecord] = {}
+    for name, rec in recs.items():
+        if step_name(name) == name or step_name(name) not in recs:
+            out[step_name(name)] = rec
+    return out
 
 
 def write_stages(path: str | Path, stages: Mapping[str, StageRecord]) -> None:

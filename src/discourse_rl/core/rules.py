@@ -139,16 +139,32 @@ def _data(obj: Any, keyed: bool) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         skip: frozenset[str] = getattr(obj, "RUNTIME", frozenset()) if keyed else frozenset()
         old: Mapping[str, Any] = {} if keyed else getattr(obj, "LEGACY_VALUES", {})
-        return {
+        data = {
             f.name: old[f.name] if f.name in old else _data(getattr(obj, f.name), keyed)
             for f in dataclasses.fields(obj)
             if f.name not in skip
         }
+        return flattened(data, getattr(obj, "FLAT_NAMES", {}))
     if isinstance(obj, dict):
         return {k: _data(v, keyed) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_data(v, keyed) for v in obj]
     return obj
+
+
+def flattened(data: Mapping[str, Any], flat_names: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """`data` with its parts' settings back under the flat names they had before a table was
+    split into parts (`flat_names`: old name -> (part, name)), so that a step's key stays what
+    it was. A setting of a part without an old name keys as 'part.name'."""
+    if not flat_names:
+        return dict(data)
+    old = {part_name: flat for flat, part_name in flat_names.items()}
+    parts = {part for part, _ in flat_names.values()}
+    out = {k: v for k, v in data.items() if k not in parts}
+    for part in parts:
+        for name, value in data.get(part, {}).items():
+            out[old.get((part, name), f"{part}.{name}")] = value
+    return out
 
 
 def toml_value(v: Any) -> str:

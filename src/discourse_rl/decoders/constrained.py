@@ -28,9 +28,9 @@ from discourse_rl.core.data import (
     CLASSES,
     NUM_LABELS,
     Corpus,
-    class_counts,
     labels_to_spans,
 )
+from discourse_rl.core.data import unique_classes as once_per_essay
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders.decode import (
     PUBLIC_MIN_PROB,
@@ -207,15 +207,15 @@ def decode_constrained(probs: FloatArray, params: ConstrainedParams) -> Spans:
 def unique_classes(corpus: Corpus, ids: Iterable[str], cfg: ConstrainedConfig) -> tuple[int, ...]:
     """Classes of which at least `cfg.unique_share` of the essays have at most one span, the
     surest first, at most `cfg.max_unique` of them (returned in class order)."""
-    counts = class_counts(corpus.subset(ids)).to_numpy()
-    if counts.shape[0] == 0:
-        return ()
-    share = (counts <= 1).mean(0)
-    # A class no essay has needs no limit; limiting it would only grow the state.
-    present = np.asarray((counts > 0).any(0), dtype=np.bool_)
-    order = [c for c in np.argsort(-share, kind="stable") if present[c]]
-    chosen = [int(c) for c in order if share[c] >= cfg.unique_share][: cfg.max_unique]
-    return tuple(sorted(chosen))
+    return once_per_essay(corpus, ids, cfg.unique_share, cfg.max_unique)
+
+
+def with_probs(probs: Mapping[str, FloatArray], train_ids: Iterable[str], who: str) -> list[str]:
+    """The training essays that have probabilities, in order; none is `who`'s error."""
+    ids = [i for i in train_ids if i in probs]
+    if not ids:
+        raise DiscourseRLError(f"{who}: no training essay has probabilities")
+    return ids
 
 
 def fit_constrained(
@@ -226,9 +226,7 @@ def fit_constrained(
 ) -> ConstrainedParams:
     """Limits and minima from the training essays (their probabilities should be out of fold)."""
     cfg = cfg or ConstrainedConfig()
-    ids = [i for i in train_ids if i in probs]
-    if not ids:
-        raise DiscourseRLError("constrained: no training essay has probabilities")
+    ids = with_probs(probs, train_ids, "constrained")
     unique = unique_classes(corpus, ids, cfg)
     dcfg = DecodeConfig(
         min_words=PUBLIC_MIN_WORDS,

@@ -1,5 +1,5 @@
 """ner-constrained: Viterbi over the word labels with at-most-one limits, then per-class minima
-(`constrained`), fitted by the spans step on the training essays."""
+(`constrained`), fitted by the gbdt step on the training essays."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # types only
 @register
 class ConstrainedDecoder(Decoder):
     name = "ner-constrained"
-    step = "spans"
+    step = "gbdt"
     trained_on = "training essays' out-of-fold probabilities (limits, minima)"
     title = (
         "the best valid tag sequence (Viterbi, at most one span of the classes essays almost "

@@ -33,8 +33,8 @@ class TunedDecoder(Decoder):
 
     @classmethod
     def files(cls, lay: RunLayout) -> list[Path]:
-        # RUN/decode.json travels with every export; the spans stage's refit where it ran.
-        return [lay.spans_tuned] if lay.spans_tuned.is_file() else []
+        # RUN/decode.json travels with every export; the gbdt step's refit where it ran.
+        return [lay.gbdt_tuned] if lay.gbdt_tuned.is_file() else []
 
     seconds = NaiveDecoder.seconds
 

@@ -12,7 +12,9 @@ Adding a decoder is one module and one registration line: write the class (and, 
 in its own step, a frozen dataclass for its config table `[name]`), decorate it with
 `@register`, and list the module in `BUILTIN` (a plugin outside the package calls `register`
 itself). A decoder whose `step` is its own name gets a pipeline step of its own: the run fits it
-on the protocol's training essays, scores it on the held-out ones and writes RUN/<name>/.
+on the protocol's training essays, scores it on the held-out ones and writes RUN/<name>/. Such a
+step may also read other steps' outputs (`reads`) and the run's other settings (`run_settings`,
+`fit_in_run`), be switched off by its table (`enabled`), and fit once per run seed (`seeds`).
 
 Light on purpose: importing the registry imports no torch; each decoder loads its heavy
 dependencies in `load`.
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
@@ -43,8 +46,22 @@ BUILTIN = (
     "discourse_rl.decoders.ner_constrained",
     "discourse_rl.decoders.gbdt.decoder",
     "discourse_rl.decoders.agent.decoder",
+    "discourse_rl.decoders.agent.gbdt_decoder",
+    "discourse_rl.decoders.combined",
 )
 """The package's decoder modules, in pipeline order (each registers its classes on import)."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a decoder with its own step may read of its run beside its training essays."""
+
+    folder: Path
+    """The run folder: the saved outputs of the steps the decoder `reads`."""
+    settings: Any
+    """The run's whole configuration (`run.config.RunConfig`)."""
+    scratch: Path
+    """An empty folder for what the fit writes on its way (removed after the step)."""
 
 
 class Decoder(ABC):
@@ -53,7 +70,7 @@ class Decoder(ABC):
     name: ClassVar[str]
     """What users call it: `--stage NAME`, the held-out table's row, `info`'s row."""
     step: ClassVar[str]
-    """The training step that fits it (its key in RUN/stages.json): 'ner', 'spans', 'agent',
+    """The training step that fits it (its key in RUN/stages.json): 'ner', 'gbdt', 'agent',
     or the decoder's own name for a decoder trained in a step of its own."""
     trained_on: ClassVar[str]
     """What it learns from, in a few words."""
@@ -61,6 +78,9 @@ class Decoder(ABC):
     """One line of the run report saying what it does."""
     config: ClassVar[type | None] = None
     """A decoder with its own step: the frozen dataclass of its config table `[name]`."""
+    reads: ClassVar[tuple[str, ...]] = ()
+    """A decoder with its own step: the other steps whose saved outputs its fit reads, beside
+    the tagger's (their keys enter its key: it runs after them, and again when they re-run)."""
 
     def __init__(self, model: Any = None) -> None:
         self.model = model
@@ -104,6 +124,31 @@ class Decoder(ABC):
         """A decoder with its own step: fitted on `probs` of `corpus`'s essays (the protocol's
         training essays), with its config table and the run's seed."""
         raise NotImplementedError(f"{cls.name} is fitted by the {cls.step!r} step")
+
+    @classmethod
+    def fit_in_run(
+        cls, probs: Probs, corpus: Corpus, config: Any, seed: int, run: RunContext
+    ) -> Self:
+        """What the run's step calls: `fit`, unless the decoder reads more of its run (`run`)."""
+        return cls.fit(probs, corpus, config, seed)
+
+    @classmethod
+    def run_settings(cls, settings: Any) -> Any:
+        """A decoder with its own step: the run's other settings its fit reads (they enter its
+        key; None, the default: none, and the key is a plugin's as before)."""
+        return None
+
+    @classmethod
+    def enabled(cls, config: Any) -> bool:
+        """A decoder with its own step: whether the run trains it (its table's `enabled` where
+        it has one; else always). A disabled step's folder is removed."""
+        return bool(getattr(config, "enabled", True))
+
+    @classmethod
+    def seeds(cls, config: Any, agent_seeds: Sequence[int]) -> tuple[int, ...]:
+        """A decoder with its own step: the run seeds it is fitted with, one fit each (the
+        first's is saved; its row is their mean). Default: the first seed alone."""
+        return (int(agent_seeds[0]),)
 
     def save(self, folder: Path) -> None:
         """A decoder with its own step: write what `load` reads into `folder`."""
@@ -160,7 +205,11 @@ def _load_builtin() -> None:
 def decoders() -> tuple[type[Decoder], ...]:
     """Every registered decoder: the package's in pipeline order, then plugins."""
     _load_builtin()
-    return tuple(_REGISTRY.values())
+    # Order by BUILTIN, not by registration: a module imported directly (by a test, a plugin)
+    # registers before the others are loaded. Plugins keep their registration order.
+    rank = {module: k for k, module in enumerate(BUILTIN)}
+    found = list(_REGISTRY.values())
+    return tuple(sorted(found, key=lambda d: (rank.get(d.__module__, len(rank)), found.index(d))))
 
 
 def names() -> tuple[str, ...]:

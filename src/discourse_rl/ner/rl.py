@@ -42,6 +42,7 @@ from discourse_rl.core.data import (
     load_word_probs,
     save_word_probs,
     spans_to_frame,
+    unique_classes,
 )
 from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.core.metric import score
@@ -493,7 +494,7 @@ def train_fold_rl(arm: _Arm) -> dict[str, Any]:
     lat = None
     if cfg.sampler == "lattice":
         train_ids = [ids[p] for p in arm.train]
-        lat = rs.lattice(rs.unique_classes(arm.corpus, train_ids, cfg.unique_share, cfg.max_unique))
+        lat = rs.lattice(unique_classes(arm.corpus, train_ids, cfg.unique_share, cfg.max_unique))
     pol = _Policy(model, reference, arm.essays, cfg, gold, data.labels, lat, None)
     extra: dict[str, Any] = {}
 
@@ -582,31 +583,36 @@ def _no_spans() -> Spans:
 # The phase over every fold
 
 
-def rl_folds(
-    corpus: Corpus,
-    cfg: NerConfig,
-    rl_cfg: NerRlConfig,
-    layout: RunLayout,
-    folds: dict[str, int],
-    seed: int,
-    todo: list[int],
-    predict_ids: frozenset[str] | None = None,
-) -> None:
+@dataclass(frozen=True)
+class _Phase:
+    """The arguments of `train_rl`, as each fold process gets them."""
+
+    corpus: Corpus
+    cfg: NerConfig
+    rl_cfg: NerRlConfig
+    layout: RunLayout
+    folds: dict[str, int]
+    seed: int
+    predict_ids: frozenset[str] | None
+
+
+def rl_folds(phase: _Phase, todo: list[int]) -> None:
     """The RL phase (and the control when asked) of the folds `todo`, one after the other, in
     this process (a fold child's job); each fold predicts its held-out essays among
-    `predict_ids` (None: all of them)."""
+    `phase.predict_ids` (None: all of them)."""
+    cfg, layout, predict_ids = phase.cfg, phase.layout, phase.predict_ids
     device = default_device()
-    data = _prepare(corpus, cfg, layout)
+    data = _prepare(phase.corpus, cfg, layout)
     cache = _state_cache(cfg, layout, data.per_essay, data.pad_id, device)
     essays = _Essays(data, cache, cfg, device)
     for k in todo:
-        train_ids, held = fold_split(folds, k)
+        train_ids, held = fold_split(phase.folds, k)
         if predict_ids is not None:
             held = [i for i in held if i in predict_ids]
         train = [data.position[i] for i in train_ids]
-        arm = _Arm(layout, cfg, rl_cfg, essays, k, train, held, corpus, seed)
+        arm = _Arm(layout, cfg, phase.rl_cfg, essays, k, train, held, phase.corpus, phase.seed)
         done = train_fold_rl(arm)
-        if rl_cfg.control:
+        if phase.rl_cfg.control:
             train_fold_control(arm, float(done["seconds"]))
 
 
@@ -630,15 +636,15 @@ def train_rl(
     device = default_device()
     todo = list(range(cfg.folds))
     workers = fold_workers(cfg, len(todo), device)
+    phase = _Phase(corpus, cfg, rl_cfg, layout, folds, seed, predict_ids)
     if workers <= 1:
-        rl_folds(corpus, cfg, rl_cfg, layout, folds, seed, todo, predict_ids)
+        rl_folds(phase, todo)
     else:
         if cfg.cache_frozen:
             data = _prepare(corpus, cfg, layout)
             _state_cache(cfg, layout, data.per_essay, data.pad_id, device)
         threads = max(1, torch.get_num_threads() // workers)
-        args = (corpus, cfg, rl_cfg, layout, folds, seed)
-        jobs = [Job(f"fold {k} rl", rl_folds, (*args, [k], predict_ids)) for k in todo]
+        jobs = [Job(f"fold {k} rl", rl_folds, (phase, [k])) for k in todo]
         run_jobs(jobs, workers, threads)
     if cfg.cache_frozen:
         drop_state_cache(layout)

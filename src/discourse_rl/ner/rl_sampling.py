@@ -29,7 +29,7 @@ import torch
 
 from discourse_rl.core import metric
 from discourse_rl.core.arrays import IntArray, Spans
-from discourse_rl.core.data import CLASSES, NUM_LABELS, Corpus, class_counts, labels_to_spans
+from discourse_rl.core.data import CLASSES, NUM_LABELS, labels_to_spans
 from discourse_rl.core.rewards import MacroReward, rewards
 
 N_CLASSES = len(CLASSES)
@@ -302,20 +302,6 @@ def lattice_greedy(probs: Sequence[np.ndarray], lat: Lattice) -> list[IntArray]:
             state = int(back[t, state])
         out.append(path)
     return out
-
-
-def unique_classes(corpus: Corpus, ids: Sequence[str], share: float, most: int) -> tuple[int, ...]:
-    """The types the lattice allows once per essay: at least `share` of the essays `ids` have at
-    most one span of them (the surest first, at most `most`), as the constrained decoder's fit
-    chooses them (a test checks they agree)."""
-    counts = class_counts(corpus.subset(ids)).to_numpy()
-    if counts.shape[0] == 0:
-        return ()
-    at_most_one = (counts <= 1).mean(0)
-    present = np.asarray((counts > 0).any(0), dtype=np.bool_)
-    order = [c for c in np.argsort(-at_most_one, kind="stable") if present[c]]
-    chosen = [int(c) for c in order if at_most_one[c] >= share][:most]
-    return tuple(sorted(chosen))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,11 +25,11 @@ from discourse_rl.core.common import (
 )
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
-from discourse_rl.decoders.agent.common import AgentConfig
+from discourse_rl.decoders.agent.config import AgentConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig
 from discourse_rl.decoders.constrained import ConstrainedConfig
 from discourse_rl.decoders.decode import DecodeConfig
-from discourse_rl.decoders.gbdt.model import SpanConfig
+from discourse_rl.decoders.gbdt.model import GbdtConfig
 from discourse_rl.decoders.segments import SegmentConfig
 from discourse_rl.ner import NerConfig
 from discourse_rl.ner.rl_config import NerRlConfig
@@ -60,11 +60,12 @@ class RunConfig:
     ner_rl: NerRlConfig = field(default_factory=NerRlConfig)
     """The tagger's RL phase and its control (step `ner_rl`), and whose word probabilities
     the second stages read (`feeds`)."""
-    spans_stage: bool = True
-    """Fit and score the non-RL second stages, ner-constrained and gbdt (RUN/spans/)."""
+    gbdt_stage: bool = True
+    """Fit and score the non-RL second stages, ner-constrained and gbdt (step `gbdt`,
+    RUN/gbdt/; `spans_stage` before)."""
     constrained: ConstrainedConfig = field(default_factory=ConstrainedConfig)
     """ner-constrained: Viterbi decoding with at-most-one limits."""
-    gbdt: SpanConfig = field(default_factory=SpanConfig)
+    gbdt: GbdtConfig = field(default_factory=GbdtConfig)
     """gbdt: span-level gradient boosting (its seed comes from agent_seeds)."""
     segments: SegmentConfig = field(default_factory=SegmentConfig)
     """Segmentation and segment features."""
@@ -91,11 +92,11 @@ class RunConfig:
             )
         object.__setattr__(self, "decoders", tables)
         # Checks across tables, so that a bad combination stops the run before any work.
-        if self.segments.max_segments > self.agent.max_segments:
+        if self.segments.max_segments > self.agent.network.max_segments:
             raise rules.ConfigValueError(
                 "max_segments",
                 self.segments.max_segments,
-                f"exceeds [agent] max_segments ({self.agent.max_segments})",
+                f"exceeds [agent.network] max_segments ({self.agent.network.max_segments})",
                 table="segments",
             )
         if self.ner_rl.enabled and self.ner.mode != "finetune":
@@ -133,9 +134,65 @@ def packaged_config(name: str) -> Path:
     return Path(__file__).resolve().parents[3] / "configs" / f"{name}.toml"
 
 
+OLD_NAMES: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("spans_stage",): ("gbdt_stage",),
+    **{
+        ("agent", flat): ("agent", part, name)
+        for flat, (part, name) in AgentConfig.FLAT_NAMES.items()
+    },
+}
+"""Settings a config file may still give by an earlier name (old path -> path, a path being
+the tables and the key): `spans_stage` is `gbdt_stage`, `[agent] bc_epochs` is
+`[agent.bc] epochs`."""
+
+
+def renamed(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """A config file's tables with the settings given by an earlier name (`OLD_NAMES`) moved to
+    their name now; a setting given both ways is refused (one line)."""
+    out = _copy_tables(raw)
+    for old, new in OLD_NAMES.items():
+        *old_tables, old_key = old
+        holder = _table(out, old_tables)
+        if holder is None or old_key not in holder:
+            continue
+        *new_tables, new_key = new
+        target = _table(out, new_tables, make=True)
+        if not isinstance(target, dict):
+            shown = ".".join(new_tables)
+            raise DiscourseRLError(f"{where}: {shown} must be a table ([{shown}])")
+        if new_key in target:
+            raise DiscourseRLError(
+                f"{where}: {_path(old)} and {_path(new)} are the same setting; give it once "
+                f"(as {_path(new)})"
+            )
+        target[new_key] = holder.pop(old_key)
+    return out
+
+
+def _copy_tables(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tables(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+
+
+def _table(raw: dict[str, Any], tables: list[str], make: bool = False) -> dict[str, Any] | None:
+    """The table at `tables` in `raw` (made when missing and `make`), None when missing."""
+    for name in tables:
+        if name not in raw and make:
+            raw[name] = {}
+        if not isinstance(raw.get(name), dict):
+            return raw.get(name) if make else None
+        raw = raw[name]
+    return raw
+
+
+def _path(path: tuple[str, ...]) -> str:
+    """A setting as a config file names it: `[agent.bc] epochs`, or a top-level key."""
+    *tables, key = path
+    return f"[{'.'.join(tables)}] {key}" if tables else key
+
+
 def load_run_config(path: str | Path | None) -> RunConfig:
     path = packaged_config("demo") if path is None else Path(path)
-    raw = load_toml(path)
+    raw = renamed(load_toml(path), str(path))
     for table in SEEDED_BY_RUN:
         if "seed" in raw.get(table, {}):
             raise DiscourseRLError(

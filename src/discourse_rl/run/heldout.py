@@ -62,7 +62,7 @@ def heldout_table(run: str | Path) -> HeldOutTable:
     """Every step's rows in `row_order`. They face the same held-out essays under the split
     protocol; a row two steps hold (the NER rows) is taken from the earlier step."""
     lay = RunLayout(run)
-    spans = SpansResults.read(lay.spans_results) if lay.spans_results.is_file() else None
+    spans = SpansResults.read(lay.gbdt_results) if lay.gbdt_results.is_file() else None
     agent = AgentResults.read(lay.agent_results) if lay.agent_results.is_file() else None
     if spans is not None and agent is not None and agent.heldout != spans.heldout:
         # Different held-out essays (e.g. a simulated agent): rows of both cannot share a table.
@@ -101,7 +101,7 @@ def heldout_table(run: str | Path) -> HeldOutTable:
 
 def best_stage(run: str | Path, choices: Sequence[str] | None = None) -> str:
     """The stage with the highest held-out macro F1 among `choices` in the run's held-out table
-    (the spans stage's and the agent stage's rows; a tie goes to the earlier, simpler stage).
+    (the gbdt step's and the agent step's rows; a tie goes to the earlier, simpler stage).
 
     Without a held-out table: the NER step's last decoding the run has (ner-tuned once fitted).
     """

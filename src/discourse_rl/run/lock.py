@@ -40,7 +40,7 @@ from typing import ParamSpec, TypeVar
 from discourse_rl.core import faults
 from discourse_rl.core.artefacts import rebuild_command
 from discourse_rl.core.common import DiscourseRLError
-from discourse_rl.core.layout import RunLayout
+from discourse_rl.core.layout import RunLayout, step_name
 from discourse_rl.decoders import registry
 from discourse_rl.launch import distributed
 from discourse_rl.run import space
@@ -324,9 +324,9 @@ def _manifests(lay: RunLayout) -> dict[str, bytes]:
     if lay.manifests.is_dir():
         for p in sorted(lay.manifests.glob("*.json")):
             try:
-                out[p.stem] = p.read_bytes()
+                out[step_name(p.stem)] = p.read_bytes()
             except OSError:
-                out[p.stem] = b""
+                out[step_name(p.stem)] = b""
     return out
 
 
@@ -361,7 +361,7 @@ def _stage_present(lay: RunLayout, stage: str) -> bool:
         return lay.ner.is_dir()
     if stage == "agent":
         return lay.agent.is_dir()
-    return (lay.root / stage).is_dir()
+    return lay.step_dir(stage).is_dir()
 
 
 def _incomplete(lay: RunLayout, stage: str) -> str:
@@ -373,7 +373,7 @@ def _incomplete(lay: RunLayout, stage: str) -> str:
         )
     return (
         f"{lay.root}: the {stage} stage is incomplete (a run stopped before finishing it); "
-        f"finish it with `{rebuild_command(lay.root / stage)}`"
+        f"finish it with `{rebuild_command(lay.step_dir(stage))}`"
     )
 
 
@@ -427,8 +427,10 @@ def _steps() -> list[str]:
 
 def stages_for(stage: str, run: str | Path) -> tuple[str, ...]:
     """The training steps whose files labelling with `stage` reads: the tagger's, and the step
-    that fitted the decoder (ner-tuned reads spans/tuned.json where the spans step ran)."""
-    step = registry.get(stage).step
-    if step == "ner" and stage == "ner-tuned" and RunLayout(run).spans.is_dir():
-        step = "spans"
-    return ("ner",) if step == "ner" else ("ner", step)
+    that fitted the decoder (ner-tuned reads gbdt/tuned.json where the gbdt step ran)."""
+    decoder = registry.get(stage)
+    step = decoder.step
+    if step == "ner" and stage == "ner-tuned" and RunLayout(run).gbdt_dir.is_dir():
+        step = "gbdt"
+    # A decoder that loads other steps' outputs (combine: its chosen members) reads them too.
+    return tuple(dict.fromkeys(("ner", step, *decoder.reads)))

@@ -1,6 +1,6 @@
 """The main job: every training step in order, resumable, with one results table and plots.
 
-The steps: `ner` (the tagger; naive and tuned decoding), `spans` (ner-constrained, gbdt),
+The steps: `ner` (the tagger; naive and tuned decoding), `gbdt` (ner-constrained, gbdt),
 `agent` (bc, ppo, episode), then one per registered decoder trained on its own. A step is
 skipped when its recorded key (a hash of its keyed settings, of the data and of the keys of the
 steps it reads) matches and its outputs exist; a changed setting therefore re-runs that step
@@ -48,7 +48,7 @@ from discourse_rl.run.config import RunConfig, load_run_config, write_run_config
 from discourse_rl.run.results import machine_description, write_report
 from discourse_rl.run.runformat import RunFormat, check_format, version_changes
 from discourse_rl.run.steps.agent import train_agent_stage
-from discourse_rl.run.steps.gbdt import train_spans_stage
+from discourse_rl.run.steps.gbdt import train_gbdt_stage
 from discourse_rl.run.steps.ner import NerStageConfig, train_ner_stage
 from discourse_rl.run.steps.ner_rl import results_path as ner_rl_results
 from discourse_rl.run.steps.ner_rl import train_ner_rl_stage
@@ -138,10 +138,10 @@ def run_split(probs: Probs, corpus: Corpus, cfg: RunConfig, *, simulated: bool =
     return heldout_split(ids, cfg.heldout_share, cfg.heldout_seed, simulated=simulated)
 
 
-def _run_spans(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
+def _run_gbdt(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> SpansResults:
     probs = fed_probs(lay, cfg)
     split = run_split(probs, corpus, cfg)
-    return train_spans_stage(
+    return train_gbdt_stage(
         lay.root, corpus, probs, split, cfg.constrained, cfg.gbdt, cfg.agent_seeds
     )
 
@@ -174,13 +174,13 @@ BUILTIN_STEPS: tuple[Step, ...] = (
         run_ner_step,
     ),
     Step(
-        "spans",
+        "gbdt",
         ("ner",),
         lambda c: (c.heldout_share, c.heldout_seed, c.constrained, c.gbdt, c.agent_seeds),
-        lambda lay: lay.spans_results,
-        _run_spans,
-        lambda c: c.spans_stage,
-        lambda lay: (lay.spans,),
+        lambda lay: lay.gbdt_results,
+        _run_gbdt,
+        lambda c: c.gbdt_stage,
+        lambda lay: (lay.gbdt_dir,),
         fed=True,
     ),
     Step(
@@ -220,26 +220,30 @@ BUILTIN_STEPS: tuple[Step, ...] = (
 
 
 def _own_step(decoder: type[registry.Decoder]) -> Step:
-    """The step of a decoder trained on its own (a plugin): fitted on the protocol's training
-    essays, scored on its held-out ones, saved in RUN/<name>/."""
+    """The step of a decoder trained on its own (a plugin, agent-gbdt, combine): fitted on the
+    protocol's training essays, scored on its held-out ones, saved in RUN/<name>/."""
     name = decoder.name
 
     def config(c: RunConfig) -> Any:
-        return (c.heldout_share, c.heldout_seed, c.agent_seeds[0], c.decoder_config(name))
+        own = c.decoder_config(name)
+        base = (c.heldout_share, c.heldout_seed, c.agent_seeds[0], own)
+        extra = decoder.run_settings(c)
+        if extra is None:  # a plugin's key, as before these hooks
+            return base
+        return (*base, list(decoder.seeds(own, c.agent_seeds)), extra)
 
     def run(lay: RunLayout, corpus: Corpus, cfg: RunConfig) -> StepResults:
         probs = fed_probs(lay, cfg)
         split = run_split(probs, corpus, cfg)
-        return fit_own_step(
-            decoder, lay, corpus, probs, split, cfg.decoder_config(name), cfg.agent_seeds[0]
-        )
+        return fit_own_step(decoder, lay, corpus, probs, split, cfg.decoder_config(name), cfg)
 
     return Step(
         name,
-        ("ner",),
+        ("ner", *decoder.reads),
         config,
         lambda lay: lay.decoder_results(name),
         run,
+        lambda c: decoder.enabled(c.decoder_config(name)),
         outputs=lambda lay: (lay.decoder(name),),
         fed=True,
     )
@@ -270,22 +274,36 @@ def fit_own_step(
     probs: Probs,
     split: Split,
     config: Any,
-    seed: int,
+    cfg: RunConfig,
 ) -> StepResults:
-    """Fit `decoder` on `split.train`, save it in RUN/<name>/, score it on `split.heldout`."""
+    """Fit `decoder` on `split.train` once per seed it asks for (`Decoder.seeds`), save the
+    first seed's in RUN/<name>/, score each on `split.heldout` (the row: their mean)."""
     folder = lay.decoder(decoder.name)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     train, held = list(split.train), list(split.heldout)
-    model = decoder.fit({i: probs[i] for i in train}, corpus.subset(train), config, seed)
-    model.save(folder)
-    spans = model.predict({i: probs[i] for i in held}, {i: corpus.essays[i] for i in held})
-    rows = [(k, c, s, e) for k, found in spans.items() for c, s, e in found]
-    pred = pd.DataFrame(rows, columns=["id", "class", "word_start", "word_end"])
-    pred["class"] = [CLASSES[c] for c in pred["class"]]
-    score = heldout_score(pred, gold_frame(corpus, held))
-    row = StageScores.combine(decoder.name, [score], (), len(train), len(held))
+    train_probs = {i: probs[i] for i in train}
+    held_probs = {i: probs[i] for i in held}
+    held_essays = {i: corpus.essays[i] for i in held}
+    gt = gold_frame(corpus, held)
+    seeds = decoder.seeds(config, cfg.agent_seeds)
+    scores = []
+    for k, seed in enumerate(seeds):
+        scratch = folder / f"scratch-seed{seed}"
+        scratch.mkdir()
+        context = registry.RunContext(lay.root, cfg, scratch)
+        model = decoder.fit_in_run(train_probs, corpus.subset(train), config, seed, context)
+        if k == 0:
+            model.save(folder)
+        spans = model.predict(held_probs, held_essays)
+        shutil.rmtree(scratch, ignore_errors=True)
+        rows = [(i, c, s, e) for i, found in spans.items() for c, s, e in found]
+        pred = pd.DataFrame(rows, columns=["id", "class", "word_start", "word_end"])
+        pred["class"] = [CLASSES[c] for c in pred["class"]]
+        scores.append(heldout_score(pred, gt))
+    listed = [int(s) for s in seeds] if decoder.run_settings(cfg) is not None else ()
+    row = StageScores.combine(decoder.name, scores, listed, len(train), len(held))
     results = StepResults(len(train), len(held), split.describe(), (row,))
     results.write(lay.decoder_results(decoder.name))
     return results

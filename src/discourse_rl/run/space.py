@@ -15,6 +15,7 @@ from typing import Any
 
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text
 from discourse_rl.core.faults import SPACE_ERRORS, cause, free_bytes, inside
+from discourse_rl.core.layout import RunLayout, step_name
 
 SIZES_NAME = "sizes.json"
 """RUN/sizes.json: bytes each stage's files took when it last finished."""
@@ -47,8 +48,8 @@ def stage_of(root: Path, path: Path) -> str | None:
         return "ner"
     if first in ("agent", "segments.npz", "tb"):
         return "agent"
-    if first == "spans":
-        return "spans"
+    if step_name(first) == "gbdt":
+        return "gbdt"
     return None
 
 
@@ -61,7 +62,7 @@ def stage_paths(root: Path, stage: str) -> list[Path]:
         return [root / "ner", root / "decode.json"]
     if stage == "agent":
         return [root / "agent", root / "segments.npz", root / "tb"]
-    return [root / stage]
+    return [RunLayout(root).step_dir(stage)]
 
 
 def du(paths: list[Path]) -> int:
@@ -82,7 +83,7 @@ def du(paths: list[Path]) -> int:
 def read_sizes(root: str | Path) -> dict[str, int]:
     try:
         blob = json.loads(sizes_path(root).read_text(encoding="utf-8"))
-        return {str(k): int(v) for k, v in blob.items()}
+        return {step_name(str(k)): int(v) for k, v in blob.items()}
     except (OSError, ValueError, TypeError, AttributeError):
         return {}
 

@@ -76,10 +76,13 @@
 
   function download(filename, text, mime) {
     const blob = new Blob([text], { type: mime });
-    const a = el("a", { href: URL.createObjectURL(blob), download: filename });
+    const a = el("a", { href: URL.createObjectURL(blob), download: filename }, filename);
     document.body.append(a);
     a.click();
-    setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+    // Out of the page at once (a link left in it would be read out, and is a bare link to a
+    // blob); the URL lives a moment longer for the download to start.
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
   }
 
   function words(text) {

@@ -19,6 +19,7 @@ from discourse_rl.core.data.corpus import (
     predictionstring,
     save_word_probs,
     spans_to_frame,
+    unique_classes,
 )
 from discourse_rl.core.data.read import (
     REQUIRED_COLUMNS,
@@ -59,4 +60,5 @@ __all__ = [
     "sample_dir",
     "save_word_probs",
     "spans_to_frame",
+    "unique_classes",
 ]

@@ -255,6 +255,21 @@ def class_counts(corpus: Corpus) -> pd.DataFrame:
     return tab
 
 
+def unique_classes(corpus: Corpus, ids: Iterable[str], share: float, most: int) -> tuple[int, ...]:
+    """The classes of which at least `share` of the essays `ids` have at most one span, the
+    surest first, at most `most` of them (returned in class order): those the constrained
+    decoder and the RL tagger's lattice allow once per essay."""
+    counts = class_counts(corpus.subset(ids)).to_numpy()
+    if counts.shape[0] == 0:
+        return ()
+    at_most_one = (counts <= 1).mean(0)
+    # A class no essay has needs no limit; limiting it would only grow the state.
+    present = np.asarray((counts > 0).any(0), dtype=np.bool_)
+    order = [c for c in np.argsort(-at_most_one, kind="stable") if present[c]]
+    chosen = [int(c) for c in order if at_most_one[c] >= share][:most]
+    return tuple(sorted(chosen))
+
+
 def make_folds(corpus: Corpus, k: int = 5, seed: int = 0) -> dict[str, int]:
     """Essay -> fold in ``range(k)``, balanced on essay count and on every class's element count.
 

@@ -1,6 +1,7 @@
 """The attention agent over segments: policy, behavioural cloning, PPO and episode-level RL.
 
-`decoder` registers its trainers' policies (bc, ppo, episode); `policy` is the network, `bc`,
+`decoder` registers its trainers' policies (bc, ppo, episode); `config` the settings
+(`[agent]` and its parts), `policy` is the network, `bc`,
 `ppo` and `episode` the trainers, `env` PPO's environment, `reward` the per-essay rewards."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from discourse_rl.decoders.agent.bc import train_bc
-    from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs
+    from discourse_rl.decoders.agent.common import FineTuneInputs
+    from discourse_rl.decoders.agent.config import AgentConfig
     from discourse_rl.decoders.agent.policy import AttentionPolicy, load_policy
     from discourse_rl.decoders.agent.ppo import train_ppo
     from discourse_rl.decoders.segments import EssaySegments
@@ -30,7 +32,7 @@ __all__ = [
 
 _HOMES = {
     "train_bc": "bc",
-    "AgentConfig": "common",
+    "AgentConfig": "config",
     "FineTuneInputs": "common",
     "AttentionPolicy": "policy",
     "load_policy": "policy",

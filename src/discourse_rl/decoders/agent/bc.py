@@ -16,11 +16,11 @@ from discourse_rl.core.common import atomic_write_text, config_to_toml, progress
 from discourse_rl.core.data import Corpus
 from discourse_rl.core.records import TrainedPolicy
 from discourse_rl.decoders.agent.common import (
-    AgentConfig,
     pad_batch,
     tensorboard_writer,
     torch_threads,
 )
+from discourse_rl.decoders.agent.config import AgentConfig
 from discourse_rl.decoders.agent.policy import (
     AttentionPolicy,
     make_policy,
@@ -80,21 +80,21 @@ def _train_bc(
 ) -> TrainedPolicy:
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    policy = make_policy(cfg, int(train_segs[0].features.shape[1]), dropout=cfg.dropout)
-    weights = action_weights(train_segs, cfg.bc_class_weight) if cfg.bc_class_weight else None
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.bc_lr, weight_decay=cfg.bc_weight_decay)
+    policy = make_policy(cfg, int(train_segs[0].features.shape[1]), dropout=cfg.network.dropout)
+    weights = action_weights(train_segs, cfg.bc.class_weight) if cfg.bc.class_weight else None
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.bc.lr, weight_decay=cfg.bc.weight_decay)
     rng = np.random.default_rng(cfg.seed)
     writer = tensorboard_writer(log_dir)
     history: list[dict[str, float]] = []
     best_f1, best_state = -1.0, copy.deepcopy(policy.state_dict())
-    bar = progress(range(cfg.bc_epochs), desc="BC", disable=not cfg.progress_bar)
+    bar = progress(range(cfg.bc.epochs), desc="BC", disable=not cfg.progress_bar)
     for epoch in bar:
         policy.train()
         order = rng.permutation(len(train_segs))
         losses = []
-        for k in range(0, len(order), cfg.bc_batch_essays):
+        for k in range(0, len(order), cfg.bc.batch_essays):
             loss = bc_loss(
-                policy, [train_segs[i] for i in order[k : k + cfg.bc_batch_essays]], weights
+                policy, [train_segs[i] for i in order[k : k + cfg.bc.batch_essays]], weights
             )
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]

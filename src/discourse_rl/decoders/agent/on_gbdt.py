@@ -26,7 +26,7 @@ import pandas as pd
 from discourse_rl.core.arrays import FloatArray, IntArray
 from discourse_rl.core.data import CLASS_INDEX, CLASSES, Corpus
 from discourse_rl.decoders.gbdt.gbdt import SpanModel, TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import CandidateTable, SpanConfig, score_candidates
+from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, score_candidates
 from discourse_rl.decoders.gbdt.search import inner_folds
 from discourse_rl.decoders.segments import (
     N_ACTIONS,
@@ -82,7 +82,7 @@ def view_of(model: SpanModel, table: CandidateTable) -> GbdtView:
 
 
 def cross_fit_gbdt(
-    data: TrainingTable, corpus: Corpus, cfg: SpanConfig, folds: int = 2
+    data: TrainingTable, corpus: Corpus, cfg: GbdtConfig, folds: int = 2
 ) -> GbdtView:
     """gbdt's scores and spans of the training essays, each fold by a model blind to it."""
     score = np.zeros(data.table.cls.size)

@@ -29,12 +29,12 @@ from discourse_rl.core.arrays import IntArray
 from discourse_rl.core.common import DiscourseRLError, atomic_open, atomic_save
 from discourse_rl.core.data import Corpus
 from discourse_rl.decoders.agent.common import (
-    AgentConfig,
     StepLogits,
     batches,
     sample_labellings,
     unpad,
 )
+from discourse_rl.decoders.agent.config import AgentConfig, NetworkConfig
 from discourse_rl.decoders.segments import (
     N_ACTIONS,
     EssaySegments,
@@ -51,7 +51,7 @@ CHECKPOINT_FORMAT = 2
 @dataclass(frozen=True)
 class PolicyConfig:
     """The architecture of a policy, all its checkpoint needs to rebuild it: the features per
-    segment, `AgentConfig`'s fields of the same names, and the policy's kind."""
+    segment, `NetworkConfig`'s fields of the same names, and the policy's kind."""
 
     n_features: int
     max_segments: int
@@ -69,9 +69,9 @@ class PolicyConfig:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     @classmethod
-    def of(cls, cfg: AgentConfig, n_features: int) -> PolicyConfig:
-        """The plain policy an agent config describes."""
-        arch = (cfg.max_segments, cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.dim_feedforward)
+    def of(cls, net: NetworkConfig, n_features: int) -> PolicyConfig:
+        """The plain policy an agent's `[agent.network]` describes."""
+        arch = (net.max_segments, net.d_model, net.n_heads, net.n_layers, net.dim_feedforward)
         return cls(n_features, *arch)
 
 
@@ -205,7 +205,7 @@ def build_policy(config: PolicyConfig, seed: int, dropout: float = 0.0) -> Atten
 
 def make_policy(cfg: AgentConfig, n_features: int, dropout: float = 0.0) -> AttentionPolicy:
     """A fresh plain policy as `cfg` describes it, seeded with `cfg.seed`."""
-    return build_policy(PolicyConfig.of(cfg, n_features), cfg.seed, dropout)
+    return build_policy(PolicyConfig.of(cfg.network, n_features), cfg.seed, dropout)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from discourse_rl.core.common import atomic_write_text, config_to_toml, progress
 from discourse_rl.core.data import Corpus
 from discourse_rl.core.records import TrainedPolicy
-from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs, torch_threads
+from discourse_rl.decoders.agent.common import FineTuneInputs, torch_threads
+from discourse_rl.decoders.agent.config import AgentConfig
 from discourse_rl.decoders.agent.env import SegmentLabelEnv
 from discourse_rl.decoders.agent.policy import (
     AttentionPolicy,
@@ -248,8 +249,8 @@ def mean_reward(
 def make_env(segs: Sequence[EssaySegments], corpus: Corpus, cfg: AgentConfig) -> VecMonitor:
     gold = gold_table(corpus, [s.essay_id for s in segs])
     fns = [
-        (lambda: SegmentLabelEnv(segs, gold, cfg.max_segments, cfg.reward))
-        for _ in range(cfg.n_envs)
+        (lambda: SegmentLabelEnv(segs, gold, cfg.network.max_segments, cfg.ppo.reward))
+        for _ in range(cfg.ppo.n_envs)
     ]
     return VecMonitor(DummyVecEnv(fns))  # type: ignore[arg-type]
 
@@ -273,16 +274,16 @@ def _train_ppo(inputs: FineTuneInputs, cfg: AgentConfig) -> TrainedPolicy:
     model = MaskablePPO(
         SB3Policy,
         env,
-        learning_rate=cfg.ppo_lr,
-        n_steps=cfg.n_steps,
-        batch_size=cfg.batch_size,
-        n_epochs=cfg.n_epochs,
+        learning_rate=cfg.ppo.lr,
+        n_steps=cfg.ppo.n_steps,
+        batch_size=cfg.ppo.batch_size,
+        n_epochs=cfg.ppo.n_epochs,
         gamma=1.0,
-        gae_lambda=cfg.gae_lambda,
-        clip_range=cfg.clip_range,
-        ent_coef=cfg.ent_coef,
-        vf_coef=cfg.vf_coef,
-        policy_kwargs={"config": PolicyConfig.of(cfg, n_features)},
+        gae_lambda=cfg.ppo.gae_lambda,
+        clip_range=cfg.ppo.clip_range,
+        ent_coef=cfg.ppo.ent_coef,
+        vf_coef=cfg.ppo.vf_coef,
+        policy_kwargs={"config": PolicyConfig.of(cfg.network, n_features)},
         tensorboard_log=None if inputs.tb_dir is None else str(inputs.tb_dir),
         seed=cfg.seed,
         device="cpu",
@@ -293,8 +294,8 @@ def _train_ppo(inputs: FineTuneInputs, cfg: AgentConfig) -> TrainedPolicy:
     bc.requires_grad_(False)
     ref = SB3Policy(model.observation_space, model.action_space, model.lr_schedule, net=bc)
     ref.set_training_mode(False)
-    kl_cb = KLPenalty(ref, cfg.kl_beta, cfg.kl_target)
-    eval_cb = HeldOutEval(inputs.val_segs, inputs.corpus, cfg.eval_every, out_dir)
+    kl_cb = KLPenalty(ref, cfg.ppo.kl_beta, cfg.ppo.kl_target)
+    eval_cb = HeldOutEval(inputs.val_segs, inputs.corpus, cfg.ppo.eval_every, out_dir)
     eval_cb.init_callback(model)
     eval_cb.evaluate()  # the BC policy's own score, the bar PPO has to clear
     callbacks = [kl_cb, eval_cb]
@@ -304,28 +305,28 @@ def _train_ppo(inputs: FineTuneInputs, cfg: AgentConfig) -> TrainedPolicy:
     with torch.no_grad():
         model.policy.value_net.weight.zero_()
         model.policy.value_net.bias.fill_(
-            mean_reward(bc, inputs.train_segs, inputs.corpus, cfg.reward)
+            mean_reward(bc, inputs.train_segs, inputs.corpus, cfg.ppo.reward)
         )
-    if cfg.value_warmup_steps > 0:
+    if cfg.ppo.value_warmup_steps > 0:
         value_head = set(id(p) for p in model.policy.value_net.parameters())
         for p in model.policy.parameters():
             p.requires_grad_(id(p) in value_head)
-        model.lr_schedule = lambda _: cfg.value_warmup_lr  # type: ignore[assignment]
+        model.lr_schedule = lambda _: cfg.ppo.value_warmup_lr  # type: ignore[assignment]
         model.learn(
-            cfg.value_warmup_steps,
-            callback=[*callbacks, *_bar(cfg, cfg.value_warmup_steps, "PPO value warm-up")],
+            cfg.ppo.value_warmup_steps,
+            callback=[*callbacks, *_bar(cfg, cfg.ppo.value_warmup_steps, "PPO value warm-up")],
             tb_log_name="ppo",
         )
-        model.lr_schedule = lambda _: cfg.ppo_lr  # type: ignore[assignment]
+        model.lr_schedule = lambda _: cfg.ppo.lr  # type: ignore[assignment]
         for p in model.policy.parameters():
             p.requires_grad_(True)
     warm_s = time.perf_counter() - t0
     eval_cb.enabled = True
     model.learn(
-        cfg.ppo_timesteps,
-        callback=[*callbacks, *_bar(cfg, cfg.ppo_timesteps, "PPO")],
+        cfg.ppo.timesteps,
+        callback=[*callbacks, *_bar(cfg, cfg.ppo.timesteps, "PPO")],
         tb_log_name="ppo",
-        reset_num_timesteps=cfg.value_warmup_steps <= 0,
+        reset_num_timesteps=cfg.ppo.value_warmup_steps <= 0,
     )
     eval_cb.evaluate()
     seconds = time.perf_counter() - t0

@@ -10,7 +10,6 @@ from other inputs is emptied first.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from discourse_rl.core import rules
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text
 from discourse_rl.core.data import Corpus
 from discourse_rl.core.layout import RunLayout
@@ -87,7 +87,8 @@ def inputs_key(
             if arr is not None:
                 h.update(str(arr.dtype).encode() + str(arr.shape).encode())
                 h.update(arr.tobytes())
-    plain = [dataclasses.asdict(c) if dataclasses.is_dataclass(c) else c for c in configs]  # type: ignore[arg-type]
+    # Every setting, runtime ones too, a split table's under its old flat names (`rules.plain`).
+    plain = [rules.plain(c) for c in configs]
     return digest(h.hexdigest(), corpus.content_key(), list(train_ids), list(test_ids), plain)
 
 

@@ -2,7 +2,7 @@
 that scores them, and selection by fitted per-class thresholds without overlap.
 
 `decoder` registers it; `gbdt` is the model (`SpanModel`, `fit`); `model` its config table
-(`SpanConfig`, the run config's `[gbdt]`) and candidate building."""
+(`GbdtConfig`, the run config's `[gbdt]`) and candidate building."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from discourse_rl.decoders.gbdt.gbdt import FitReport, SpanModel, fit
-    from discourse_rl.decoders.gbdt.model import SpanConfig
+    from discourse_rl.decoders.gbdt.model import GbdtConfig
 
-__all__ = ["FitReport", "SpanConfig", "SpanModel", "fit"]
+__all__ = ["FitReport", "GbdtConfig", "SpanModel", "fit"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,8 +21,8 @@ def __getattr__(name: str) -> Any:
         from discourse_rl.decoders.gbdt import gbdt
 
         return getattr(gbdt, name)
-    if name == "SpanConfig":
-        from discourse_rl.decoders.gbdt.model import SpanConfig
+    if name == "GbdtConfig":
+        from discourse_rl.decoders.gbdt.model import GbdtConfig
 
-        return SpanConfig
+        return GbdtConfig
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,7 +28,7 @@ N_CLASSES = len(CLASSES)
 
 @dataclass(frozen=True)
 class CandidateSettings:
-    """How many candidates to make (a view of `SpanConfig`'s candidate fields)."""
+    """How many candidates to make (a view of `GbdtConfig`'s candidate fields)."""
 
     start_threshold: float
     max_ends: int

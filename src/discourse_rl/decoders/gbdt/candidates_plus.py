@@ -23,7 +23,7 @@ name them builds exactly the base candidates):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -32,38 +32,23 @@ from discourse_rl.core.arrays import IntArray, Spans
 from discourse_rl.core.data import CLASSES, Essay
 from discourse_rl.decoders.gbdt.candidates import EssayCandidates, _key
 
+if TYPE_CHECKING:
+    from discourse_rl.decoders.gbdt.model import GbdtConfig
+
 N_CLASSES = len(CLASSES)
 CLAUSE_END = (",", ";", ":")
 
 
-@dataclass(frozen=True)
-class PlusSettings:
-    """The extra generators (0 / empty: off)."""
-
-    sentence_ends: int = 0
-    clause_ends: int = 0
-    class_start_threshold: float = 0.0
-    subspan_shares: tuple[float, ...] = ()
-    sentence_splits: bool = False
-    merge_naive: int = 0
-    merge_gap: int = 3
-    class_min_prob: float = 0.05
-    max_classes: int = 3
-    rare_min_prob: float = 0.0
-    """Sentence stretches and splits are also labelled with every class whose mean probability
-    over them reaches this, beyond the `max_classes` most probable (0: off): the rare classes,
-    which a weak tagger seldom ranks in the top few."""
-
-    @property
-    def active(self) -> bool:
-        return bool(
-            self.sentence_ends
-            or self.clause_ends
-            or self.class_start_threshold > 0
-            or self.subspan_shares
-            or self.sentence_splits
-            or self.merge_naive >= 2
-        )
+def plus_active(cfg: GbdtConfig) -> bool:
+    """Does `cfg` turn on any of the generators here (0 / empty: off)."""
+    return bool(
+        cfg.sentence_ends
+        or cfg.clause_ends
+        or cfg.class_start_threshold > 0
+        or cfg.subspan_shares
+        or cfg.sentence_splits
+        or cfg.merge_naive >= 2
+    )
 
 
 def clause_starts(essay: Essay) -> npt.NDArray[np.bool_]:
@@ -186,11 +171,11 @@ def extend_candidates(
     sentence: npt.NDArray[np.bool_],
     paragraph: npt.NDArray[np.bool_],
     clause: npt.NDArray[np.bool_],
-    cfg: PlusSettings,
+    cfg: GbdtConfig,
 ) -> EssayCandidates:
     """`base` and the candidates of the generators `cfg` turns on (distinct, sorted as base)."""
     n = probs.shape[0]
-    if not cfg.active or n == 0:
+    if not plus_active(cfg) or n == 0:
         return base
     p = probs.astype(np.float64)
     cls_cum = np.vstack([np.zeros((1, N_CLASSES)), np.cumsum(p[:, 1::2] + p[:, 2::2], 0)])

@@ -1,4 +1,4 @@
-"""gbdt as a registered decoder: the run's deployed span model (RUN/spans/gbdt/)."""
+"""gbdt as a registered decoder: the run's deployed span model (RUN/gbdt/gbdt/)."""
 
 from __future__ import annotations
 
@@ -27,11 +27,16 @@ class GbdtDecoder(Decoder):
     """gbdt: candidate spans scored by gradient boosting, kept above per-class thresholds."""
 
     name = "gbdt"
-    step = "spans"
+    step = "gbdt"
     trained_on = "the training essays' candidate spans (first seed's model)"
     title = TITLE
 
     model: SpanModel
+
+    @classmethod
+    def own_step(cls) -> bool:
+        # Its step bears its name but is the run's own, which fits ner-constrained too.
+        return False
 
     @classmethod
     def path(cls, lay: RunLayout) -> Path:

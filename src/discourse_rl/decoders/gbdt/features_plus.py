@@ -1,4 +1,4 @@
-"""More per-candidate features for gbdt (`SpanConfig.rich_features`), appended to the base ones.
+"""More per-candidate features for gbdt (`GbdtConfig.rich_features`), appended to the base ones.
 
 The strongest span model of the Kaggle competition read about 170 features per candidate; the
 base set (`features.FEATURE_NAMES`) has 48. These add, for the candidate's class: statistics of

@@ -23,14 +23,14 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl.core import artefacts
-from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.arrays import FloatArray, IntArray
 from discourse_rl.core.common import DiscourseRLError, atomic_write_text, config_from_dict
 from discourse_rl.core.data import CLASSES, Corpus, Essay, spans_to_frame
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.decode import TunedThresholds
 from discourse_rl.decoders.gbdt.model import (
     CandidateTable,
-    SpanConfig,
+    GbdtConfig,
     build_candidates,
     fit_thresholds,
     score_candidates,
@@ -80,7 +80,7 @@ class FitReport:
 class SpanModel:
     """A fitted span boosting stage."""
 
-    cfg: SpanConfig
+    cfg: GbdtConfig
     limits: constrained.ConstrainedParams
     """The constrained decoder's at-most-one classes (its spans are candidates)."""
     boosters: Mapping[int, lgb.Booster]
@@ -105,19 +105,24 @@ class SpanModel:
 
     def predict_table(self, table: CandidateTable) -> pd.DataFrame:
         """`predict` on candidates already built with this model's settings and limits."""
-        score = score_candidates(self.boosters, table.features)
-        rows = select_rows(table, score, self.cfg.min_score)
-        c = table.cls[rows]
-        keep = (table.end[rows] - table.start[rows] >= np.asarray(self.thresholds.min_words)[c]) & (
-            score[rows] >= np.asarray(self.thresholds.min_prob)[c]
-        )
-        rows = rows[keep]
+        rows, _ = self.kept_rows(table)
         return spans_to_frame(
             [table.ids[k] for k in table.essay[rows]],
             table.cls[rows],
             table.start[rows],
             table.end[rows],
         )
+
+    def kept_rows(self, table: CandidateTable) -> tuple[IntArray, npt.NDArray[np.float64]]:
+        """The rows of `table` that become spans (selected, then past their class's minimum
+        length and score), and every row's score."""
+        score = score_candidates(self.boosters, table.features)
+        rows = select_rows(table, score, self.cfg.min_score)
+        c = table.cls[rows]
+        keep = (table.end[rows] - table.start[rows] >= np.asarray(self.thresholds.min_words)[c]) & (
+            score[rows] >= np.asarray(self.thresholds.min_prob)[c]
+        )
+        return rows[keep], score
 
     # --- files ---------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
@@ -163,7 +168,7 @@ class SpanModel:
             raise DiscourseRLError(f"{folder}: invalid JSON ({exc})") from None
         if params.get("format") != FORMAT:
             raise DiscourseRLError(f"{folder}: gbdt format {params.get('format')!r}, need {FORMAT}")
-        cfg = config_from_dict(SpanConfig, cfg_data, where=str(folder / "config.json"))
+        cfg = config_from_dict(GbdtConfig, cfg_data, where=str(folder / "config.json"))
         boosters = {}
         for key in params["models"]:
             path = folder / _model_file(int(key))
@@ -182,7 +187,7 @@ class SpanModel:
         )
 
 
-def _training_rows(hit: npt.NDArray[np.bool_], cfg: SpanConfig) -> npt.NDArray[np.bool_]:
+def _training_rows(hit: npt.NDArray[np.bool_], cfg: GbdtConfig) -> npt.NDArray[np.bool_]:
     """Every positive and a seeded `negative_share` of the negatives."""
     if cfg.negative_share >= 1.0:
         return np.ones(hit.size, np.bool_)
@@ -208,13 +213,10 @@ def training_table(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
     train_ids: Iterable[str],
-    cfg: SpanConfig | None = None,
+    cfg: GbdtConfig,
 ) -> TrainingTable:
     """Candidates of `train_ids` with their hits (the candidate settings of `cfg` only)."""
-    cfg = cfg or SpanConfig()
-    ids = sorted(i for i in set(train_ids) if i in probs)
-    if not ids:
-        raise DiscourseRLError("gbdt: no training essay has probabilities")
+    ids = sorted(set(constrained.with_probs(probs, train_ids, "gbdt")))
     # Only the limits matter for candidates; the minima are the boosting thresholds' job.
     limits = constrained.fit_constrained(
         probs, corpus, ids, constrained.ConstrainedConfig(fit=False)
@@ -224,7 +226,7 @@ def training_table(
     )
 
 
-def fit_table(data: TrainingTable, corpus: Corpus, cfg: SpanConfig) -> SpanModel:
+def fit_table(data: TrainingTable, corpus: Corpus, cfg: GbdtConfig) -> SpanModel:
     """Boosters and thresholds on a prepared training table (its candidate settings must be
     `cfg`'s)."""
     ids, limits, table = data.ids, data.limits, data.table
@@ -258,8 +260,8 @@ def fit(
     probs: Mapping[str, FloatArray],
     corpus: Corpus,
     train_ids: Iterable[str],
-    cfg: SpanConfig | None = None,
+    cfg: GbdtConfig | None = None,
 ) -> SpanModel:
     """Train on `train_ids` (their probabilities should be out of fold for the tagger)."""
-    cfg = cfg or SpanConfig()
+    cfg = cfg or GbdtConfig()
     return fit_table(training_table(probs, corpus, train_ids, cfg), corpus, cfg)

@@ -1,7 +1,7 @@
 """Span-level gradient boosting (`gbdt`): score candidate spans, then select among them.
 
 A LightGBM binary model predicts whether a candidate hits a true span of its class (one model
-with the class as a categorical feature, or one model per class: `SpanConfig.per_class`).
+with the class as a categorical feature, or one model per class: `GbdtConfig.per_class`).
 Selection takes candidates by decreasing score and keeps each one that overlaps no span kept
 before it (true elements do not overlap), down to a floor `min_score`; then each class keeps
 the spans at or above its fitted minimum score and length. Thresholding after the overlap pass
@@ -36,9 +36,9 @@ from discourse_rl.decoders.gbdt.candidates import (
     recall_per_class,
 )
 from discourse_rl.decoders.gbdt.candidates_plus import (
-    PlusSettings,
     clause_starts,
     extend_candidates,
+    plus_active,
 )
 from discourse_rl.decoders.gbdt.features import (
     CATEGORICAL,
@@ -54,8 +54,8 @@ N_CLASSES = len(CLASSES)
 
 
 @dataclass(frozen=True)
-class SpanConfig:
-    """Settings of the span boosting stage (`gbdt`)."""
+class GbdtConfig:
+    """Settings of the span boosting stage (`gbdt`, the run config's `[gbdt]`)."""
 
     start_threshold: float = 0.15
     """Words whose start probability (sum of the B- labels) exceeds this may open a candidate."""
@@ -134,20 +134,6 @@ class SpanConfig:
             self.start_threshold, self.max_ends, self.class_min_prob, self.max_classes, self.shift
         )
 
-    def plus(self) -> PlusSettings:
-        return PlusSettings(
-            self.sentence_ends,
-            self.clause_ends,
-            self.class_start_threshold,
-            tuple(self.subspan_shares),
-            self.sentence_splits,
-            self.merge_naive,
-            self.merge_gap,
-            self.class_min_prob,
-            self.max_classes,
-            self.rare_min_prob,
-        )
-
     def feature_names(self) -> tuple[str, ...]:
         return FEATURE_NAMES + PLUS_NAMES if self.rich_features else FEATURE_NAMES
 
@@ -219,13 +205,12 @@ def build_candidates(
     probs: Mapping[str, FloatArray],
     essays: Mapping[str, Essay],
     ids: Sequence[str],
-    cfg: SpanConfig,
+    cfg: GbdtConfig,
     limits: constrained.ConstrainedParams,
     corpus: Corpus | None = None,
 ) -> CandidateTable:
     """Candidates and features of `ids`; hits and recall too when `corpus` labels them."""
     settings = cfg.candidates()
-    plus = cfg.plus()
     rows: list[tuple[EssayCandidates, FloatArray]] = []
     hits: list[npt.NDArray[np.bool_]] = []
     found: list[npt.NDArray[np.bool_]] = []
@@ -239,7 +224,7 @@ def build_candidates(
         layout = essay_layout(essay)
         breaks = np.flatnonzero(layout.paragraph) if cfg.paragraph_candidates else None
         cand = essay_candidates(p, vit, settings, breaks)
-        if plus.active:
+        if plus_active(cfg):
             cand = _extend(cand, p, vit, layout, essay, cfg, breaks)
         feats = candidate_features(p, cand, layout)
         if cfg.rich_features:
@@ -275,7 +260,7 @@ def _extend(
     vit: tuple[IntArray, IntArray, IntArray],
     layout: Layout,
     essay: Essay,
-    cfg: SpanConfig,
+    cfg: GbdtConfig,
     breaks: npt.NDArray[np.integer] | None,
 ) -> EssayCandidates:
     naive = labels_to_spans(np.argmax(p, axis=1))
@@ -292,7 +277,7 @@ def _extend(
         layout.sentence,
         layout.paragraph,
         clause_starts(essay),
-        cfg.plus(),
+        cfg,
     )
 
 
@@ -301,7 +286,7 @@ def _extend(
 
 
 def train_boosters(
-    x: FloatArray, y: npt.NDArray[np.bool_], cfg: SpanConfig
+    x: FloatArray, y: npt.NDArray[np.bool_], cfg: GbdtConfig
 ) -> dict[int, lgb.Booster]:
     """Booster(s) keyed by class (-1: the one model of all classes)."""
     params = cfg.lgb_params()
@@ -352,7 +337,7 @@ def select_rows(table: CandidateTable, score: npt.NDArray[np.float64], floor: fl
 
 
 def fit_thresholds(
-    table: CandidateTable, score: npt.NDArray[np.float64], corpus: Corpus, cfg: SpanConfig
+    table: CandidateTable, score: npt.NDArray[np.float64], corpus: Corpus, cfg: GbdtConfig
 ) -> decode.TunedThresholds:
     """Per-class minimum score and length maximising each class's F1 over the selected spans."""
     rows = select_rows(table, score, cfg.min_score)

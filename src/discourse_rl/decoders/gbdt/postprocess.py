@@ -22,7 +22,7 @@ from discourse_rl.core.arrays import FloatArray
 from discourse_rl.core.data import CLASS_INDEX, Essay, spans_to_frame
 from discourse_rl.decoders.gbdt.features import essay_layout
 from discourse_rl.decoders.gbdt.gbdt import SpanModel
-from discourse_rl.decoders.gbdt.model import CandidateTable, score_candidates, select_rows
+from discourse_rl.decoders.gbdt.model import CandidateTable
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,7 @@ def apply_rules(
 ) -> pd.DataFrame:
     """gbdt's spans of a candidate table (`SpanModel.predict_table`) with the rules after."""
     assert isinstance(model, SpanModel)
-    score = score_candidates(model.boosters, table.features)
-    rows = select_rows(table, score, model.cfg.min_score)
-    c = table.cls[rows]
-    keep = (table.end[rows] - table.start[rows] >= np.asarray(model.thresholds.min_words)[c]) & (
-        score[rows] >= np.asarray(model.thresholds.min_prob)[c]
-    )
-    rows = rows[keep]
+    rows, score = model.kept_rows(table)
     unique = frozenset(int(u) for u in model.limits.unique_classes)
     by_essay: dict[int, list[_Span]] = {}
     for r in rows.tolist():

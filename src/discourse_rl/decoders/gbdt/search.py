@@ -20,10 +20,10 @@ from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.data import Corpus
 from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
-from discourse_rl.decoders.gbdt.model import CandidateTable, SpanConfig
+from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig
 from discourse_rl.decoders.segments import gold_frame
 
-# name -> (kind, low, high): the searched SpanConfig fields.
+# name -> (kind, low, high): the searched GbdtConfig fields.
 SPACE: dict[str, tuple[str, float, float]] = {
     "n_estimators": ("int", 100, 600),
     "learning_rate": ("log", 0.02, 0.2),
@@ -71,7 +71,7 @@ def inner_folds(
 
 
 def inner_score(
-    data: TrainingTable, corpus: Corpus, cfg: SpanConfig, folds: int, seed: int = 0
+    data: TrainingTable, corpus: Corpus, cfg: GbdtConfig, folds: int, seed: int = 0
 ) -> float:
     """Mean macro F1 over `folds` inner folds of the training essays."""
     if folds < 2 or len(data.ids) < folds:
@@ -101,7 +101,7 @@ def suggest(trial: Any, space: Mapping[str, tuple[str, float, float]]) -> dict[s
 def search(
     data: TrainingTable,
     corpus: Corpus,
-    base: SpanConfig,
+    base: GbdtConfig,
     trials: int,
     folds: int = 2,
     seed: int = 0,

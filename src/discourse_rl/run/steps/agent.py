@@ -38,7 +38,8 @@ from discourse_rl.core.records import (
 from discourse_rl.decoders import decode
 from discourse_rl.decoders.agent import predict_spans
 from discourse_rl.decoders.agent.bc import train_bc
-from discourse_rl.decoders.agent.common import AgentConfig, FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.common import FineTuneInputs, split_validation
+from discourse_rl.decoders.agent.config import AgentConfig
 from discourse_rl.decoders.agent.episode import EpisodeConfig, train_episode
 from discourse_rl.decoders.agent.ppo import train_ppo
 from discourse_rl.decoders.agent.resume import AgentResume, FinishedTrainer, inputs_key

@@ -1,11 +1,11 @@
-"""The spans stage of a run: the non-RL second stages, fitted on the training essays of the
+"""The gbdt step of a run: the non-RL second stages, fitted on the training essays of the
 split protocol and scored on its held-out essays.
 
 Rows: ner-naive (argmax), ner-tuned (minima fitted on the training essays), ner-constrained
-(Viterbi with at-most-one limits, `constrained`) and gbdt (span boosting, `spans`; one fit per
-run seed, mean and sd in the table). Writes RUN/split.json and RUN/spans/ (constrained.json, the
-first seed's gbdt model folder — the deployed one — and results.json through
-`records.SpansResults`). Held-out candidate recall is gbdt's ceiling on those essays.
+(Viterbi with at-most-one limits, `constrained`) and gbdt (span boosting, `decoders.gbdt`; one
+fit per run seed, mean and sd in the table). Writes RUN/split.json and RUN/gbdt/
+(constrained.json, the first seed's gbdt model folder — the deployed one — and results.json
+through `records.SpansResults`). Held-out candidate recall is gbdt's ceiling on those essays.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from discourse_rl.core.protocol import Split, heldout_score, write_split
 from discourse_rl.core.records import HeldOutScore, SpansResults, StageScores
 from discourse_rl.decoders import constrained, decode
 from discourse_rl.decoders.gbdt.gbdt import SpanModel, fit_table, training_table
-from discourse_rl.decoders.gbdt.model import SpanConfig, build_candidates
+from discourse_rl.decoders.gbdt.model import GbdtConfig, build_candidates
 from discourse_rl.decoders.segments import gold_frame
 
 
-def train_spans_stage(
+def train_gbdt_stage(
     run_dir: str | Path,
     corpus: Corpus,
     probs: Probs,
     split: Split,
     constrained_cfg: constrained.ConstrainedConfig,
-    gbdt_cfg: SpanConfig,
+    gbdt_cfg: GbdtConfig,
     seeds: Sequence[int] = (0,),
 ) -> SpansResults:
     """Fit ner-tuned, ner-constrained and gbdt (per seed) on `split.train`, score all four rows
@@ -47,9 +47,9 @@ def train_spans_stage(
     missing = [i for i in (*split.train, *split.heldout) if i not in probs]
     if missing:
         raise DiscourseRLError(f"{lay.oof}: essay {missing[0]} of the split has no probabilities")
-    if lay.spans.exists():
-        shutil.rmtree(lay.spans)
-    lay.spans.mkdir(parents=True)
+    if lay.gbdt_dir.exists():
+        shutil.rmtree(lay.gbdt_dir)
+    lay.gbdt_dir.mkdir(parents=True)
     write_split(lay.split, split)
     train, held = list(split.train), list(split.heldout)
     n_train, n_held = len(train), len(held)
@@ -66,7 +66,7 @@ def train_spans_stage(
         row("ner-naive", [heldout_score(decode.decode_all(held_probs, decode.decode_naive), gt)])
     ]
     tuned = decode.fit_tuned(train_probs, corpus.subset(train))
-    decode.save_thresholds(lay.spans_tuned, tuned)
+    decode.save_thresholds(lay.gbdt_tuned, tuned)
     pred = decode.decode_all(held_probs, partial(decode.decode_tuned, thresholds=tuned))
     rows.append(row("ner-tuned", [heldout_score(pred, gt)]))
 
@@ -113,5 +113,5 @@ def train_spans_stage(
         tuple(gbdt_seconds),
         candidates_s,
     )
-    results.write(lay.spans_results)
+    results.write(lay.gbdt_results)
     return results
