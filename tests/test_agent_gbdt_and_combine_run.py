@@ -109,6 +109,12 @@ def test_new_stages_join_an_existing_run_and_are_offered_everywhere(
         assert "gbdt/gbdt/params.json" in packed
     text = essay.read_text()
     assert Labeller.load(model, "combine").label(text) == Labeller.load(run, "combine").label(text)
+    # The export carries combine's own held-out row: `info` on the .zip shows its macro F1.
+    assert "combine/results.json" in packed
+    capsys.readouterr()
+    assert main(["info", "--model", str(model), "--json"]) == 0
+    packed_rows = {r["stage"]: r for r in json.loads(capsys.readouterr().out)}
+    assert packed_rows["combine"]["macro_f1"] == rows["combine"]["macro_f1"]
 
     # /api/info: the page lists both.
     with TestClient(create_app(Labeller.load(run, "combine")), base_url="http://127.0.0.1") as c:

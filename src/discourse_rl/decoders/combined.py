@@ -214,7 +214,9 @@ class CombineDecoder(Decoder):
     def files(cls, lay: RunLayout) -> list[Path]:
         if cls.saved(lay) is None:
             return []
-        files = [cls.path(lay)]
+        # Its own held-out row travels with it, as a trained folder's does for other stages.
+        results = lay.decoder_results(NAME)
+        files = [cls.path(lay), *([results] if results.is_file() else [])]
         for m in _chosen(lay) or ():
             files += registry.get(m).files(lay)
         return list(dict.fromkeys(files))
