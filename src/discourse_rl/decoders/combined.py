@@ -15,6 +15,7 @@ No held-out essay is read.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def _members(
 
     s = run.settings
     ids = sorted(probs)
-    count = iter(range(1_000_000))
+    count = itertools.count()
 
     def scratch(name: str) -> Path:
         folder = run.scratch / f"{name}-{next(count)}"

@@ -206,10 +206,10 @@ def decoders() -> tuple[type[Decoder], ...]:
     """Every registered decoder: the package's in pipeline order, then plugins."""
     _load_builtin()
     # Order by BUILTIN, not by registration: a module imported directly (by a test, a plugin)
-    # registers before the others are loaded. Plugins keep their registration order.
+    # registers before the others are loaded. The sort is stable: plugins, and the classes of
+    # one module, keep their registration order.
     rank = {module: k for k, module in enumerate(BUILTIN)}
-    found = list(_REGISTRY.values())
-    return tuple(sorted(found, key=lambda d: (rank.get(d.__module__, len(rank)), found.index(d))))
+    return tuple(sorted(_REGISTRY.values(), key=lambda d: rank.get(d.__module__, len(rank))))
 
 
 def names() -> tuple[str, ...]:
