@@ -36,7 +36,7 @@ from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders.decode import DecodeConfig, evaluate_decoding
 from discourse_rl.ner import NerPredictor
 from discourse_rl.ner.config import INFER_DTYPES, PREDICT_WINDOWS
-from discourse_rl.ner.inference import encode_word_vectors, head_probs, window_probs
+from discourse_rl.ner.inference import Reading, encode_word_vectors, head_probs, window_probs
 from discourse_rl.ner.tokens import word_features
 from discourse_rl.run.steps.ner import stage_config
 
@@ -51,7 +51,7 @@ def out_of_fold(
     out: dict[str, FloatArray] = {}
     if predictor.encoder is not None:
         vectors = encode_word_vectors(
-            predictor.encoder, predictor.tokenizer, listed, cfg, device, prepared=True
+            predictor.encoder, listed, Reading(predictor.tokenizer, cfg, device, prepared=True)
         )
         feats = [word_features(e) for e in listed]
         for k, head in enumerate(predictor.heads):
@@ -62,7 +62,9 @@ def out_of_fold(
     for k, model in enumerate(predictor.models):
         mine = [i for i in ids if folds[i] == k]
         probs = window_probs(
-            [model], predictor.tokenizer, [essays[i] for i in mine], cfg, device, prepared=True
+            [model],
+            [essays[i] for i in mine],
+            Reading(predictor.tokenizer, cfg, device, prepared=True),
         )
         out.update(dict(zip(mine, probs, strict=True)))
     return out

@@ -21,7 +21,7 @@ from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner import NerConfig, train_ner
 from discourse_rl.ner.backbone import load_encoder, load_tokenizer
 from discourse_rl.ner.frozen_states import UpperModel
-from discourse_rl.ner.inference import for_inference, shared_depth, window_probs
+from discourse_rl.ner.inference import Reading, for_inference, shared_depth, window_probs
 from discourse_rl.ner.model import NerModel
 from tests.tiny import tiny_cfg
 
@@ -116,7 +116,7 @@ def test_int8_inference_stays_close_to_fp32(tiny_backbone: str, corpus_small) ->
     tok = load_tokenizer(tiny_backbone)
     essays = list(corpus_small.essays.values())[:4]
     cpu = torch.device("cpu")
-    ref = window_probs(models, tok, essays, cfg, cpu)
+    ref = window_probs(models, essays, Reading(tok, cfg, cpu))
     int8 = NerConfig(**{**cfg.__dict__, "infer_dtype": "int8"})
     ready = [for_inference(m, int8, cpu) for m in models]
     assert isinstance(
@@ -124,7 +124,7 @@ def test_int8_inference_stays_close_to_fp32(tiny_backbone: str, corpus_small) ->
     )
     assert isinstance(models[0].encoder.encoder.layer[0].output.dense, torch.nn.Linear)
     assert shared_depth(ready) == 2  # quantised fold models still share their frozen layers
-    out = window_probs(ready, tok, essays, int8, cpu, prepared=True)
+    out = window_probs(ready, essays, Reading(tok, int8, cpu, prepared=True))
     diffs = [float(np.abs(a - b).max()) for a, b in zip(out, ref, strict=True)]
     assert 0 < max(diffs) < 0.02
     with pytest.raises(ValueError, match="infer_dtype"):

@@ -14,6 +14,7 @@ from discourse_rl.core.data import NUM_LABELS, Essay, load_corpus
 from discourse_rl.ner.backbone import freeze_lower, load_encoder, load_tokenizer, special_ids
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import (
+    Reading,
     bf16_encoder_copy,
     encode_word_vectors,
     reuse_shared_layers,
@@ -143,10 +144,12 @@ def test_word_vectors_same_with_short_and_long_windows(tiny_backbone: str) -> No
     enc = load_encoder(tiny_backbone)
     essays = [load_corpus().essays[i] for i in sorted(load_corpus().essays)[:2]]
     long = encode_word_vectors(
-        enc, tok, essays, tiny_cfg(tiny_backbone, window=128), torch.device("cpu")
+        enc, essays, Reading(tok, tiny_cfg(tiny_backbone, window=128), torch.device("cpu"))
     )
     short = encode_word_vectors(
-        enc, tok, essays, tiny_cfg(tiny_backbone, window=32, overlap=8), torch.device("cpu")
+        enc,
+        essays,
+        Reading(tok, tiny_cfg(tiny_backbone, window=32, overlap=8), torch.device("cpu")),
     )
     for e, a, b in zip(essays, long, short, strict=True):
         assert a.shape == b.shape == (e.n_words, 32)
@@ -207,10 +210,10 @@ def test_fold_models_run_their_shared_frozen_layers_once(
     tok = load_tokenizer(tiny_backbone)
     essays = list(corpus_small.essays.values())[:4]
     cpu = torch.device("cpu")
-    fast = window_probs([a, b], tok, essays, cfg, cpu)
+    fast = window_probs([a, b], essays, Reading(tok, cfg, cpu))
     monkeypatch.setattr("discourse_rl.ner.inference.shared_depth", lambda models: 0)
-    plain = window_probs([a, b], tok, essays, cfg, cpu)
-    alone_b = window_probs([b], tok, essays, cfg, cpu)
+    plain = window_probs([a, b], essays, Reading(tok, cfg, cpu))
+    alone_b = window_probs([b], essays, Reading(tok, cfg, cpu))
     for f, p, o in zip(fast, plain, alone_b, strict=True):
         np.testing.assert_allclose(f, p, atol=1e-6)
         assert not np.allclose(f, o, atol=1e-3)  # b really contributes its own upper layer

@@ -153,7 +153,7 @@ SMALL = rl.NerRlConfig(
 
 def test_the_policy_is_what_prediction_reads(tiny_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from discourse_rl.ner.finetune import _prepare, _state_cache
-    from discourse_rl.ner.inference import default_device, window_probs
+    from discourse_rl.ner.inference import Reading, default_device, window_probs
 
     run, ner, corpus, _ = tiny_run
     layout = RunLayout(run)
@@ -166,7 +166,7 @@ def test_the_policy_is_what_prediction_reads(tiny_run, tmp_path: Path) -> None: 
         with torch.no_grad():
             logp, lengths = essays.logp(model, positions)
         want = window_probs(
-            [model], data.tokenizer, [data.essays[p] for p in positions], ner, device
+            [model], [data.essays[p] for p in positions], Reading(data.tokenizer, ner, device)
         )
         for b, w in enumerate(want):
             n = int(lengths[b])

@@ -31,12 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, type=Path, help="the run folder to ship")
     p.add_argument("--stage", default=None, help="the default stage (default: the run's best)")
     p.add_argument("--note", default="", help="a paragraph for the top of the model card")
-    p.add_argument(
-        "--check-data",
-        type=Path,
-        default=None,
-        help="the run's data folder: compare the run's and the packed model's held-out labels",
-    )
+    p.add_argument("--check-data", type=Path, help="the run's data folder: check packed labels")
     args = p.parse_args(argv)
     try:
         out = export_model(args.model, SHIPPED, args.stage, every_stage=True, note=args.note)

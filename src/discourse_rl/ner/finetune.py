@@ -33,7 +33,7 @@ from discourse_rl.ner.frozen_states import (
     build_state_cache,
     drop_state_cache,
 )
-from discourse_rl.ner.inference import default_device, window_probs
+from discourse_rl.ner.inference import Reading, default_device, window_probs
 from discourse_rl.ner.model import NerModel
 from discourse_rl.ner.run import fold_split
 from discourse_rl.ner.tokens import (
@@ -206,7 +206,7 @@ def train_folds(
         # Each process predicts its share of the held-out essays; the main one writes them.
         mine = distributed.shard(val_ids)
         held = [data.essays[position[i]] for i in mine]
-        probs = window_probs([model], data.tokenizer, held, cfg, device)
+        probs = window_probs([model], held, Reading(data.tokenizer, cfg, device))
         held_out = distributed.gather(dict(zip(mine, probs, strict=True)))
         if distributed.is_main():
             save_word_probs(fold.oof, held_out)

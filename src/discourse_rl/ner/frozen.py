@@ -25,7 +25,12 @@ from discourse_rl.core.data import NUM_LABELS, Corpus, save_word_probs
 from discourse_rl.core.layout import FoldLayout, RunLayout
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
 from discourse_rl.ner.config import NerConfig
-from discourse_rl.ner.inference import default_device, encode_word_vectors, head_probs
+from discourse_rl.ner.inference import (
+    Reading,
+    default_device,
+    encode_word_vectors,
+    head_probs,
+)
 from discourse_rl.ner.model import NerHead
 from discourse_rl.ner.run import fold_split, write_json
 from discourse_rl.ner.tokens import collate_essays, word_features
@@ -88,7 +93,7 @@ def build_cache(corpus: Corpus, cfg: NerConfig, run: str | Path) -> _Cache:
         for c in range(done, len(ids), CACHE_CHUNK):
             chunk = ids[c : c + CACHE_CHUNK]
             vecs = encode_word_vectors(
-                encoder, tokenizer, [corpus.essays[i] for i in chunk], cfg, device
+                encoder, [corpus.essays[i] for i in chunk], Reading(tokenizer, cfg, device)
             )
             for i, v in zip(chunk, vecs, strict=True):
                 s, e = offsets[i]

@@ -29,7 +29,7 @@ from discourse_rl.core.layout import RunLayout
 from discourse_rl.ner.backbone import hidden_size
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import autocast
-from discourse_rl.ner.model import NerModel
+from discourse_rl.ner.model import NerModel, WordInputs
 from discourse_rl.ner.tokens import Window, pad_windows, token_batches
 
 
@@ -168,6 +168,5 @@ class UpperModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         with layer_range(self.model, self.depth, None):
             out = self.model.encoder(inputs_embeds=hidden, attention_mask=attention_mask)
-        return self.model.from_hidden(
-            out.last_hidden_state, token_word, word_features, word_count, labels
-        )
+        words = WordInputs(token_word, word_features, word_count, labels)
+        return self.model.from_hidden(out.last_hidden_state, words)

@@ -12,6 +12,7 @@ import itertools
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -114,23 +115,31 @@ def for_inference(model: _M, cfg: NerConfig, device: torch.device) -> _M:
     return model.eval()
 
 
+@dataclass(frozen=True)
+class Reading:
+    """How trained models read essays (the same four things travel to every reader)."""
+
+    tokenizer: Any
+    cfg: NerConfig
+    """The tagger's settings: windows, inference batch size and precision."""
+    device: torch.device
+    progress: Any = None
+    """A bar that ticks per batch of windows, or None."""
+    prepared: bool = False
+    """The models already went through `for_inference` (the caller keeps prepared copies)."""
+
+
 def encode_word_vectors(
-    encoder: nn.Module,
-    tokenizer: Any,
-    essays: Sequence[Essay],
-    cfg: NerConfig,
-    device: torch.device,
-    progress: Any = None,
-    prepared: bool = False,
+    encoder: nn.Module, essays: Sequence[Essay], how: Reading
 ) -> list[FloatArray]:
     """Frozen encoder -> per essay (n_words, hidden) word vectors: the mean of a word's
-    sub-token states within a window, averaged over the windows that contain the word.
-    `prepared`: the encoder already went through `for_inference`."""
-    tokens, windows, pad_id = _windows(tokenizer, essays, cfg)
+    sub-token states within a window, averaged over the windows that contain the word."""
+    cfg, device = how.cfg, how.device
+    tokens, windows, pad_id = _windows(how.tokenizer, essays, cfg)
     sums, counts = _accumulators(tokens, hidden_size(encoder))
-    if not prepared:
+    if not how.prepared:
         encoder = for_inference(encoder, cfg, device)
-    for group in _batches(windows, cfg, progress):
+    for group in _batches(windows, cfg, how.progress):
         inputs = pad_windows(group, pad_id)
         with torch.inference_mode():
             hidden = encoder(
@@ -252,25 +261,18 @@ def head_probs(
 
 
 def window_probs(
-    models: Sequence[NerModel],
-    tokenizer: Any,
-    essays: Sequence[Essay],
-    cfg: NerConfig,
-    device: torch.device,
-    progress: Any = None,
-    prepared: bool = False,
+    models: Sequence[NerModel], essays: Sequence[Essay], how: Reading
 ) -> list[FloatArray]:
     """'finetune' mode: per word, label probabilities averaged over windows (cut as
-    `cfg.predict_windows` says) and models. `prepared`: the models already went through
-    `for_inference`."""
-    spread = cfg.predict_windows == "spread"
-    tokens, windows, pad_id = _windows(tokenizer, essays, cfg, spread)
+    `cfg.predict_windows` says) and models."""
+    cfg, device = how.cfg, how.device
+    tokens, windows, pad_id = _windows(how.tokenizer, essays, cfg, cfg.predict_windows == "spread")
     feats = [word_features(e) for e in essays]
     sums, counts = _accumulators(tokens, NUM_LABELS)
-    if not prepared:
+    if not how.prepared:
         models = [for_inference(m, cfg, device) for m in models]
     with reuse_shared_layers(models):
-        for group in _batches(windows, cfg, progress):
+        for group in _batches(windows, cfg, how.progress):
             inputs = window_inputs(group, feats, pad_id)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with torch.inference_mode():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -112,6 +114,20 @@ class NerHead(nn.Module):
         return x
 
 
+@dataclass(frozen=True)
+class WordInputs:
+    """A batch's word-level inputs beside its sub-tokens (the collator's names)."""
+
+    token_word: torch.Tensor
+    """(B, T): each sub-token's word within its window, -1 for special and padding tokens."""
+    word_features: torch.Tensor
+    """(B, W, N_WORD_FEATURES): per word, paragraph and position features."""
+    word_count: torch.Tensor
+    """(B,): words in each window."""
+    labels: torch.Tensor | None = None
+    """(B, W): gold labels, -100 where none; with them the loss is computed."""
+
+
 class NerModel(nn.Module):
     """Encoder + word pooling + head, trained end to end on windows ('finetune' mode)."""
 
@@ -131,24 +147,18 @@ class NerModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         inputs = encoder_inputs(self.encoder, input_ids, attention_mask)
         hidden = self.encoder(**inputs).last_hidden_state
-        return self.from_hidden(hidden, token_word, word_features, word_count, labels)
+        return self.from_hidden(hidden, WordInputs(token_word, word_features, word_count, labels))
 
-    def from_hidden(
-        self,
-        hidden: torch.Tensor,
-        token_word: torch.Tensor,
-        word_features: torch.Tensor,
-        word_count: torch.Tensor,
-        labels: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    def from_hidden(self, hidden: torch.Tensor, words: WordInputs) -> dict[str, torch.Tensor]:
         """The encoder's (B, T, H) output -> logits per word (and the loss given labels)."""
-        words = pool_words(hidden.float(), token_word, word_features.shape[1])
-        logits = self.head(words, word_features, word_count.clamp(min=1))
+        features = words.word_features
+        pooled = pool_words(hidden.float(), words.token_word, features.shape[1])
+        logits = self.head(pooled, features, words.word_count.clamp(min=1))
         out = {"logits": logits}
-        if labels is not None:
+        if words.labels is not None:
             out["loss"] = nn.functional.cross_entropy(
                 logits.reshape(-1, NUM_LABELS),
-                labels.reshape(-1),
+                words.labels.reshape(-1),
                 weight=self.head.label_weights,
                 ignore_index=-100,
             )

@@ -27,6 +27,7 @@ from discourse_rl.launch.workers import Job, run_jobs
 from discourse_rl.ner.backbone import hidden_size, load_encoder, load_tokenizer
 from discourse_rl.ner.config import InferDtype, NerConfig
 from discourse_rl.ner.inference import (
+    Reading,
     default_device,
     encode_word_vectors,
     for_inference,
@@ -161,14 +162,12 @@ class NerPredictor:
         return predict_in_groups(listed, lambda group: next(done))
 
     def _predict(self, listed: list[Essay], bar: Any) -> list[FloatArray]:
-        cfg, device = self.cfg, self.device
+        how = Reading(self.tokenizer, self.cfg, self.device, bar, prepared=True)
         if self.encoder is not None:
-            vectors = encode_word_vectors(
-                self.encoder, self.tokenizer, listed, cfg, device, bar, prepared=True
-            )
+            vectors = encode_word_vectors(self.encoder, listed, how)
             feats = [word_features(e) for e in listed]
-            return head_probs(self.heads, vectors, feats, device)
-        return window_probs(self.models, self.tokenizer, listed, cfg, device, bar, prepared=True)
+            return head_probs(self.heads, vectors, feats, self.device)
+        return window_probs(self.models, listed, how)
 
 
 def _groups(listed: list[Essay]) -> list[list[Essay]]:

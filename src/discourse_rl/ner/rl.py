@@ -54,7 +54,7 @@ from discourse_rl.ner.backbone import encoder_from_config, freeze_lower
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.finetune import _prepare, _Prepared, _state_cache, fold_workers
 from discourse_rl.ner.frozen_states import StateCache, UpperModel, drop_state_cache
-from discourse_rl.ner.inference import autocast, default_device, window_probs
+from discourse_rl.ner.inference import Reading, autocast, default_device, window_probs
 from discourse_rl.ner.model import NerModel
 from discourse_rl.ner.rl_config import (  # noqa: F401  (re-exported: the phase's settings)
     BASELINES,
@@ -342,7 +342,7 @@ def _evaluate(model: NerModel, arm: _Arm) -> float:
     ids = sorted(np.random.default_rng(arm.seed).permutation(sorted(arm.held))[:n].tolist())
     data = arm.essays.data
     essays = [data.essays[data.position[i]] for i in ids]
-    probs = window_probs([model], data.tokenizer, essays, arm.ner, arm.essays.device)
+    probs = window_probs([model], essays, Reading(data.tokenizer, arm.ner, arm.essays.device))
     model.train()
     return naive_macro_f1(dict(zip(ids, probs, strict=True)), arm.corpus)
 
@@ -370,7 +370,7 @@ def _finish_fold(model: NerModel, arm: _Arm, out: FoldLayout, done: dict[str, An
     atomic_save(out.model, lambda p: save_file(weights, str(p)))
     data = arm.essays.data
     held = [data.essays[data.position[i]] for i in arm.held]
-    probs = window_probs([model], data.tokenizer, held, arm.ner, arm.essays.device)
+    probs = window_probs([model], held, Reading(data.tokenizer, arm.ner, arm.essays.device))
     save_word_probs(out.oof, dict(zip(arm.held, probs, strict=True)))
     write_json(out.done, done)
 
