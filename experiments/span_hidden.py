@@ -62,19 +62,23 @@ def out_of_fold_states(
     return out
 
 
-def pca(states: Mapping[str, FloatArray], ids: Sequence[str], dims: int) -> FloatArray:
-    """(hidden + 1, dims): the mean row, then the projection, from `ids`' words."""
+def pca(
+    states: Mapping[str, FloatArray], ids: Sequence[str], dims: int
+) -> tuple[FloatArray, FloatArray]:
+    """The words' mean state (hidden,) and the projection (hidden, dims), from `ids`' words."""
     x = np.concatenate([states[i] for i in ids])
     rng = np.random.default_rng(0)
     x = x[rng.permutation(len(x))[:200_000]]
     mean = x.mean(axis=0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return np.vstack([mean, vt[:dims].T])
+    return mean, vt[:dims].T
 
 
-def pooled(table: CandidateTable, states: Mapping[str, FloatArray], proj: FloatArray) -> FloatArray:
+def pooled(
+    table: CandidateTable, states: Mapping[str, FloatArray], proj: tuple[FloatArray, FloatArray]
+) -> FloatArray:
     """Per candidate: the reduced states' mean over its words, and that minus the essay's mean."""
-    mean, w = proj[0], proj[1:]
+    mean, w = proj
     dims = w.shape[1]
     out = np.zeros((table.cls.size, 2 * dims), np.float32)
     for e, essay_id in enumerate(table.ids):
@@ -102,6 +106,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="a smoke test: the first N of each side")
+    ap.add_argument("--states", type=Path, default=None, help="an .npz cache of the word states")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     probs = dict(load_word_probs(args.run / "ner" / "oof.npz"))
@@ -114,7 +119,12 @@ def main() -> None:
         load_run_config(args.run / "config.toml").gbdt, num_threads=args.threads
     )
     t = time.perf_counter()
-    states = out_of_fold_states(args.run, corpus, train + held, args.threads)
+    if args.states and args.states.exists():
+        states = {k: v.astype(np.float32) for k, v in np.load(args.states).items()}
+    else:
+        states = out_of_fold_states(args.run, corpus, train + held, args.threads)
+        if args.states:
+            np.savez(args.states, **{k: v.astype(np.float16) for k, v in states.items()})
     print(f"word states of {len(states)} essays: {time.perf_counter() - t:.0f} s", flush=True)
     limits = constrained.fit_constrained(
         probs, corpus, train, constrained.ConstrainedConfig(fit=False)

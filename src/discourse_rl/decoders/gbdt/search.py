@@ -21,6 +21,7 @@ from discourse_rl.core.data import Corpus
 from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
 from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig
+from discourse_rl.decoders.search import suggest
 from discourse_rl.decoders.segments import gold_frame
 
 # name -> (kind, low, high): the searched GbdtConfig fields.
@@ -82,20 +83,6 @@ def inner_score(
         gt = gold_frame(corpus, held.ids)
         scores.append(heldout_score(model.predict_table(held), gt).macro_f1)
     return float(np.mean(scores))
-
-
-def suggest(trial: Any, space: Mapping[str, tuple[str, float, float]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, (kind, lo, hi) in space.items():
-        if kind == "int":
-            out[name] = trial.suggest_int(name, int(lo), int(hi))
-        elif kind == "intlog":
-            out[name] = trial.suggest_int(name, int(lo), int(hi), log=True)
-        elif kind == "log":
-            out[name] = trial.suggest_float(name, lo, hi, log=True)
-        else:
-            out[name] = trial.suggest_float(name, lo, hi)
-    return out
 
 
 def search(
