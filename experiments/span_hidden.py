@@ -24,15 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from discourse_rl.core.arrays import FloatArray
-from discourse_rl.core.data import Corpus, load_corpus, load_word_probs
-from discourse_rl.core.protocol import heldout_score, read_split
+from discourse_rl.core.data import Corpus
+from discourse_rl.core.protocol import heldout_score
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
 from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, build_candidates
 from discourse_rl.decoders.segments import gold_frame
 from discourse_rl.ner.inference import Reading, encode_word_vectors
 from discourse_rl.ner.predict import NerPredictor
-from discourse_rl.run.config import load_run_config
+from experiments.span_proxy import add_run_args, run_data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,24 +100,16 @@ def with_columns(table: CandidateTable, extra: FloatArray) -> CandidateTable:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a finetune-mode proxy run folder")
-    ap.add_argument("--data", type=Path, required=True, help="its Kaggle data folder")
+    add_run_args(ap)
     ap.add_argument("--dims", type=int, nargs="+", default=[16], help="PCA dimensions to try")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=0, help="a smoke test: the first N of each side")
     ap.add_argument("--states", type=Path, default=None, help="an .npz cache of the word states")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    probs = dict(load_word_probs(args.run / "ner" / "oof.npz"))
-    corpus = load_corpus(args.data, ids=list(probs))
-    split = read_split(args.run / "split.json")
-    train, held = sorted(split.train), sorted(split.heldout)
-    if args.limit:
-        train, held = train[: args.limit], held[: args.limit]
-    base = dataclasses.replace(
-        load_run_config(args.run / "config.toml").gbdt, num_threads=args.threads
-    )
+    run = run_data(args)
+    probs, corpus, train, held = run.probs, run.corpus, run.train, run.held
+    base = dataclasses.replace(run.config.gbdt, num_threads=args.threads)
     t = time.perf_counter()
     if args.states and args.states.exists():
         states = {k: v.astype(np.float32) for k, v in np.load(args.states).items()}

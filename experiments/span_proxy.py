@@ -42,6 +42,7 @@ from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, _extend
 from discourse_rl.decoders.gbdt.postprocess import RuleSettings, apply_rules
 from discourse_rl.decoders.gbdt.search import subset_table
 from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
+from discourse_rl.run.config import RunConfig, load_run_config
 
 CANDIDATE_FIELDS = (
     "start_threshold",
@@ -106,6 +107,34 @@ def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
     """Keep a results row and print it as one JSON line."""
     rows.append(row)
     print(json.dumps(row), flush=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """What a study of an existing run reads from its folder (`add_run_args`, `run_data`)."""
+
+    config: RunConfig
+    corpus: Corpus
+    probs: dict[str, Any]
+    """The tagger's out-of-fold word probabilities (RUN/ner/oof.npz)."""
+    train: list[str]
+    held: list[str]
+
+
+def add_run_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--run", type=Path, required=True, help="a run folder (config, oof, split)")
+    ap.add_argument("--data", type=Path, required=True, help="its Kaggle data folder")
+    ap.add_argument("--limit", type=int, default=0, help="a smoke test: the first N of each side")
+
+
+def run_data(args: argparse.Namespace) -> RunData:
+    probs = dict(load_word_probs(args.run / "ner" / "oof.npz"))
+    split = read_split(args.run / "split.json")
+    train, held = sorted(split.train), sorted(split.heldout)
+    if args.limit:
+        train, held = train[: args.limit], held[: args.limit]
+    config = load_run_config(args.run / "config.toml")
+    return RunData(config, load_corpus(args.data, ids=list(probs)), probs, train, held)
 
 
 def proxy_data(args: argparse.Namespace) -> tuple[Corpus, dict[str, Any], list[str], list[str]]:
