@@ -62,7 +62,7 @@ def main() -> None:
     if args.essays and args.essays < len(pool):
         pick = np.random.default_rng(3).choice(len(pool), args.essays, replace=False)
         pool = [pool[i] for i in sorted(pick.tolist())]
-    agent = dataclasses.replace(run.agent, seed=run.seed)
+    agent = dataclasses.replace(run.agent, seed=run.seed, progress_bar=False)
     episode = dataclasses.replace(run.episode, seed=run.seed, progress_bar=False)
     print(f"{len(pool)} essays searched, {len(held_segs)} held out", flush=True)
     with tempfile.TemporaryDirectory(prefix="agent_search.") as tmp:

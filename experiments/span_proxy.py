@@ -37,9 +37,9 @@ from discourse_rl.decoders.gbdt.candidates import essay_candidates, hit_matrix, 
 from discourse_rl.decoders.gbdt.candidates_plus import plus_active
 from discourse_rl.decoders.gbdt.combine import Member, Predictor, fit_combined
 from discourse_rl.decoders.gbdt.features import essay_layout
-from discourse_rl.decoders.gbdt.gbdt import TrainingTable, fit_table
+from discourse_rl.decoders.gbdt.gbdt import SpanModel, TrainingTable, fit_table
 from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, _extend, build_candidates
-from discourse_rl.decoders.gbdt.postprocess import RuleSettings, apply_rules
+from discourse_rl.decoders.gbdt.postprocess import RuleSettings
 from discourse_rl.decoders.gbdt.search import subset_table
 from discourse_rl.decoders.segments import gold_frame, simulate_word_probs
 from discourse_rl.run.config import RunConfig, load_run_config
@@ -76,6 +76,17 @@ def split_settings(d: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     gbdt = {k: v for k, v in d.items() if not k.startswith("rules.")}
     rules = {k[6:]: v for k, v in d.items() if k.startswith("rules.")}
     return gbdt, rules
+
+
+def with_rules(model: SpanModel, rules: RuleSettings) -> SpanModel:
+    """`model` predicting with the `rules.` settings of a variant (the gbdt config's switches)."""
+    cfg = dataclasses.replace(
+        model.cfg,
+        one_per_essay=rules.one_per_essay,
+        repair_gap=rules.repair_gap,
+        short_evidence=rules.short_evidence,
+    )
+    return dataclasses.replace(model, cfg=cfg)
 
 
 def add_data_args(ap: argparse.ArgumentParser) -> None:
@@ -218,9 +229,7 @@ def gbdt_member(
                 tab = subset_table(data.table, np.array([row_of[i] for i in pred_ids]))
             else:
                 tab = subset_table(htab, np.array([hrow_of[i] for i in pred_ids]))
-            if rule_cfg.active:
-                return apply_rules(model, tab, probs, corpus.essays, rule_cfg)
-            return model.predict_table(tab)
+            return with_rules(model, rule_cfg).predict_table(tab, corpus.essays)
 
         return predict
 
@@ -311,10 +320,7 @@ def main() -> None:
                 fits[fkey] = fit_table(data, corpus, dataclasses.replace(cfg, seed=seed))
             model = fits[fkey]
             fit_s = time.perf_counter() - t
-            if rule_cfg.active:
-                pred = apply_rules(model, htab, held_probs, corpus.essays, rule_cfg)
-            else:
-                pred = model.predict_table(htab)
+            pred = with_rules(model, rule_cfg).predict_table(htab, corpus.essays)
             sc, row = score_row("variant", name, seed, pred, gt)
             row |= {
                 "cand_train": round(data.table.cls.size / len(train), 1),

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from discourse_rl.core.data import CLASS_INDEX, Essay
+from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.data import CLASS_INDEX, CLASSES, Essay
 from discourse_rl.decoders import constrained
 from discourse_rl.decoders import gbdt as spans
 from discourse_rl.decoders.decode import TunedThresholds
@@ -164,12 +165,20 @@ def test_fit_predict_save_load_with_everything_on(corpus, probs, tmp_path: Path)
     assert pred.equals(again)
     table = build_candidates(held_probs, corpus.essays, held, cfg, model.limits)
     # With no rule on, apply_rules is predict_table.
-    same = apply_rules(model, table, held_probs, corpus.essays, RuleSettings())
+    rows, score = model.kept_rows(table)
+    unique = frozenset(int(u) for u in model.limits.unique_classes)
+    same = apply_rules(rows, score, table, unique, corpus.essays, RuleSettings())
     assert same.reset_index(drop=True).equals(pred.reset_index(drop=True))
-    ruled = apply_rules(
-        model, table, held_probs, corpus.essays, RuleSettings(one_per_essay=True, repair_gap=1)
-    )
-    assert len(ruled) <= len(pred)
+    # The config's switches turn them on in predict itself, and the saved model keeps them.
+    switched = dataclasses.replace(cfg, one_per_essay=True, repair_gap=1)
+    ruled_model = dataclasses.replace(model, cfg=switched)
+    ruled = ruled_model.predict(held_probs, corpus.essays)
+    want = apply_rules(rows, score, table, unique, None, RuleSettings.of(switched))
+    assert ruled.reset_index(drop=True).equals(want.reset_index(drop=True))
+    per_essay = ruled[ruled["class"].isin([CLASSES[u] for u in unique])].groupby(["id", "class"])
+    assert (per_essay.size() == 1).all()
+    ruled_model.save(tmp_path / "r")
+    assert spans.SpanModel.load(tmp_path / "r").predict(held_probs, corpus.essays).equals(ruled)
 
 
 def test_rules_one_per_essay_repair_short_evidence() -> None:
@@ -243,3 +252,27 @@ def test_rare_classes_get_sentence_candidates_below_the_top_classes() -> None:
             spans.GbdtConfig(sentence_ends=2, rare_min_prob=rare),
         )
         assert bool(((out.cls == rebuttal) & (out.start == 5) & (out.end == 10)).any()) is expected
+
+
+def test_rule_switches_key_only_when_on() -> None:
+    from discourse_rl.core import rules
+    from discourse_rl.decoders.gbdt.model import GbdtConfig
+
+    off = rules.keyed(GbdtConfig())
+    assert not {"one_per_essay", "repair_gap", "short_evidence"} & set(off)
+    assert rules.plain(GbdtConfig()).keys() == off.keys()
+    on = rules.keyed(GbdtConfig(repair_gap=0, short_evidence=8))
+    assert on == {**off, "repair_gap": 0, "short_evidence": 8}
+
+
+def test_short_evidence_needs_the_essays() -> None:
+    # Refused before the table is read: no table needed.
+    with pytest.raises(DiscourseRLError, match="short_evidence needs the essays"):
+        apply_rules(
+            np.zeros(0, np.int64),
+            np.zeros(0),
+            None,  # type: ignore[arg-type]
+            frozenset(),
+            None,
+            RuleSettings(short_evidence=8),
+        )

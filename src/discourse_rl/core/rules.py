@@ -131,7 +131,9 @@ def keyed(obj: Any) -> Any:
     """`plain(obj)` without each config's runtime settings (the names its class lists in
     `RUNTIME`): what a step's key hashes. Runtime settings change how a step runs (threads,
     worker processes, progress bars, checkpoint cadence, batch sizes of inference), never what
-    it computes, so changing one never retrains."""
+    it computes, so changing one never retrains. A switch added to a config after run folders
+    were made with it (its class's `ADDED_OFF`: name -> the value that changes nothing) is
+    hashed only when it is on, in both forms, so that those folders keep their steps."""
     return _data(obj, keyed=True)
 
 
@@ -139,10 +141,12 @@ def _data(obj: Any, keyed: bool) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         skip: frozenset[str] = getattr(obj, "RUNTIME", frozenset()) if keyed else frozenset()
         old: Mapping[str, Any] = {} if keyed else getattr(obj, "LEGACY_VALUES", {})
+        added: Mapping[str, Any] = getattr(obj, "ADDED_OFF", {})
         data = {
             f.name: old[f.name] if f.name in old else _data(getattr(obj, f.name), keyed)
             for f in dataclasses.fields(obj)
             if f.name not in skip
+            and not (f.name in added and getattr(obj, f.name) == added[f.name])
         }
         return flattened(data, getattr(obj, "FLAT_NAMES", {}))
     if isinstance(obj, dict):

@@ -37,6 +37,7 @@ from discourse_rl.decoders.gbdt.model import (
     select_rows,
     train_boosters,
 )
+from discourse_rl.decoders.gbdt.postprocess import RuleSettings, apply_rules
 
 FORMAT = 1
 
@@ -101,11 +102,20 @@ class SpanModel:
         missing = [i for i in ids if i not in essays]
         if missing:
             raise DiscourseRLError(f"gbdt: essay {missing[0]!r} has probabilities but no text")
-        return self.predict_table(build_candidates(probs, essays, ids, self.cfg, self.limits))
+        table = build_candidates(probs, essays, ids, self.cfg, self.limits)
+        return self.predict_table(table, essays)
 
-    def predict_table(self, table: CandidateTable) -> pd.DataFrame:
-        """`predict` on candidates already built with this model's settings and limits."""
-        rows, _ = self.kept_rows(table)
+    def predict_table(
+        self, table: CandidateTable, essays: Mapping[str, Essay] | None = None
+    ) -> pd.DataFrame:
+        """`predict` on candidates already built with this model's settings and limits (the
+        rules after selection, where the config switches them on, need the `essays` only for
+        `short_evidence`)."""
+        rows, score = self.kept_rows(table)
+        rules = RuleSettings.of(self.cfg)
+        if rules.active:
+            unique = frozenset(int(u) for u in self.limits.unique_classes)
+            return apply_rules(rows, score, table, unique, essays, rules)
         return spans_to_frame(
             [table.ids[k] for k in table.essay[rows]],
             table.cls[rows],

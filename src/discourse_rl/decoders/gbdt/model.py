@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
@@ -96,6 +96,15 @@ class GbdtConfig:
     instability evidence, essay means, position, competing candidates) to the base ones."""
     per_class: bool = False
     """One model per class instead of one model with the class as a feature."""
+    one_per_essay: bool = False
+    """Rule after selection (the Kaggle runner-up's; `postprocess`): at most one span of each
+    class the constrained decoder limits, the highest-scoring one."""
+    repair_gap: int = -1
+    """Rule: join two Evidence / Claim / Counterclaim / Rebuttal spans of one class that at
+    most this many words separate (-1: off; 0 joins touching spans)."""
+    short_evidence: int = 0
+    """Rule: an Evidence span shorter than this many words starts at the previous sentence
+    start (0: off)."""
     n_estimators: int = 300
     """Boosting rounds."""
     learning_rate: float = 0.05
@@ -123,6 +132,13 @@ class GbdtConfig:
     """Seed of LightGBM and of the threshold folds."""
     num_threads: int = 2
     """LightGBM threads (fixed, so the result does not depend on the machine)."""
+
+    ADDED_OFF: ClassVar[Mapping[str, object]] = {
+        "one_per_essay": False,
+        "repair_gap": -1,
+        "short_evidence": 0,
+    }
+    """Switches added after reference runs were made: keyed only when on (`rules.keyed`)."""
 
     def __post_init__(self) -> None:
         rules.check_fields(self, _SPAN_RULES)
@@ -164,6 +180,8 @@ _SPAN_RULES = {
     "class_start_threshold": rules.probability,
     "merge_naive": rules.non_negative,
     "merge_gap": rules.non_negative,
+    "repair_gap": rules.at_least(-1),
+    "short_evidence": rules.non_negative,
     "rare_min_prob": rules.probability,
     "n_estimators": rules.positive,
     "learning_rate": rules.positive,

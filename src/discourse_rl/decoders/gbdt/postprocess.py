@@ -19,10 +19,10 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl.core.arrays import FloatArray
+from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.data import CLASS_INDEX, Essay, spans_to_frame
 from discourse_rl.decoders.gbdt.features import essay_layout
-from discourse_rl.decoders.gbdt.gbdt import SpanModel
-from discourse_rl.decoders.gbdt.model import CandidateTable
+from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class RuleSettings:
     """-1: off; 0 joins only touching spans."""
     repair_classes: tuple[str, ...] = ("Evidence", "Claim", "Counterclaim", "Rebuttal")
     short_evidence: int = 0
+
+    @classmethod
+    def of(cls, cfg: GbdtConfig) -> RuleSettings:
+        """The rules a gbdt config switches on (`one_per_essay`, `repair_gap`, `short_evidence`)."""
+        return cls(cfg.one_per_essay, cfg.repair_gap, short_evidence=cfg.short_evidence)
 
     @property
     def active(self) -> bool:
@@ -89,16 +94,18 @@ def essay_rules(
 
 
 def apply_rules(
-    model: SpanModel,
+    rows: npt.NDArray[np.int64],
+    score: FloatArray,
     table: CandidateTable,
-    probs: Mapping[str, FloatArray],
-    essays: Mapping[str, Essay],
+    unique: frozenset[int],
+    essays: Mapping[str, Essay] | None,
     cfg: RuleSettings,
 ) -> pd.DataFrame:
-    """gbdt's spans of a candidate table (`SpanModel.predict_table`) with the rules after."""
-    assert isinstance(model, SpanModel)
-    rows, score = model.kept_rows(table)
-    unique = frozenset(int(u) for u in model.limits.unique_classes)
+    """The spans of a candidate table's kept `rows` (gbdt's `kept_rows`, with every row's
+    `score`) after the rules; `unique`: the classes of at most one span per essay. `essays`
+    (their sentence starts) only for `short_evidence`."""
+    if cfg.short_evidence > 0 and essays is None:
+        raise DiscourseRLError("gbdt: short_evidence needs the essays' text")
     by_essay: dict[int, list[_Span]] = {}
     for r in rows.tolist():
         sp = _Span(int(table.cls[r]), int(table.start[r]), int(table.end[r]), float(score[r]))
@@ -111,6 +118,7 @@ def apply_rules(
         eid = table.ids[k]
         sent = None
         if cfg.short_evidence > 0:
+            assert essays is not None
             lay = essay_layout(essays[eid])
             sent = lay.sentence | lay.paragraph
         for sp in essay_rules(group, unique, sent, cfg):
@@ -118,7 +126,6 @@ def apply_rules(
             cls.append(sp.cls)
             start.append(sp.start)
             end.append(sp.end)
-    del probs
     return spans_to_frame(
         ids, np.array(cls, np.int64), np.array(start, np.int64), np.array(end, np.int64)
     )

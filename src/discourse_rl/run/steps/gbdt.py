@@ -90,7 +90,8 @@ def train_gbdt_stage(
         t = time.perf_counter()
         fitted = fit_table(data, corpus, dataclasses.replace(gbdt_cfg, seed=int(seed)))
         gbdt_seconds.append(time.perf_counter() - t)
-        gbdt_scores.append(heldout_score(fitted.predict_table(held_table), gt))
+        pred = fitted.predict_table(held_table, corpus.essays)
+        gbdt_scores.append(heldout_score(pred, gt))
         if k == 0:
             model = fitted
             fitted.save(lay.gbdt)
