@@ -18,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from discourse_rl.core.arrays import FloatArray
 from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.data import CLASS_INDEX, Essay, spans_to_frame
 from discourse_rl.decoders.gbdt.features import essay_layout
@@ -95,7 +94,7 @@ def essay_rules(
 
 def apply_rules(
     rows: npt.NDArray[np.int64],
-    score: FloatArray,
+    score: npt.NDArray[np.float64],
     table: CandidateTable,
     unique: frozenset[int],
     essays: Mapping[str, Essay] | None,
