@@ -10,7 +10,7 @@ held-out essays and a draw of training ones: the missing ones are predicted here
 arm's model of the fold that did not train on it (out of fold, as in the step), and the whole
 set is written to OUT/ner/oof.npz (reused when the command runs again). Then the run's gbdt step
 and agent step write OUT/gbdt/ and OUT/agent/ with their held-out tables, and the rows of both
-tagger are printed side by side. `--steps gbdt` skips the agent.
+taggers are printed side by side. `--steps gbdt` skips the agent.
 """
 
 from __future__ import annotations
