@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from discourse_rl.core.common import read_json
 from discourse_rl.core.data import Corpus, load_corpus, load_word_probs, save_word_probs
 from discourse_rl.core.layout import RunLayout
-from discourse_rl.ner.backbone import encoder_from_config, load_tokenizer
+from discourse_rl.ner.backbone import load_tokenizer
 from discourse_rl.ner.config import NerConfig
 from discourse_rl.ner.inference import Reading, default_device, for_inference, window_probs
 from discourse_rl.ner.model import NerModel
-from discourse_rl.ner.rl import arm_oof, control_fold, rl_fold
+from discourse_rl.ner.rl import _load_fold_model, arm_oof, control_fold, rl_fold
 from discourse_rl.run.config import load_run_config
 from discourse_rl.run.pipeline import run_split
 from discourse_rl.run.steps.agent import train_agent_stage
@@ -41,12 +40,9 @@ CHUNK = 200
 
 
 def arm_model(lay: RunLayout, cfg: NerConfig, arm: str, k: int) -> NerModel:
-    """The arm's model of fold `k` (the fold models' architecture, its trained weights)."""
-    encoder = encoder_from_config(lay.ner_encoder, cfg.attention_dropout, cfg.hidden_dropout)
-    model = NerModel(encoder, cfg)
+    """The arm's model of fold `k`."""
     fold = rl_fold(lay, k) if arm == "rl" else control_fold(lay, k)
-    model.load_state_dict(load_file(str(fold.model)))
-    return model.eval()
+    return _load_fold_model(lay, cfg, k, fold.model).eval()
 
 
 def complete_oof(

@@ -297,11 +297,14 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if k in names}
 
 
-def _load_fold_model(layout: RunLayout, cfg: NerConfig, k: int) -> NerModel:
+def _load_fold_model(
+    layout: RunLayout, cfg: NerConfig, k: int, weights: Path | None = None
+) -> NerModel:
+    """Fold `k`'s model: the cross-entropy tagger, or the `weights` file given (an arm's)."""
 
     encoder = encoder_from_config(layout.ner_encoder, cfg.attention_dropout, cfg.hidden_dropout)
     model = NerModel(encoder, cfg)
-    model.load_state_dict(_weights(layout.fold(k).model))
+    model.load_state_dict(_weights(layout.fold(k).model if weights is None else weights))
     freeze_lower(model, cfg.freeze_layers)
     return model
 

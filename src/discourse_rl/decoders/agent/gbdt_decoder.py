@@ -208,7 +208,7 @@ class AgentGbdtDecoder(Decoder):
         missing = [i for i in ids if i not in essays]
         if missing:
             raise DiscourseRLError(f"{NAME}: essay {missing[0]!r} has probabilities but no text")
-        view = view_of(model, build_candidates(probs, essays, ids, model.cfg, model.limits))
+        view = view_of(model, build_candidates(probs, essays, ids, model.cfg, model.limits), essays)
         words = {k: essays[k].words for k in ids}
         segs = gbdt_segments(probs, ids, seg_cfg, words, paragraph_starts(essays, ids), view)
         # An essay cut into more segments than the policy has rows (gbdt's span edges are not

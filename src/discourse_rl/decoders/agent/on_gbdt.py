@@ -24,7 +24,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from discourse_rl.core.arrays import FloatArray, IntArray
-from discourse_rl.core.data import CLASS_INDEX, CLASSES, Corpus
+from discourse_rl.core.data import CLASS_INDEX, CLASSES, Corpus, Essay
 from discourse_rl.decoders.gbdt.gbdt import SpanModel, TrainingTable, fit_table
 from discourse_rl.decoders.gbdt.model import CandidateTable, GbdtConfig, score_candidates
 from discourse_rl.decoders.gbdt.search import inner_folds
@@ -75,9 +75,12 @@ class GbdtView:
         return out
 
 
-def view_of(model: SpanModel, table: CandidateTable) -> GbdtView:
+def view_of(
+    model: SpanModel, table: CandidateTable, essays: Mapping[str, Essay] | None = None
+) -> GbdtView:
+    """`essays`: their text, for gbdt's rules that read it (`short_evidence`)."""
     return GbdtView(
-        table, score_candidates(model.boosters, table.features), model.predict_table(table)
+        table, score_candidates(model.boosters, table.features), model.predict_table(table, essays)
     )
 
 
@@ -91,7 +94,7 @@ def cross_fit_gbdt(
         model = fit_table(part, corpus, cfg)
         in_fold = np.isin(data.table.essay, held_rows)
         score[in_fold] = score_candidates(model.boosters, data.table.features[in_fold])
-        frames.append(model.predict_table(held))
+        frames.append(model.predict_table(held, corpus.essays))
     spans = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return GbdtView(data.table, score, spans)
 

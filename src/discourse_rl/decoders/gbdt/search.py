@@ -81,7 +81,7 @@ def inner_score(
     for part, held, _ in inner_folds(data, folds, [seed, 7]):
         model = fit_table(part, corpus, cfg)
         gt = gold_frame(corpus, held.ids)
-        scores.append(heldout_score(model.predict_table(held), gt).macro_f1)
+        scores.append(heldout_score(model.predict_table(held, corpus.essays), gt).macro_f1)
     return float(np.mean(scores))
 
 
