@@ -92,6 +92,10 @@ def test_info_on_a_run_with_only_the_ner_stage(
     assert main(["info", "--model", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert "ner-tuned" in text and "predict's default stage: ner-tuned" in text
+    # An exported model names the stage it was exported for: that one, not the best, is the default.
+    (tmp_path / "run" / "export.json").write_text(json.dumps({"stage": "ner-naive"}))
+    assert main(["info", "--model", str(tmp_path / "run")]) == 0
+    assert "predict's default stage: ner-naive" in capsys.readouterr().out
 
 
 def test_info_on_a_folder_without_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -68,3 +68,17 @@ def test_info_without_model_lists_the_shipped_stages_with_heldout_f1() -> None:
         stages = json.loads(zf.read("export.json"))["stages"]
     assert [r["stage"] for r in rows] == stages
     assert all(isinstance(r["macro_f1"], float) and 0.0 < r["macro_f1"] < 1.0 for r in rows)
+
+
+def test_shipped_not_found_lines_quote_the_default_stages_heldout_recall() -> None:
+    from discourse_rl import Labeller
+    from discourse_rl.app.feedback import not_found_sentence
+    from discourse_rl.core.data import CLASSES
+
+    labeller = Labeller.load()
+    scores = labeller.scores[labeller.stage]
+    # RUN/heldout_recall.json, recorded by tools/ship_model.py --check-data and packed with it.
+    assert set(scores.recall) == set(CLASSES) and "held-out essays" in scores.recall_source
+    assert all(0.0 <= r <= 1.0 for r in scores.recall.values())
+    line = not_found_sentence("Rebuttal", scores.recall["Rebuttal"], scores.per_type["Rebuttal"])
+    assert "the model finds" in line and "not recorded" not in line

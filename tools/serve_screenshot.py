@@ -1,6 +1,6 @@
 """The README's screenshots of the labelling page: a class set, and one essay marked.
 
-python tools/serve_screenshot.py --model runs/demo --out-dir docs
+python tools/serve_screenshot.py --out-dir docs        # the shipped model; --model RUN for another
 
 Serves the run on a free port of 127.0.0.1 (in this process), opens the sample's test essays as
 files, presses Label, then writes OUT_DIR/serve-class-set.png (the table) and OUT_DIR/serve.png
@@ -31,7 +31,7 @@ from discourse_rl.core.data import sample_dir
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("runs/demo"))
+    ap.add_argument("--model", type=Path, default=None, help="default: the shipped model")
     ap.add_argument("--stage", default=None)
     ap.add_argument("--out-dir", type=Path, default=Path("docs"))
     ap.add_argument("--width", type=int, default=1280)

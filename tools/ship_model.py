@@ -4,13 +4,16 @@
 
 writes src/discourse_rl/shipped/model.zip (every trained stage, float16 weights, the labels of
 the sample's test essays recorded in it) and src/discourse_rl/shipped/MODEL.md (its card, to read
-without unpacking), then checks that the run folder and the packed model label the held-out
-essays the same way when `--check-data` names the data folder.
+without unpacking). When `--check-data` names the run's data folder, it first records each
+stage's recall per type on the run's held-out essays (RUN/heldout_recall.json, packed with the
+model: the page's "not found" lines quote it), and afterwards checks that the run folder and the
+packed model label those essays the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import zipfile
 from pathlib import Path
@@ -18,10 +21,18 @@ from pathlib import Path
 from discourse_rl.app.export import export_model
 from discourse_rl.app.labeller import Labeller
 from discourse_rl.app.model_file import SHIPPED
-from discourse_rl.core.common import DiscourseRLError
-from discourse_rl.core.data import CLASS_INDEX, load_corpus, spans_to_frame
+from discourse_rl.core import metric
+from discourse_rl.core.common import DiscourseRLError, atomic_write_text
+from discourse_rl.core.data import (
+    CLASS_INDEX,
+    CLASSES,
+    load_corpus,
+    load_word_probs,
+    spans_to_frame,
+)
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.core.protocol import heldout_score, read_split
+from discourse_rl.decoders import registry
 
 LIMIT_MB = 30.0
 
@@ -34,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-data", type=Path, help="the run's data folder: check packed labels")
     args = p.parse_args(argv)
     try:
+        if args.check_data is not None:
+            record_recall(args.model, args.check_data)
         out = export_model(args.model, SHIPPED, args.stage, every_stage=True, note=args.note)
     except DiscourseRLError as exc:
         print(f"ship_model: {exc}", file=sys.stderr)
@@ -50,9 +63,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def record_recall(run: Path, data: Path) -> None:
+    """Per stage and type, the share of the held-out essays' true elements the stage's saved
+    model finds, from the out-of-fold tagger probabilities the held-out rows were scored with
+    (the run's results keep F1 only). Written to RUN/heldout_recall.json."""
+    lay = RunLayout(run)
+    ids = read_split(lay.split).heldout
+    corpus = load_corpus(data, ids=ids)
+    oof = load_word_probs(lay.oof)
+    probs = {k: oof[k] for k in ids if k in oof}
+    stages: dict[str, dict[str, float]] = {}
+    for name in registry.offered(run):
+        spans = registry.get(name).load(run).predict(probs, corpus.essays)
+        rows = [(k, c, a, b) for k, found in spans.items() for c, a, b in found]
+        pred = spans_to_frame(*zip(*rows, strict=True)) if rows else spans_to_frame([], [], [], [])
+        score = metric.score(pred, corpus.elements)
+        stages[name] = {
+            c: score.per_class[c].tp / max(score.per_class[c].tp + score.per_class[c].fn, 1)
+            for c in CLASSES
+        }
+        shown = " ".join(f"{c.split()[0]} {r:.2f}" for c, r in stages[name].items())
+        print(f"{name:16s} held-out macro F1 {score.macro_f1:.4f}; recall {shown}")
+    text = json.dumps({"essays": len(probs), "stages": stages}, indent=1)
+    atomic_write_text(lay.heldout_recall, text + "\n")
+
+
 def compare(run: Path, packed: Path, data: Path) -> None:
     """Every stage's labels of the run's held-out essays, from the run folder and from the
-    packed (float16) model: how many essays get identical labels, and each one's macro F1."""
+    packed (float16) model: how many essays get identical labels, and each one's macro F1.
+    A fidelity check, not a score: the deployed tagger averages the fold models, and one of
+    them trained on each of these essays (the honest held-out rows use out-of-fold
+    probabilities)."""
     ids = read_split(RunLayout(run).split).heldout
     corpus = load_corpus(data, ids=ids)
     gold = corpus.elements
@@ -79,8 +120,8 @@ def compare(run: Path, packed: Path, data: Path) -> None:
             )
             f1.append(heldout_score(pred, gold).macro_f1)
         print(
-            f"{stage:16s} identical labels {same}/{len(a)} essays; held-out macro F1 "
-            f"run folder {f1[0]:.4f}, packed {f1[1]:.4f} ({f1[1] - f1[0]:+.4f})"
+            f"{stage:16s} identical labels {same}/{len(a)} essays; macro F1 (fidelity, not "
+            f"a score) run folder {f1[0]:.4f}, packed {f1[1]:.4f} ({f1[1] - f1[0]:+.4f})"
         )
 
 

@@ -125,6 +125,7 @@ def _export(run: Path, out: Path, stage: str | None, every_stage: bool, note: st
         layout.agent_results,
         layout.gbdt_results,
         layout.decode,
+        layout.heldout_recall,
     ):
         if p.is_file():
             add(p)

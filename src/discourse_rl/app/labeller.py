@@ -145,6 +145,17 @@ def heldout_scores(run: str | Path) -> dict[str, HeldOutF1]:
             recall = _recall(raw, oof[0].macro_f1) if oof is not None else {}
             if decoder.name in out and recall:
                 out[decoder.name] = replace(out[decoder.name], recall=recall, recall_source=source)
+    recorded = read_json(layout.heldout_recall, None)
+    if isinstance(recorded, dict) and isinstance(recorded.get("stages"), dict):
+        source = f"{recorded.get('essays', 'the')} held-out essays"
+        for stage, per in recorded["stages"].items():
+            recall = {
+                c: float(v)
+                for c, v in (per.items() if isinstance(per, dict) else ())
+                if c in CLASSES and isinstance(v, int | float)
+            }
+            if stage in out and recall:
+                out[stage] = replace(out[stage], recall=recall, recall_source=source)
     return out
 
 

@@ -186,6 +186,12 @@ class RunLayout(_Folder):
         return self.step_dir("gbdt")
 
     @property
+    def heldout_recall(self) -> Path:
+        """Per stage and type, the share of the held-out essays' true elements it finds
+        (`tools/ship_model.py --check-data` writes it; the teacher's "not found" lines read it)."""
+        return self.root / "heldout_recall.json"
+
+    @property
     def gbdt_results(self) -> Path:
         """Held-out scores of the NER decodings, ner-constrained and gbdt; candidate recall."""
         return self.gbdt_dir / "results.json"
