@@ -17,6 +17,7 @@ import json
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from discourse_rl.app.export import export_model
 from discourse_rl.app.labeller import Labeller
@@ -75,9 +76,9 @@ def record_recall(run: Path, data: Path) -> None:
     stages: dict[str, dict[str, float]] = {}
     for name in registry.offered(run):
         spans = registry.get(name).load(run).predict(probs, corpus.essays)
-        rows = [(k, c, a, b) for k, found in spans.items() for c, a, b in found]
-        pred = spans_to_frame(*zip(*rows, strict=True)) if rows else spans_to_frame([], [], [], [])
-        score = metric.score(pred, corpus.elements)
+        score = metric.score(
+            _frame([(k, *sp) for k, found in spans.items() for sp in found]), corpus.elements
+        )
         stages[name] = {
             c: score.per_class[c].tp / max(score.per_class[c].tp + score.per_class[c].fn, 1)
             for c in CLASSES
@@ -86,6 +87,11 @@ def record_recall(run: Path, data: Path) -> None:
         print(f"{name:16s} held-out macro F1 {score.macro_f1:.4f}; recall {shown}")
     text = json.dumps({"essays": len(probs), "stages": stages}, indent=1)
     atomic_write_text(lay.heldout_recall, text + "\n")
+
+
+def _frame(rows: list[tuple[str, int, int, int]]) -> Any:
+    """(essay id, class index, word_start, word_end) rows as the metric's span frame."""
+    return spans_to_frame(*zip(*rows, strict=True)) if rows else spans_to_frame([], [], [], [])
 
 
 def compare(run: Path, packed: Path, data: Path) -> None:
@@ -115,10 +121,7 @@ def compare(run: Path, packed: Path, data: Path) -> None:
                 for k in labels
                 for e in labels[k]
             ]
-            pred = (
-                spans_to_frame(*zip(*rows, strict=True)) if rows else spans_to_frame([], [], [], [])
-            )
-            f1.append(heldout_score(pred, gold).macro_f1)
+            f1.append(heldout_score(_frame(rows), gold).macro_f1)
         print(
             f"{stage:16s} identical labels {same}/{len(a)} essays; macro F1 (fidelity, not "
             f"a score) run folder {f1[0]:.4f}, packed {f1[1]:.4f} ({f1[1] - f1[0]:+.4f})"

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 # One module's many names: qualified, so a reader sees where each comes from.
-from discourse_rl.app.model_file import open_model
+from discourse_rl.app.model_file import exported_stage, open_model
 from discourse_rl.core import records
-from discourse_rl.core.common import DiscourseRLError, read_json
+from discourse_rl.core.common import DiscourseRLError
 from discourse_rl.core.layout import RunLayout
 from discourse_rl.decoders import registry
 from discourse_rl.run import heldout, runformat
@@ -83,10 +83,9 @@ def run_info(run: str | Path) -> RunInfo:
             rows.append(_row(lay, decoder, model, stage_records, table, ner))
     if not rows:
         raise DiscourseRLError(f"{lay.root}: no trained stage yet (see `discourse-rl run`)")
-    best = heldout.best_stage(lay.root, tuple(r.stage for r in rows))
-    exported = read_json(lay.root / "export.json", None)
-    if isinstance(exported, dict) and exported.get("stage") in {r.stage for r in rows}:
-        best = str(exported["stage"])  # an exported model labels with the stage it was made for
+    stages = tuple(r.stage for r in rows)
+    # An exported model labels with the stage it was made for, not necessarily the best.
+    best = exported_stage(lay.root, stages) or heldout.best_stage(lay.root, stages)
     return RunInfo(lay.root, fmt, rows, best)
 
 

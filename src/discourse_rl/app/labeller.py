@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from discourse_rl.app.model_file import SHIPPED, open_model
+from discourse_rl.app.model_file import SHIPPED, exported_stage, open_model
 from discourse_rl.core.common import DiscourseRLError, read_json
 from discourse_rl.core.data import CLASSES, Essay, predictionstring
 from discourse_rl.core.layout import RunLayout
@@ -183,10 +183,8 @@ def default_stage(run: str | Path) -> str:
         raise DiscourseRLError(
             f"{run}: not a trained run folder (no NER model in {RunLayout(run).ner_encoder})"
         )
-    exported = read_json(Path(run) / "export.json", None)
-    if isinstance(exported, dict) and exported.get("stage") in offered:
-        return str(exported["stage"])  # an exported model: the stage it was exported for
-    return canonical_stage(best_stage(run, offered))
+    exported = exported_stage(Path(run), offered)  # an exported model: the stage it was made for
+    return exported or canonical_stage(best_stage(run, offered))
 
 
 class Labeller:

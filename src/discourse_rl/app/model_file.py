@@ -14,10 +14,11 @@ import os
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from discourse_rl.core.common import DiscourseRLError
+from discourse_rl.core.common import DiscourseRLError, read_json
 
 MANIFEST = "export.json"
 EXPORT_FORMAT = 1
@@ -63,6 +64,13 @@ def base_weights(backbone: str) -> tuple[dict[str, Any], str]:
         return {}, ""
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return _base_index(load_file(str(path))), digest
+
+
+def exported_stage(run: Path, offered: Collection[str]) -> str | None:
+    """The stage an unpacked export was made for, if `run` is one and offers it."""
+    manifest = read_json(Path(run) / MANIFEST, None)
+    stage = manifest.get("stage") if isinstance(manifest, dict) else None
+    return str(stage) if stage in offered else None
 
 
 def cache_root() -> Path:
